@@ -1,0 +1,2 @@
+//! pitcrew-agent.
+fn main() {}

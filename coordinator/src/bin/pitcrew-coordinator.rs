@@ -1,0 +1,2 @@
+//! pitcrew-coordinator.
+fn main() {}

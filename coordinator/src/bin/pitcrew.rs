@@ -1,0 +1,2 @@
+//! pitcrew CLI.
+fn main() {}

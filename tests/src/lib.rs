@@ -1,0 +1,1 @@
+//! pitcrew test harness.
