@@ -59,14 +59,25 @@ pub fn peer_from_der(der: &[u8]) -> Result<PeerCert, IdentityError> {
     let san = cert
         .subject_alternative_name()
         .map_err(|e| IdentityError::Unparsable(e.to_string()))?;
-    let names = san.map(|ext| ext.value.general_names.clone()).unwrap_or_default();
+    let names = san
+        .map(|ext| ext.value.general_names.clone())
+        .unwrap_or_default();
     for name in names {
         if let GeneralName::URI(uri) = name {
             if let Some(id) = uri.strip_prefix(HOST_URI_PREFIX).filter(|s| !s.is_empty()) {
-                return Ok(PeerCert { peer: Peer::Host(id.to_owned()), serial });
+                return Ok(PeerCert {
+                    peer: Peer::Host(id.to_owned()),
+                    serial,
+                });
             }
-            if let Some(op) = uri.strip_prefix(OPERATOR_URI_PREFIX).filter(|s| !s.is_empty()) {
-                return Ok(PeerCert { peer: Peer::Operator(op.to_owned()), serial });
+            if let Some(op) = uri
+                .strip_prefix(OPERATOR_URI_PREFIX)
+                .filter(|s| !s.is_empty())
+            {
+                return Ok(PeerCert {
+                    peer: Peer::Operator(op.to_owned()),
+                    serial,
+                });
             }
         }
     }
@@ -115,9 +126,15 @@ pub fn require_host<T>(request: &Request<T>) -> Result<(String, String), Status>
 /// Checks that a host id is safe to use as a name (in certificates, paths and logs).
 pub fn validate_host_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 64 {
-        return Err(format!("host id must be 1 to 64 characters, got {}", id.len()));
+        return Err(format!(
+            "host id must be 1 to 64 characters, got {}",
+            id.len()
+        ));
     }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err("host id may hold only letters, digits, '-' and '_'".to_owned());
     }
     Ok(())

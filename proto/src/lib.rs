@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod identity;
+pub mod policy;
 pub mod tls;
 
 /// Generated protobuf messages and gRPC services of package `pitcrew.v1`.

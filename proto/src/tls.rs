@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
@@ -52,22 +52,32 @@ fn provider() -> Arc<CryptoProvider> {
 /// Parses every certificate in a PEM text.
 pub fn certs_from_pem(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-    let certs = certs.map_err(|e| TlsError::Invalid { what: what.to_owned(), reason: e.to_string() })?;
+    let certs = certs.map_err(|e| TlsError::Invalid {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })?;
     if certs.is_empty() {
-        return Err(TlsError::Invalid { what: what.to_owned(), reason: "no certificate in it".into() });
+        return Err(TlsError::Invalid {
+            what: what.to_owned(),
+            reason: "no certificate in it".into(),
+        });
     }
     Ok(certs)
 }
 
 /// Parses the private key in a PEM text.
 pub fn key_from_pem(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| TlsError::Invalid { what: what.to_owned(), reason: e.to_string() })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Invalid {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| TlsError::Read { path: path.display().to_string(), reason: e.to_string() })
+    std::fs::read_to_string(path).map_err(|e| TlsError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Loads the certificates of a PEM file.
@@ -89,7 +99,11 @@ pub fn fingerprint(der: &[u8]) -> String {
 pub fn normalize_fingerprint(text: &str) -> Result<String, TlsError> {
     let trimmed = text.trim();
     let hexpart = trimmed.strip_prefix("sha256:").unwrap_or(trimmed);
-    let clean: String = hexpart.chars().filter(|c| *c != ':').collect::<String>().to_lowercase();
+    let clean: String = hexpart
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_lowercase();
     if clean.len() != 64 || !clean.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(TlsError::Invalid {
             what: "CA fingerprint".into(),
@@ -102,9 +116,10 @@ pub fn normalize_fingerprint(text: &str) -> Result<String, TlsError> {
 fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for cert in ca {
-        store
-            .add(cert.clone())
-            .map_err(|e| TlsError::Invalid { what: "CA certificate".into(), reason: e.to_string() })?;
+        store.add(cert.clone()).map_err(|e| TlsError::Invalid {
+            what: "CA certificate".into(),
+            reason: e.to_string(),
+        })?;
     }
     Ok(store)
 }
@@ -120,7 +135,10 @@ pub fn server_config(
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
         .allow_unauthenticated()
         .build()
-        .map_err(|e| TlsError::Invalid { what: "client verifier".into(), reason: e.to_string() })?;
+        .map_err(|e| TlsError::Invalid {
+            what: "client verifier".into(),
+            reason: e.to_string(),
+        })?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -148,7 +166,10 @@ pub fn client_config(
 /// A client configuration for enrollment: the server's chain must contain a CA certificate whose
 /// SHA-256 fingerprint is `pin`, and the server certificate must be valid under that CA.
 pub fn pinned_client_config(pin: &str) -> Result<ClientConfig, TlsError> {
-    let verifier = PinnedCaVerifier { pin: normalize_fingerprint(pin)?, provider: provider() };
+    let verifier = PinnedCaVerifier {
+        pin: normalize_fingerprint(pin)?,
+        provider: provider(),
+    };
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -191,9 +212,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
             })?;
         let mut store = RootCertStore::empty();
         store.add(ca.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -223,12 +245,26 @@ impl ServerCertVerifier for PinnedCaVerifier {
 /// Opens a gRPC channel to `address` ("https://host:port" or "host:port") over our own rustls
 /// connector, so that the same code serves pinned enrollment and mTLS sessions.
 pub async fn connect(address: &str, config: Arc<ClientConfig>) -> Result<Channel, TlsError> {
-    let endpoint_text =
-        if address.contains("://") { address.to_owned() } else { format!("https://{address}") };
-    let fail = |reason: String| TlsError::Connect { endpoint: endpoint_text.clone(), reason };
-    let uri: Uri = endpoint_text.parse().map_err(|e: tonic::codegen::http::uri::InvalidUri| fail(e.to_string()))?;
-    let host = uri.host().ok_or_else(|| fail("no host in the address".into()))?.to_owned();
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let endpoint_text = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("https://{address}")
+    };
+    let fail = |reason: String| TlsError::Connect {
+        endpoint: endpoint_text.clone(),
+        reason,
+    };
+    let uri: Uri = endpoint_text
+        .parse()
+        .map_err(|e: tonic::codegen::http::uri::InvalidUri| fail(e.to_string()))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| fail("no host in the address".into()))?
+        .to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = uri.port_u16().unwrap_or(7443);
     let server_name = ServerName::try_from(host.clone()).map_err(|e| fail(e.to_string()))?;
     // The channel's own URI must be plain http: TLS is done by the connector below.
@@ -258,8 +294,9 @@ pub async fn connect(address: &str, config: Arc<ClientConfig>) -> Result<Channel
 }
 
 /// The TLS connections accepted by the coordinator, fed to `serve_with_incoming`.
-pub type Incoming =
-    tokio_stream::wrappers::ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>>;
+pub type Incoming = tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>,
+>;
 
 /// Accepts TCP connections on `listener` and completes TLS handshakes off the accept loop.
 /// A failed handshake (wrong CA, expired certificate, garbage) is logged with the peer address

@@ -1,0 +1,1 @@
+//! Enrollment (being written).

@@ -1,0 +1,1 @@
+//! The action journal (being written).

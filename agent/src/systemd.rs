@@ -1,0 +1,1 @@
+//! The systemd D-Bus client (being written).
