@@ -1,1 +1,15 @@
-//! pitcrew coordinator library.
+//! pitcrew-coordinator: the one place that decides. It holds the fleet CA and enrolls agents,
+//! keeps the store (hosts, tokens, actions, campaigns, events), serves the agents' sessions and
+//! the operators' Admin API over mTLS, and runs campaigns with the scheduler.
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod campaigns;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod init;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod tokens;

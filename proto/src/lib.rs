@@ -2,6 +2,7 @@
 //! certificate identities, file helpers and time.
 #![forbid(unsafe_code)]
 
+pub mod describe;
 pub mod files;
 pub mod identity;
 pub mod policy;

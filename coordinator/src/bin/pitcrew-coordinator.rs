@@ -1,2 +1,131 @@
-//! pitcrew-coordinator.
-fn main() {}
+//! `pitcrew-coordinator`: create a fleet (`init`) and run the coordinator (`serve`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pitcrew_coordinator::config::DataDir;
+use pitcrew_coordinator::server::{self, Coordinator};
+
+#[derive(Parser)]
+#[command(
+    name = "pitcrew-coordinator",
+    version,
+    about = "The pitcrew coordinator: CA, store, scheduler and gRPC server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new fleet: CA, server certificate, first operator certificate and config.
+    Init {
+        #[arg(
+            long,
+            env = "PITCREW_DATA_DIR",
+            default_value = "/var/lib/pitcrew-coordinator"
+        )]
+        data_dir: PathBuf,
+        /// An address or DNS name agents and operators use to reach this coordinator (repeat).
+        #[arg(long = "san", required = true)]
+        sans: Vec<String>,
+        /// Name of the first operator.
+        #[arg(long, default_value = "admin")]
+        operator: String,
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: String,
+    },
+    /// Serve enrollment, agent sessions and the Admin API until SIGTERM or SIGINT.
+    Serve {
+        #[arg(
+            long,
+            env = "PITCREW_DATA_DIR",
+            default_value = "/var/lib/pitcrew-coordinator"
+        )]
+        data_dir: PathBuf,
+        /// Overrides `listen` from coordinator.toml.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    pitcrew_proto::tls::install_crypto_provider();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PITCREW_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pitcrew-coordinator: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            data_dir,
+            sans,
+            operator,
+            listen,
+        } => {
+            let made = pitcrew_coordinator::init::init(&data_dir, &sans, &operator, &listen)?;
+            println!("Created a new pitcrew fleet in {}.", data_dir.display());
+            println!("Agents pin the fleet CA with this line in their config:");
+            println!("ca_fingerprint = \"sha256:{}\"", made.ca_fingerprint);
+            println!(
+                "Operator certificate: {} (key {})",
+                made.operator_cert.display(),
+                made.operator_key.display()
+            );
+            println!("CA certificate:       {}", made.ca_cert.display());
+            Ok(())
+        }
+        Command::Serve { data_dir, listen } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve(data_dir, listen))
+        }
+    }
+}
+
+async fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
+    let dir = DataDir::new(&data_dir);
+    let coordinator = Coordinator::open(&dir)?;
+    let address = listen.unwrap_or_else(|| coordinator.config.listen.clone());
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    tracing::info!(message = "pitcrew coordinator serving", address = %listener.local_addr()?, data_dir = %data_dir.display());
+    pitcrew_coordinator::campaigns::start(coordinator.clone());
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    server::serve(coordinator, &dir, listener, shutdown_signal()).await?;
+    tracing::info!(message = "pitcrew coordinator stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(message = "cannot watch SIGTERM", %error);
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!(message = "shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}

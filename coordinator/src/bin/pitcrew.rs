@@ -1,2 +1,25 @@
-//! pitcrew CLI.
-fn main() {}
+//! `pitcrew`: the operator's command line.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    pitcrew_proto::tls::install_crypto_provider();
+    let cli = pitcrew_coordinator::cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("pitcrew: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pitcrew_coordinator::cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pitcrew: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

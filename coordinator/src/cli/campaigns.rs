@@ -1,0 +1,467 @@
+//! `pitcrew campaign ...`, `pitcrew maintenance ...` and `pitcrew events`.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use pitcrew_proto::v1;
+
+use super::connect::{ConnectArgs, admin, status};
+use super::output::{self, Format};
+
+#[derive(Subcommand)]
+pub enum CampaignCommand {
+    /// Dry run: print the exact order, waves, slots and steps, or why it cannot run.
+    Plan { file: PathBuf },
+    /// Start a campaign from a file.
+    Run {
+        file: PathBuf,
+        /// Follow it live until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Follow a campaign live: progress, each host's state and step, and every blocker.
+    Watch { id: String },
+    /// List campaigns.
+    Ls,
+    /// Show a campaign's hosts and blockers.
+    Show { id: String },
+    /// Stop starting new hosts (hosts in progress finish their step).
+    Pause { id: String },
+    /// Resume a paused campaign.
+    Resume { id: String },
+    /// Cancel a campaign: no new host starts; hosts in progress finish their step.
+    Cancel { id: String },
+    /// Act on one host of a campaign: retry, skip or release it.
+    Host {
+        #[arg(value_parser = ["retry", "skip", "release"])]
+        verb: String,
+        id: String,
+        host: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MaintenanceCommand {
+    /// Take a host out of service by hand (it holds a slot like a campaign does).
+    Enable { host: String },
+    /// Bring a host back into service.
+    Disable { host: String },
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    /// Only this host's events (id or hostname).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only this campaign's events.
+    #[arg(long)]
+    pub campaign: Option<String>,
+    /// The newest N events (0 = all).
+    #[arg(long, default_value_t = 200)]
+    pub limit: u32,
+    /// Keep printing new events as they happen.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+fn read_spec(file: &PathBuf) -> anyhow::Result<(String, String)> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok((text, file.display().to_string()))
+}
+
+pub async fn campaign(
+    connect: &ConnectArgs,
+    format: Format,
+    command: CampaignCommand,
+) -> anyhow::Result<()> {
+    let mut client = admin(connect).await?;
+    match command {
+        CampaignCommand::Plan { file } => {
+            let (spec_toml, source_name) = read_spec(&file)?;
+            let plan = client
+                .plan_campaign(v1::PlanCampaignRequest {
+                    spec_toml,
+                    source_name,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if format == Format::Json {
+                return output::json(&plan);
+            }
+            print!("{}", plan.text);
+            for warning in &plan.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Ok(())
+        }
+        CampaignCommand::Run {
+            file,
+            watch: follow,
+        } => {
+            let (spec_toml, source_name) = read_spec(&file)?;
+            let info = client
+                .create_campaign(v1::CreateCampaignRequest {
+                    spec_toml,
+                    source_name,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if follow {
+                eprintln!("campaign {} ({}) started", info.id, info.name);
+                return watch(connect, format, &info.id).await;
+            }
+            if format == Format::Json {
+                return output::json(&info);
+            }
+            println!("{}", info.id);
+            eprintln!(
+                "campaign {} ({}) started; follow it with: pitcrew campaign watch {}",
+                info.id, info.name, info.id
+            );
+            Ok(())
+        }
+        CampaignCommand::Watch { id } => watch(connect, format, &id).await,
+        CampaignCommand::Ls => {
+            let list = client
+                .list_campaigns(v1::ListCampaignsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .campaigns;
+            if format == Format::Json {
+                return output::json(&list);
+            }
+            let mut table = output::table(&[
+                "id",
+                "name",
+                "state",
+                "hosts done",
+                "failures",
+                "blocker",
+                "started",
+            ]);
+            for c in list {
+                let done = c
+                    .hosts
+                    .iter()
+                    .filter(|h| matches!(h.state.as_str(), "done" | "skipped"))
+                    .count();
+                table.add_row(vec![
+                    c.id,
+                    c.name,
+                    c.state,
+                    format!("{done}/{}", c.hosts.len()),
+                    format!("{}/{}", c.failures, c.max_failures),
+                    c.blocker,
+                    output::clock(c.created_at_ms),
+                ]);
+            }
+            println!("{table}");
+            Ok(())
+        }
+        CampaignCommand::Show { id } => {
+            let info = client
+                .get_campaign(v1::GetCampaignRequest { id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if format == Format::Json {
+                return output::json(&info);
+            }
+            print_campaign(&info);
+            Ok(())
+        }
+        CampaignCommand::Pause { id } => {
+            control(&mut client, format, id, v1::CampaignControl::Pause).await
+        }
+        CampaignCommand::Resume { id } => {
+            control(&mut client, format, id, v1::CampaignControl::Resume).await
+        }
+        CampaignCommand::Cancel { id } => {
+            control(&mut client, format, id, v1::CampaignControl::Cancel).await
+        }
+        CampaignCommand::Host { verb, id, host } => {
+            let control = match verb.as_str() {
+                "retry" => v1::HostControl::Retry,
+                "skip" => v1::HostControl::Skip,
+                _ => v1::HostControl::Release,
+            };
+            let info = client
+                .control_host(v1::ControlHostRequest {
+                    campaign_id: id,
+                    host,
+                    control: control as i32,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if format == Format::Json {
+                return output::json(&info);
+            }
+            print_campaign(&info);
+            Ok(())
+        }
+    }
+}
+
+async fn control(
+    client: &mut v1::admin_client::AdminClient<tonic::transport::Channel>,
+    format: Format,
+    id: String,
+    control: v1::CampaignControl,
+) -> anyhow::Result<()> {
+    let info = client
+        .control_campaign(v1::ControlCampaignRequest {
+            id,
+            control: control as i32,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    if format == Format::Json {
+        return output::json(&info);
+    }
+    println!("campaign {} is {}", info.id, info.state);
+    Ok(())
+}
+
+/// A campaign as a table of hosts, with the campaign's own blocker on top.
+pub fn print_campaign(info: &v1::CampaignInfo) {
+    println!("campaign {} ({}): {}", info.id, info.name, info.state);
+    if !info.blocker.is_empty() {
+        println!("waiting: {}", info.blocker);
+    }
+    println!(
+        "failures: {} of {} allowed",
+        info.failures, info.max_failures
+    );
+    let mut table = output::table(&["host", "role", "state", "step", "progress", "waiting for"]);
+    for h in &info.hosts {
+        let detail = if !h.blocker.is_empty() {
+            h.blocker.clone()
+        } else {
+            h.last_error.clone()
+        };
+        table.add_row(vec![
+            h.hostname.clone(),
+            h.role.clone(),
+            h.state.clone(),
+            h.current_step.clone(),
+            format!("{}/{}", h.steps_done, h.steps_total),
+            detail,
+        ]);
+    }
+    println!("{table}");
+}
+
+/// Follows a campaign until it completes or is cancelled. Exits non-zero if it ends cancelled.
+pub async fn watch(connect: &ConnectArgs, format: Format, id: &str) -> anyhow::Result<()> {
+    let mut client = admin(connect).await?;
+    let mut stream = client
+        .watch_campaign(v1::GetCampaignRequest { id: id.to_owned() })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let live = format == Format::Table && std::io::stdout().is_terminal();
+    let bars = MultiProgress::new();
+    let header = bars.add(ProgressBar::new_spinner());
+    let style = ProgressStyle::with_template("{prefix:>14} [{bar:20}] {pos}/{len} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let mut host_bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    let mut last_lines: BTreeMap<String, String> = BTreeMap::new();
+    let mut last: Option<v1::CampaignInfo> = None;
+    while let Some(info) = stream.message().await.map_err(status)? {
+        if format == Format::Json {
+            println!("{}", serde_json::to_string(&info)?);
+        } else if live {
+            header.set_message(format!(
+                "campaign {} ({}): {}{}",
+                info.id,
+                info.name,
+                info.state,
+                if info.blocker.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — waiting: {}", info.blocker)
+                }
+            ));
+            for h in &info.hosts {
+                let bar = host_bars.entry(h.host_id.clone()).or_insert_with(|| {
+                    let bar = bars.add(ProgressBar::new(u64::from(h.steps_total.max(1))));
+                    bar.set_style(style.clone());
+                    bar.set_prefix(h.hostname.clone());
+                    bar
+                });
+                bar.set_length(u64::from(h.steps_total.max(1)));
+                bar.set_position(u64::from(h.steps_done));
+                bar.set_message(host_line(h));
+            }
+        } else {
+            // Not a terminal: print a line whenever something changes, for logs and CI.
+            let campaign_line = format!(
+                "{}: {}{}",
+                info.name,
+                info.state,
+                if info.blocker.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (waiting: {})", info.blocker)
+                }
+            );
+            if last_lines.get("").is_none_or(|l| *l != campaign_line) {
+                println!(
+                    "[{}] {campaign_line}",
+                    output::clock(pitcrew_proto::now_ms())
+                );
+                last_lines.insert(String::new(), campaign_line);
+            }
+            for h in &info.hosts {
+                let line = format!(
+                    "{:<14} {:<8} {}/{} {}",
+                    h.hostname,
+                    h.role,
+                    h.steps_done,
+                    h.steps_total,
+                    host_line(h)
+                );
+                if last_lines.get(&h.host_id).is_none_or(|l| *l != line) {
+                    println!("[{}]   {line}", output::clock(pitcrew_proto::now_ms()));
+                    last_lines.insert(h.host_id.clone(), line);
+                }
+            }
+        }
+        last = Some(info);
+    }
+    header.finish();
+    for bar in host_bars.values() {
+        bar.finish();
+    }
+    let last = last.ok_or_else(|| anyhow::anyhow!("the coordinator sent no campaign state"))?;
+    if format == Format::Table {
+        print_campaign(&last);
+    }
+    match last.state.as_str() {
+        "completed" => Ok(()),
+        other => anyhow::bail!("campaign {} ended {other}", last.id),
+    }
+}
+
+fn host_line(h: &v1::CampaignHostStatus) -> String {
+    let mut line = h.state.clone();
+    if !h.current_step.is_empty() {
+        line.push_str(&format!(": {}", h.current_step));
+    }
+    if !h.blocker.is_empty() {
+        line.push_str(&format!(" (waiting: {})", h.blocker));
+    } else if !h.last_error.is_empty() && h.state == "failed" {
+        line.push_str(&format!(" ({})", h.last_error));
+    }
+    line
+}
+
+pub async fn maintenance(
+    connect: &ConnectArgs,
+    format: Format,
+    command: MaintenanceCommand,
+) -> anyhow::Result<()> {
+    let mut client = admin(connect).await?;
+    let (host, enable) = match command {
+        MaintenanceCommand::Enable { host } => (host, true),
+        MaintenanceCommand::Disable { host } => (host, false),
+    };
+    let info = client
+        .set_maintenance(v1::SetMaintenanceRequest { host, enable })
+        .await
+        .map_err(status)?
+        .into_inner();
+    if format == Format::Json {
+        return output::json(&info);
+    }
+    println!("{} is {}", info.hostname, info.maintenance_state);
+    Ok(())
+}
+
+pub async fn events(connect: &ConnectArgs, format: Format, args: EventsArgs) -> anyhow::Result<()> {
+    let mut client = admin(connect).await?;
+    let request = v1::ListEventsRequest {
+        host: args.host.unwrap_or_default(),
+        campaign_id: args.campaign.unwrap_or_default(),
+        limit: args.limit,
+    };
+    let hosts: BTreeMap<String, String> = client
+        .list_hosts(v1::ListHostsRequest {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .hosts
+        .into_iter()
+        .map(|h| (h.host_id, h.hostname))
+        .collect();
+    let print = |e: &v1::Event| -> anyhow::Result<()> {
+        if format == Format::Json {
+            println!("{}", serde_json::to_string(e)?);
+            return Ok(());
+        }
+        let who = if e.kind == "audit" {
+            format!("audit by {}", e.actor)
+        } else {
+            hosts
+                .get(&e.host_id)
+                .cloned()
+                .unwrap_or_else(|| e.host_id.clone())
+        };
+        let campaign = if e.campaign_id.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", e.campaign_id)
+        };
+        let step = if e.step.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", e.step)
+        };
+        let result = if e.result.is_empty() {
+            String::new()
+        } else {
+            format!(" {}:", e.result)
+        };
+        println!(
+            "{} {who}{campaign}{step}{result} {}",
+            output::clock(e.at_ms),
+            e.message
+        );
+        Ok(())
+    };
+    if args.follow {
+        let mut stream = client
+            .follow_events(request)
+            .await
+            .map_err(status)?
+            .into_inner();
+        while let Some(event) = stream.message().await.map_err(status)? {
+            print(&event)?;
+        }
+        return Ok(());
+    }
+    let events = client
+        .list_events(request)
+        .await
+        .map_err(status)?
+        .into_inner()
+        .events;
+    if format == Format::Json {
+        return output::json(&events);
+    }
+    for e in &events {
+        print(e)?;
+    }
+    Ok(())
+}

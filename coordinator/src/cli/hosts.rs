@@ -1,0 +1,276 @@
+//! `pitcrew hosts` and `pitcrew token`.
+
+use std::collections::HashMap;
+
+use clap::Subcommand;
+use pitcrew_proto::v1;
+
+use super::connect::{ConnectArgs, admin, status};
+use super::output::{self, Format};
+
+#[derive(Subcommand)]
+pub enum HostsCommand {
+    /// List every host (the default).
+    Ls,
+    /// Show one host (id or hostname) with all its facts.
+    Show { host: String },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token; it is printed once and stored only as a hash.
+    Create {
+        #[arg(long, value_parser = ["worker", "manager"])]
+        role: String,
+        /// A label for hosts enrolled with this token, as key=value (repeat).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// How many hosts may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it is valid, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// List join tokens (never their secret).
+    Ls,
+    /// Revoke a join token by id.
+    Revoke { id: String },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{text:?} is not key=value"))
+}
+
+pub async fn hosts(
+    connect: &ConnectArgs,
+    format: Format,
+    command: Option<HostsCommand>,
+) -> anyhow::Result<()> {
+    let mut client = admin(connect).await?;
+    match command.unwrap_or(HostsCommand::Ls) {
+        HostsCommand::Ls => {
+            let hosts = client
+                .list_hosts(v1::ListHostsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .hosts;
+            if format == Format::Json {
+                return output::json(&hosts);
+            }
+            let mut table = output::table(&[
+                "id",
+                "hostname",
+                "role",
+                "state",
+                "maintenance",
+                "last seen",
+                "os",
+                "kernel",
+                "reboot",
+            ]);
+            for h in &hosts {
+                let facts = h.facts.clone().unwrap_or_default();
+                table.add_row(vec![
+                    h.host_id.chars().take(12).collect::<String>(),
+                    h.hostname.clone(),
+                    h.role.clone(),
+                    if h.connected {
+                        "connected".into()
+                    } else {
+                        "disconnected".into()
+                    },
+                    if h.held_by.is_empty() {
+                        h.maintenance_state.clone()
+                    } else {
+                        format!("{} ({})", h.maintenance_state, h.held_by)
+                    },
+                    output::ago(h.last_seen_ms),
+                    format!("{} {}", facts.os_name, facts.os_version)
+                        .trim()
+                        .to_owned(),
+                    facts.kernel.clone(),
+                    if facts.reboot_required {
+                        "required".into()
+                    } else {
+                        "-".into()
+                    },
+                ]);
+            }
+            println!("{table}");
+            Ok(())
+        }
+        HostsCommand::Show { host } => {
+            let h = client
+                .get_host(v1::GetHostRequest { host })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if format == Format::Json {
+                return output::json(&h);
+            }
+            let f = h.facts.clone().unwrap_or_default();
+            let mut labels: Vec<String> =
+                h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            let rows: Vec<(&str, String)> = vec![
+                ("host id", h.host_id.clone()),
+                ("hostname", h.hostname.clone()),
+                ("role", h.role.clone()),
+                ("labels", labels.join(", ")),
+                (
+                    "state",
+                    if h.connected {
+                        "connected".into()
+                    } else {
+                        "disconnected".into()
+                    },
+                ),
+                (
+                    "maintenance",
+                    format!("{} {}", h.maintenance_state, h.held_by)
+                        .trim()
+                        .to_owned(),
+                ),
+                ("last seen", output::ago(h.last_seen_ms)),
+                ("os", format!("{} {}", f.os_name, f.os_version)),
+                ("kernel", f.kernel.clone()),
+                ("arch", f.arch.clone()),
+                ("cpus", f.cpus.to_string()),
+                ("memory", output::bytes(f.memory_bytes)),
+                (
+                    "uptime",
+                    humantime::format_duration(std::time::Duration::from_secs(f.uptime_seconds))
+                        .to_string(),
+                ),
+                ("boot id", f.boot_id.clone()),
+                ("reboot required", f.reboot_required.to_string()),
+                ("/dev/shm tmpfs mounts", f.shm_tmpfs_mounts.to_string()),
+                ("package manager", f.package_manager.clone()),
+                ("systemd", f.systemd.to_string()),
+                ("agent version", f.agent_version.clone()),
+                ("certificate serial", h.cert_serial.clone()),
+            ];
+            let mut table = output::table(&["fact", "value"]);
+            for (k, v) in rows {
+                table.add_row(vec![k.to_owned(), v]);
+            }
+            for d in &f.disks {
+                table.add_row(vec![
+                    format!("disk {}", d.mount_point),
+                    format!(
+                        "{} free of {} ({})",
+                        output::bytes(d.available_bytes),
+                        output::bytes(d.total_bytes),
+                        d.filesystem
+                    ),
+                ]);
+            }
+            println!("{table}");
+            Ok(())
+        }
+    }
+}
+
+pub async fn token(
+    connect: &ConnectArgs,
+    format: Format,
+    command: TokenCommand,
+) -> anyhow::Result<()> {
+    let mut client = admin(connect).await?;
+    match command {
+        TokenCommand::Create {
+            role,
+            labels,
+            uses,
+            ttl,
+        } => {
+            let request = v1::CreateTokenRequest {
+                role,
+                labels: labels.into_iter().collect::<HashMap<_, _>>(),
+                uses,
+                ttl_seconds: ttl.as_secs(),
+            };
+            let created = client
+                .create_token(request)
+                .await
+                .map_err(status)?
+                .into_inner();
+            if format == Format::Json {
+                return output::json(&created);
+            }
+            let info = created.info.unwrap_or_default();
+            println!("{}", created.token);
+            eprintln!(
+                "join token {} for role {}: {} use(s), expires in {}. It is shown only now.",
+                info.id,
+                info.role,
+                info.uses_total,
+                humantime::format_duration(ttl)
+            );
+            Ok(())
+        }
+        TokenCommand::Ls => {
+            let tokens = client
+                .list_tokens(v1::ListTokensRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .tokens;
+            if format == Format::Json {
+                return output::json(&tokens);
+            }
+            let mut table = output::table(&[
+                "id",
+                "role",
+                "labels",
+                "uses left",
+                "expires",
+                "state",
+                "created by",
+            ]);
+            let now = pitcrew_proto::now_ms();
+            for t in tokens {
+                let state = if t.revoked {
+                    "revoked"
+                } else if t.expires_at_ms <= now {
+                    "expired"
+                } else if t.uses_left == 0 {
+                    "used up"
+                } else {
+                    "valid"
+                };
+                let mut labels: Vec<String> =
+                    t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                labels.sort();
+                table.add_row(vec![
+                    t.id,
+                    t.role,
+                    labels.join(","),
+                    format!("{}/{}", t.uses_left, t.uses_total),
+                    output::clock(t.expires_at_ms),
+                    state.to_owned(),
+                    t.created_by,
+                ]);
+            }
+            println!("{table}");
+            Ok(())
+        }
+        TokenCommand::Revoke { id } => {
+            let token = client
+                .revoke_token(v1::RevokeTokenRequest { id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if format == Format::Json {
+                return output::json(&token);
+            }
+            println!("revoked join token {}", token.id);
+            Ok(())
+        }
+    }
+}

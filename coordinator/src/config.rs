@@ -1,0 +1,163 @@
+//! The coordinator's data dir and configuration file (`coordinator.toml` in the data dir).
+//!
+//! `pitcrew-coordinator init` writes everything here once: the CA, the server certificate, the
+//! first operator's certificate and the config. Errors name the file and the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// `coordinator.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address the gRPC server listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// How often agents are asked to send a heartbeat.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_seconds: u32,
+    /// A session silent this long is closed and the host shown disconnected.
+    #[serde(default = "default_heartbeat_timeout")]
+    pub heartbeat_timeout_seconds: u32,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:7443".to_owned()
+}
+fn default_heartbeat() -> u32 {
+    5
+}
+fn default_heartbeat_timeout() -> u32 {
+    15
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            listen: default_listen(),
+            heartbeat_seconds: default_heartbeat(),
+            heartbeat_timeout_seconds: default_heartbeat_timeout(),
+        }
+    }
+}
+
+/// A config error an operator can act on.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// Paths inside a coordinator's data dir.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: &Path) -> DataDir {
+        DataDir {
+            root: root.to_path_buf(),
+        }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("coordinator.toml")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.root.join("server.crt")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("server.key")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.crt")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.root.join("pitcrew.db")
+    }
+    pub fn operator_dir(&self) -> PathBuf {
+        self.root.join("operator")
+    }
+}
+
+impl CoordinatorConfig {
+    /// Loads the config file, naming the file, line and field on error.
+    pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let config: CoordinatorConfig = toml::from_str(&text).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: e
+                .to_string()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('|') && !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
+        })?;
+        if config.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError {
+                file,
+                message: format!(
+                    "field listen: {:?} is not an address such as 0.0.0.0:7443",
+                    config.listen
+                ),
+            });
+        }
+        if config.heartbeat_seconds == 0
+            || config.heartbeat_timeout_seconds <= config.heartbeat_seconds
+        {
+            return Err(ConfigError {
+                file,
+                message: "field heartbeat_timeout_seconds: must be larger than heartbeat_seconds (and both above 0)".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// The file `init` writes.
+    pub fn render(&self) -> String {
+        format!(
+            "# pitcrew coordinator configuration.\n\
+             # Address the gRPC server (enrollment, agent sessions, admin) listens on.\n\
+             listen = {:?}\n\
+             # Agents send a heartbeat this often; a session silent for the timeout is closed.\n\
+             heartbeat_seconds = {}\n\
+             heartbeat_timeout_seconds = {}\n",
+            self.listen, self.heartbeat_seconds, self.heartbeat_timeout_seconds
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_config_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, CoordinatorConfig::default().render()).unwrap();
+        let loaded = CoordinatorConfig::load(&path).unwrap();
+        assert_eq!(loaded.listen, "0.0.0.0:7443");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, "listen = \"nowhere\"\n").unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err();
+        assert!(error.message.contains("field listen"), "{error}");
+        std::fs::write(&path, "\nlisten_on = \"0.0.0.0:1\"\n").unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err();
+        assert!(
+            error.message.contains("line 2") && error.message.contains("listen_on"),
+            "{error}"
+        );
+    }
+}

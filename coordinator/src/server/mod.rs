@@ -1,0 +1,89 @@
+//! The gRPC server: one TLS listener for the three services. Client certificates are verified
+//! at the handshake when presented; `Enrollment` needs none, `AgentSession` needs a host
+//! certificate and `Admin` an operator certificate (checked per call from the verified peer).
+
+pub mod admin;
+pub mod enroll;
+pub mod session;
+
+use std::sync::Arc;
+
+use pitcrew_proto::v1::{
+    admin_server::AdminServer, agent_session_server::AgentSessionServer,
+    enrollment_server::EnrollmentServer,
+};
+use tokio::net::TcpListener;
+use tonic::Status;
+
+use crate::ca::Ca;
+use crate::config::{CoordinatorConfig, DataDir};
+use crate::events::EventLog;
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+/// Everything the services share.
+pub struct Coordinator {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub events: Arc<EventLog>,
+    pub ca: Ca,
+    pub config: CoordinatorConfig,
+}
+
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Status {
+        tracing::error!(message = "store failure", %error);
+        Status::internal(format!("the coordinator's store failed: {error}"))
+    }
+}
+
+impl Coordinator {
+    /// Opens the data dir: CA, config and store.
+    pub fn open(data_dir: &DataDir) -> anyhow::Result<Arc<Coordinator>> {
+        use anyhow::Context;
+        let config = CoordinatorConfig::load(&data_dir.config())?;
+        let ca = Ca::load(&data_dir.root)?;
+        let store = Arc::new(Store::open(&data_dir.store()).context("opening the store")?);
+        Ok(Arc::new(Coordinator {
+            events: Arc::new(EventLog::new(store.clone())),
+            store,
+            registry: Arc::new(Registry::default()),
+            ca,
+            config,
+        }))
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains gracefully.
+pub async fn serve(
+    coordinator: Arc<Coordinator>,
+    data_dir: &DataDir,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use pitcrew_proto::tls;
+    let mut chain = tls::load_certs(&data_dir.server_cert())?;
+    // Send the CA too: agents pinning it by fingerprint find it in the chain.
+    chain.extend(tls::load_certs(&data_dir.ca_cert())?);
+    let key = tls::load_key(&data_dir.server_key())?;
+    let ca = tls::load_certs(&data_dir.ca_cert())?;
+    let config = tls::server_config(chain, key, &ca).context("building the TLS configuration")?;
+    let incoming = tls::accept(listener, Arc::new(config));
+
+    let max = pitcrew_proto::MAX_MESSAGE_BYTES;
+    let enrollment = EnrollmentServer::new(enroll::EnrollmentService::new(coordinator.clone()))
+        .max_decoding_message_size(max);
+    let session = AgentSessionServer::new(session::SessionService::new(coordinator.clone()))
+        .max_decoding_message_size(max);
+    let admin = AdminServer::new(admin::AdminService::new(coordinator.clone()))
+        .max_decoding_message_size(max);
+    tonic::transport::Server::builder()
+        .add_service(enrollment)
+        .add_service(session)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("the gRPC server failed")?;
+    Ok(())
+}
