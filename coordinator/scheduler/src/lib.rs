@@ -1,1 +1,19 @@
-//! pitcrew scheduler (being written).
+//! pitcrew's scheduler: campaign files ([`spec`]), the planner ([`plan`]) and the pure decision
+//! function ([`decide`]) with the state it decides over ([`run`]).
+//!
+//! Nothing here does I/O, reads a clock or spawns anything: time is the `now_ms` argument, the
+//! fleet and the persisted campaign runs are inputs, and the output is a list of decisions the
+//! coordinator's runtime persists (write-ahead) and then carries out. That is what lets the
+//! invariants of DESIGN.md be model-checked (`tests/model.rs`) and property-tested.
+#![forbid(unsafe_code)]
+
+pub mod action;
+pub mod fleet;
+pub mod spec;
+pub mod template;
+pub mod window;
+
+pub use action::{HealthCheck, StepAction};
+pub use fleet::{Fleet, HostView, ManualPhase, ManualState, Role};
+pub use spec::{CampaignSpec, Concurrency, OnHost, Phase, SpecError, StepSpec};
+pub use window::Window;
