@@ -21,16 +21,29 @@ pub fn parse_mountinfo(reader: impl Read) -> std::io::Result<Vec<MountInfo>> {
 
 /// The tmpfs mounts on `/dev/shm`, bottom of the stack first (mountinfo lists in mount order).
 pub fn shm_tmpfs_mounts(table: &[MountInfo]) -> Vec<&MountInfo> {
+    tmpfs_mounts_at(table, Path::new(SHM))
+}
+
+/// The tmpfs mounts exactly on `mount_point`, bottom of the stack first.
+pub fn tmpfs_mounts_at<'a>(table: &'a [MountInfo], mount_point: &Path) -> Vec<&'a MountInfo> {
     table
         .iter()
-        .filter(|m| m.mount_point == Path::new(SHM) && m.fs_type == "tmpfs")
+        .filter(|m| m.mount_point == mount_point && m.fs_type == "tmpfs")
         .collect()
+}
+
+/// The calling thread's own mount table: a thread that unshared its mount namespace sees its
+/// table only here (`/proc/self` is the main thread's).
+pub const THREAD_MOUNTINFO: &str = "/proc/thread-self/mountinfo";
+
+/// Reads and parses a mountinfo file.
+pub fn read_mountinfo(path: &Path) -> std::io::Result<Vec<MountInfo>> {
+    parse_mountinfo(std::fs::File::open(path)?)
 }
 
 /// Counts the tmpfs mounts on `/dev/shm` in the calling thread's mount namespace.
 pub fn count_shm_tmpfs() -> std::io::Result<u32> {
-    let file = std::fs::File::open("/proc/thread-self/mountinfo")?;
-    let table = parse_mountinfo(file)?;
+    let table = read_mountinfo(Path::new(THREAD_MOUNTINFO))?;
     Ok(u32::try_from(shm_tmpfs_mounts(&table).len()).unwrap_or(u32::MAX))
 }
 
