@@ -51,7 +51,7 @@ impl DbusDaemon {
             .arg(format!("--config-file={}", config.display()))
             .args(["--nofork", "--print-address=1"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .spawn()
             .expect("dbus-daemon must be installed for these tests");
         // The daemon prints its address once it listens: reading it is the readiness signal.

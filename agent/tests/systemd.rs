@@ -1,0 +1,306 @@
+//! The systemd actions over D-Bus, against a stand-in of systemd's Manager on a private
+//! `dbus-daemon` (tests/support/fake_systemd.rs). The same client talks to the real systemd in
+//! the lab tests.
+
+mod support;
+
+use pitcrew_proto::policy::Policy;
+use pitcrew_proto::v1::{self, Outcome, action::Kind};
+use support::fake_systemd::FakeSystemd;
+use support::*;
+use tokio::sync::mpsc;
+
+const UNIT: &str = "dcos-mesos-slave.service";
+
+fn unit_policy() -> Policy {
+    Policy {
+        units: vec!["dcos-mesos-slave*.service".into()],
+        ..Default::default()
+    }
+}
+
+async fn agent_on(fake: &FakeSystemd) -> Agent {
+    let mut agent = Agent::new(unit_policy());
+    agent.options.system_bus_address = Some(fake.address());
+    agent
+}
+
+fn unit_op(op: v1::UnitOperation) -> Kind {
+    Kind::Unit(v1::UnitAction {
+        unit: UNIT.into(),
+        operation: op as i32,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_waits_for_the_job_and_reports_done() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "inactive").await;
+    fake.state.lock().unwrap().held.insert(UNIT.into());
+    let executor = agent_on(&fake).await.open();
+    let (tx, _rx) = mpsc::channel(64);
+    let task = tokio::spawn(
+        executor
+            .clone()
+            .execute(request("start-1", unit_op(v1::UnitOperation::Start), 0), tx),
+    );
+    let (_, unit) = fake.next_job().await;
+    assert_eq!(unit, UNIT);
+    // The job exists but has not finished: the action must still be waiting for it.
+    assert_eq!(executor.running(), vec!["start-1".to_owned()]);
+    assert!(!task.is_finished());
+    fake.release(UNIT).await;
+    let result = task.await.unwrap();
+    assert_eq!(outcome(&result), Outcome::Succeeded, "{}", result.message);
+    assert_eq!(result.details["job_result"], "done");
+    assert_eq!(fake.state.lock().unwrap().units[UNIT], "active");
+    assert!(
+        fake.state.lock().unwrap().subscribed > 0,
+        "systemd only signals subscribers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_is_a_failed_action_naming_the_result() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "active").await;
+    fake.state
+        .lock()
+        .unwrap()
+        .job_results
+        .insert(UNIT.into(), "failed".into());
+    let executor = agent_on(&fake).await.open();
+    let (result, _) = run(
+        &executor,
+        request("restart-1", unit_op(v1::UnitOperation::Restart), 0),
+    )
+    .await;
+    assert_eq!(outcome(&result), Outcome::Failed);
+    assert!(result.message.contains("'failed'"), "{}", result.message);
+    assert_eq!(result.details["job_result"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_of_an_unknown_unit_says_it_is_not_loaded() {
+    let fake = FakeSystemd::start().await;
+    let executor = agent_on(&fake).await.open();
+    let (result, _) = run(
+        &executor,
+        request("stop-1", unit_op(v1::UnitOperation::Stop), 0),
+    )
+    .await;
+    assert_eq!(outcome(&result), Outcome::Failed);
+    assert!(result.message.contains("NoSuchUnit"), "{}", result.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_unit_sends_the_signal_number_to_main_or_all() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "active").await;
+    let executor = agent_on(&fake).await.open();
+    let kind = |signal: &str, target: v1::SignalTarget| {
+        Kind::SignalUnit(v1::SignalUnit {
+            unit: UNIT.into(),
+            signal: signal.into(),
+            target: target as i32,
+        })
+    };
+    let (a, _) = run(
+        &executor,
+        request("k1", kind("SIGUSR1", v1::SignalTarget::Unspecified), 0),
+    )
+    .await;
+    assert_eq!(outcome(&a), Outcome::Succeeded, "{}", a.message);
+    let (b, _) = run(
+        &executor,
+        request("k2", kind("TERM", v1::SignalTarget::All), 0),
+    )
+    .await;
+    assert_eq!(outcome(&b), Outcome::Succeeded, "{}", b.message);
+    let (bad, _) = run(
+        &executor,
+        request("k3", kind("SIGNOPE", v1::SignalTarget::Main), 0),
+    )
+    .await;
+    assert_eq!(outcome(&bad), Outcome::Refused);
+    assert_eq!(bad.refused_by, "signal");
+    assert_eq!(
+        fake.state.lock().unwrap().kills,
+        vec![
+            (UNIT.to_owned(), "main".to_owned(), libc_signal("SIGUSR1")),
+            (UNIT.to_owned(), "all".to_owned(), libc_signal("SIGTERM")),
+        ]
+    );
+}
+
+fn libc_signal(name: &str) -> i32 {
+    use std::str::FromStr;
+    nix::sys::signal::Signal::from_str(name).unwrap() as i32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_unit_returns_when_the_state_is_reached() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "activating").await;
+    let executor = agent_on(&fake).await.open();
+    let (tx, _rx) = mpsc::channel(64);
+    let wait = |id: &str, state: v1::UnitState| {
+        request(
+            id,
+            Kind::WaitUnit(v1::WaitUnit {
+                unit: UNIT.into(),
+                state: state as i32,
+            }),
+            0,
+        )
+    };
+    let task = tokio::spawn(
+        executor
+            .clone()
+            .execute(wait("w1", v1::UnitState::Active), tx),
+    );
+    // Whether the waiter reads "activating" before or after this change, it must end with
+    // "active": it re-reads the state on every PropertiesChanged.
+    fake.set_state(UNIT, "active").await;
+    let result = task.await.unwrap();
+    assert_eq!(outcome(&result), Outcome::Succeeded, "{}", result.message);
+    assert_eq!(result.details["state"], "active");
+
+    fake.set_state(UNIT, "failed").await;
+    let (failed, _) = run(&executor, wait("w2", v1::UnitState::Inactive)).await;
+    assert_eq!(outcome(&failed), Outcome::Failed);
+    assert!(
+        failed.message.contains("is failed, not inactive"),
+        "{}",
+        failed.message
+    );
+
+    let (timed_out, _) = {
+        let mut req = wait("w3", v1::UnitState::Active);
+        req.timeout_seconds = 1;
+        fake.set_state(UNIT, "activating").await;
+        run(&executor, req).await
+    };
+    assert_eq!(outcome(&timed_out), Outcome::TimedOut);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_active_health_reads_active_state() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "active").await;
+    fake.add_unit("other.service", "inactive").await;
+    let executor = agent_on(&fake).await.open();
+    let health = |unit: &str| {
+        Kind::Health(v1::Health {
+            check: Some(v1::health::Check::UnitActive(unit.into())),
+        })
+    };
+    let (up, _) = run(&executor, request("h1", health(UNIT), 0)).await;
+    assert_eq!(outcome(&up), Outcome::Succeeded, "{}", up.message);
+    let (down, _) = run(&executor, request("h2", health("other.service"), 0)).await;
+    assert_eq!(outcome(&down), Outcome::Failed);
+    assert!(down.message.contains("inactive"), "{}", down.message);
+    let (missing, _) = run(&executor, request("h3", health("missing.service"), 0)).await;
+    assert_eq!(outcome(&missing), Outcome::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_disable_and_daemon_reload_go_through_the_manager() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "inactive").await;
+    let executor = agent_on(&fake).await.open();
+    let (enable, _) = run(
+        &executor,
+        request("en", unit_op(v1::UnitOperation::Enable), 0),
+    )
+    .await;
+    assert_eq!(outcome(&enable), Outcome::Succeeded, "{}", enable.message);
+    assert!(enable.details["changes"].contains("symlink"));
+    assert!(fake.state.lock().unwrap().enabled.contains(UNIT));
+    let (disable, _) = run(
+        &executor,
+        request("dis", unit_op(v1::UnitOperation::Disable), 0),
+    )
+    .await;
+    assert_eq!(outcome(&disable), Outcome::Succeeded, "{}", disable.message);
+    assert!(!fake.state.lock().unwrap().enabled.contains(UNIT));
+    let (reload, _) = run(
+        &executor,
+        request("dr", Kind::DaemonReload(v1::DaemonReload {}), 0),
+    )
+    .await;
+    assert_eq!(outcome(&reload), Outcome::Succeeded, "{}", reload.message);
+    // enable and disable each reload too.
+    assert_eq!(fake.state.lock().unwrap().reloads, 3);
+}
+
+#[tokio::test]
+async fn an_invalid_unit_name_is_refused_before_any_bus_call() {
+    // No bus at all: a refusal proves no D-Bus call was attempted.
+    let mut agent = Agent::new(Policy {
+        units: vec!["*".into()],
+        ..Default::default()
+    });
+    agent.options.system_bus_address = Some("unix:path=/nonexistent/bus".into());
+    let executor = agent.open();
+    for (i, name) in ["sshd", "x;reboot.service", "../x.service", ""]
+        .iter()
+        .enumerate()
+    {
+        let (result, _) = run(
+            &executor,
+            request(
+                &format!("n{i}"),
+                Kind::Unit(v1::UnitAction {
+                    unit: name.to_string(),
+                    operation: v1::UnitOperation::Stop as i32,
+                }),
+                0,
+            ),
+        )
+        .await;
+        assert_eq!(outcome(&result), Outcome::Refused, "{name}");
+        assert_eq!(result.refused_by, "unit-name", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_bus_systemd_actions_fail_with_a_clear_message() {
+    let mut agent = Agent::new(unit_policy());
+    agent.options.system_bus_address = Some("unix:path=/nonexistent/bus".into());
+    let executor = agent.open();
+    let (result, _) = run(
+        &executor,
+        request("nobus", unit_op(v1::UnitOperation::Start), 0),
+    )
+    .await;
+    assert_eq!(outcome(&result), Outcome::Failed);
+    assert!(
+        result
+            .message
+            .starts_with("systemd is not reachable over D-Bus on this host ("),
+        "{}",
+        result.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_without_systemd_on_it_is_also_unreachable() {
+    let bus = support::fake_systemd::DbusDaemon::start();
+    let mut agent = Agent::new(unit_policy());
+    agent.options.system_bus_address = Some(bus.address.clone());
+    let executor = agent.open();
+    let (result, _) = run(
+        &executor,
+        request("empty", unit_op(v1::UnitOperation::Stop), 0),
+    )
+    .await;
+    assert_eq!(outcome(&result), Outcome::Failed);
+    assert!(
+        result
+            .message
+            .starts_with("systemd is not reachable over D-Bus"),
+        "{}",
+        result.message
+    );
+}
