@@ -8,7 +8,12 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod decide;
 pub mod fleet;
+pub mod invariants;
+pub mod manual;
+pub mod plan;
+pub mod run;
 pub mod spec;
 pub mod template;
 pub mod window;
@@ -17,3 +22,11 @@ pub use action::{HealthCheck, StepAction};
 pub use fleet::{Fleet, HostView, ManualPhase, ManualState, Role};
 pub use spec::{CampaignSpec, Concurrency, OnHost, Phase, SpecError, StepSpec};
 pub use window::Window;
+pub use decide::{
+    Blocker, BlockerEntry, Decision, Decisions, Dispatch, Holder, action_id, decide,
+};
+pub use manual::{ManualError, manual_enable};
+pub use plan::{Plan, PlanError, PlannedHost, PlannedStep, plan};
+pub use run::{
+    ApplyError, CampaignRun, CampaignState, Event, HostRun, HostState, Outcome, apply,
+};
