@@ -52,8 +52,9 @@ async fn ask_logind(bus: Option<&str>, poweroff: bool) -> Requested {
 /// 1. `getpid() == 1`;
 /// 2. proof that the namespace is not the machine's: either `/proc/self/status` lists more
 ///    than one pid in `NSpid` (the procfs belongs to an outer namespace), or pid 2 is not the
-///    kernel's `kthreadd` (in the machine's namespace pid 2 is always kthreadd, with parent 0;
-///    a nested namespace has no kernel threads). With neither proof, the answer is no.
+///    kernel's `kthreadd` (in the machine's namespace pid 2 is always kthreadd, a process of
+///    its own with parent 0; a nested namespace has no kernel threads). When pid 2 looks like
+///    kthreadd, the answer is no.
 ///
 /// `/proc/self/ns/pid` cannot be compared with the parent's from inside (the parent is outside
 /// the namespace and invisible), hence these proofs.
