@@ -447,13 +447,17 @@ impl Executor {
                 | Kind::RemovePath(_)
                 | Kind::Reboot(_)
         );
+        let left_behind = match kind {
+            Kind::DedupeShm(_) => "",
+            _ => "a systemd job already queued is left to systemd",
+        };
         let work = self.dispatch(&ctx, kind, &boot_id);
         let report = if self_stopping {
             work.await
         } else {
             tokio::select! {
                 report = work => report,
-                stop = ctx.stopped() => Report::stopped(stop, timeout, "the systemd job (if any) is left to systemd"),
+                stop = ctx.stopped() => Report::stopped(stop, timeout, left_behind),
             }
         };
         ctx.progress(100, "finished");

@@ -427,3 +427,75 @@ impl FakeSystemd {
         }
     }
 }
+
+/// How the stand-in logind answers Reboot/PowerOff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogindAnswer {
+    /// Accepts (records the call) and replies.
+    Accept,
+    /// Replies AccessDenied, as polkit would for an unprivileged caller.
+    Deny,
+    /// Never replies: the test then takes the bus down, as a shutdown does.
+    Hang,
+}
+
+struct Logind {
+    answer: LogindAnswer,
+    calls: mpsc::UnboundedSender<&'static str>,
+}
+
+impl Logind {
+    async fn answer(&self, what: &'static str) -> zbus::fdo::Result<()> {
+        let _ = self.calls.send(what);
+        match self.answer {
+            LogindAnswer::Accept => Ok(()),
+            LogindAnswer::Deny => Err(zbus::fdo::Error::AccessDenied(
+                "Interactive authentication required.".into(),
+            )),
+            LogindAnswer::Hang => std::future::pending().await,
+        }
+    }
+}
+
+#[interface(name = "org.freedesktop.login1.Manager")]
+impl Logind {
+    async fn reboot(&self, _interactive: bool) -> zbus::fdo::Result<()> {
+        self.answer("reboot").await
+    }
+
+    async fn power_off(&self, _interactive: bool) -> zbus::fdo::Result<()> {
+        self.answer("poweroff").await
+    }
+}
+
+/// A stand-in of systemd-logind's Manager on its own private bus.
+pub struct FakeLogind {
+    pub bus: Option<DbusDaemon>,
+    pub address: String,
+    _connection: Connection,
+    calls: mpsc::UnboundedReceiver<&'static str>,
+}
+
+impl FakeLogind {
+    pub async fn start(answer: LogindAnswer) -> FakeLogind {
+        let bus = DbusDaemon::start();
+        let (tx, calls) = mpsc::unbounded_channel();
+        let connection = zbus::connection::Builder::address(bus.address.as_str())
+            .serve_at("/org/freedesktop/login1", Logind { answer, calls: tx })
+            .name("org.freedesktop.login1")
+            .build()
+            .await
+            .unwrap();
+        FakeLogind {
+            address: bus.address.clone(),
+            bus: Some(bus),
+            _connection: connection,
+            calls,
+        }
+    }
+
+    /// Waits for the next Reboot ("reboot") or PowerOff ("poweroff") call.
+    pub async fn next_call(&mut self) -> &'static str {
+        self.calls.recv().await.unwrap()
+    }
+}
