@@ -11,26 +11,24 @@ use pitcrew_scheduler::{
 
 /// A policy that allows everything the example campaigns ask for.
 pub fn permissive() -> Policy {
+    let exec = [
+        &["/usr/local/bin/ucp-backup"][..],
+        &["/usr/local/bin/swarm-node", "update"],
+        &["/usr/local/bin/lab-health"],
+        &["/usr/local/bin/lb-pool"],
+        &["/usr/bin/docker", "pull"],
+        &["/usr/bin/docker", "run", "--rm", "--name", "ucp"],
+        &["/bin/true"],
+    ];
     Policy {
-        units: vec!["*".into()],
-        remove_paths: vec!["/var/lib".into()],
+        units: vec!["*.service".into()],
+        remove_paths: vec!["/var/lib/mesos".into()],
         allow_patch: true,
         allow_reboot: true,
         allow_dedupe_shm: true,
-        exec: vec![vec!["/usr/local/bin".into()]]
-            .into_iter()
-            .chain(
-                [
-                    "/usr/local/bin/ucp-backup",
-                    "/usr/local/bin/swarm-node",
-                    "/usr/local/bin/lab-health",
-                    "/usr/local/bin/ucp-upgrade",
-                    "/usr/local/bin/dcos-maintenance",
-                    "/bin/true",
-                ]
-                .iter()
-                .map(|p| vec![(*p).to_owned()]),
-            )
+        exec: exec
+            .iter()
+            .map(|p| p.iter().map(|s| (*s).to_owned()).collect())
             .collect(),
     }
 }
