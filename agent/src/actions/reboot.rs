@@ -126,7 +126,18 @@ pub async fn run(ctx: &Ctx, bus: Option<&str>, request: &v1::Reboot, boot_id: &s
         "asking systemd-logind to {verb} (boot id {boot_id})"
     ));
     ctx.progress(50, &format!("{verb} requested"));
-    match ask_logind(bus, request.poweroff).await {
+    let asked = tokio::select! {
+        asked = ask_logind(bus, request.poweroff) => asked,
+        () = ctx.until_deadline() => {
+            return Report::stopped(
+                Stop::TimedOut,
+                ctx.timeout,
+                "systemd-logind did not answer; the host may still go down",
+            )
+            .with_detail("boot_id_before", boot_id);
+        }
+    };
+    match asked {
         Requested::Accepted => {}
         Requested::Refused(message) => {
             return Report::failed(format!("systemd-logind refused to {verb}: {message}"));

@@ -28,6 +28,9 @@ use super::{Ctx, Report, Stop, StopFlag};
 /// file descriptors (each level holds one open).
 const MAX_DEPTH: usize = 256;
 
+/// How long a stopped removal may take to notice the stop flag and report.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How a removal ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Removed {
@@ -250,8 +253,24 @@ pub async fn run(ctx: &Ctx, policy: &Policy, request: &v1::RemovePath) -> Report
     let recursive = request.recursive;
     let stop = ctx.stop_flag();
     let shown = path.clone();
-    let outcome =
-        tokio::task::spawn_blocking(move || remove(&policy, &path, recursive, &stop)).await;
+    let walk = tokio::task::spawn_blocking(move || remove(&policy, &path, recursive, &stop));
+    // The walk checks the stop flag between entries; a single call stuck in the kernel (a
+    // hung network filesystem) cannot be interrupted, so after a grace period the action
+    // reports and leaves that thread behind.
+    let outcome = tokio::select! {
+        outcome = walk => outcome,
+        stop = async {
+            let stop = ctx.stopped().await;
+            tokio::time::sleep(STOP_GRACE).await;
+            stop
+        } => {
+            return Report::stopped(
+                stop,
+                ctx.timeout,
+                "the removal did not stop in time and may still be in progress",
+            );
+        }
+    };
     match outcome {
         Ok(Ok(Removed::AlreadyAbsent)) => {
             Report::succeeded(format!("{shown} is already absent")).with_detail("removed", "0")
