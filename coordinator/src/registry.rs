@@ -30,6 +30,8 @@ pub struct Registry {
     next_generation: AtomicU64,
     action_watchers: Mutex<HashMap<String, broadcast::Sender<v1::ActionEvent>>>,
     changes: watch::Sender<u64>,
+    /// Set when the coordinator shuts down: every session ends so the server can drain.
+    closing: watch::Sender<bool>,
 }
 
 impl Default for Registry {
@@ -39,6 +41,7 @@ impl Default for Registry {
             next_generation: AtomicU64::new(1),
             action_watchers: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
+            closing: watch::channel(false).0,
         }
     }
 }
@@ -115,6 +118,17 @@ impl Registry {
     /// Signals that something about hosts or actions changed.
     pub fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Ends every session (at shutdown); agents reconnect with backoff to whichever
+    /// coordinator serves next.
+    pub fn close_all(&self) {
+        let _ = self.closing.send(true);
+    }
+
+    /// A receiver that turns true when sessions must end.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// A receiver that wakes on every change.

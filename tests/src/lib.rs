@@ -1,1 +1,406 @@
-//! pitcrew test harness.
+//! Test harness for pitcrew: a real `pitcrew-coordinator` process and real `pitcrew-agent`
+//! processes on loopback over real mTLS, each agent with its own state dir and host identity,
+//! driven through the real `pitcrew` CLI. Every process is killed when its handle drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// How long any wait in a test may take before it fails: generous, because a loaded CI
+/// machine is slow, and a wait ends as soon as its condition holds.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/<test>-<hash> → target/debug
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary, checked to exist.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, or run the tests with `cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns Some, failing after `DEADLINE`. The checks read real state
+/// (the registry through the CLI, a file); this waits for that state, not for a fixed time.
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(17443)
+}
+
+/// A fresh 32-hex-digit machine id.
+pub fn new_machine_id() -> String {
+    let bytes: [u8; 16] = rand_bytes();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn rand_bytes() -> [u8; 16] {
+    // Uniqueness, not secrecy: time, pid and a counter are enough for test identities.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&t.to_le_bytes());
+    out[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    out[12..].copy_from_slice(&(n as u32).to_le_bytes());
+    out
+}
+
+/// A child process killed on drop, with its stderr kept in a log file for failure messages.
+pub struct Proc {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut command: Command, log: PathBuf) -> anyhow::Result<Proc> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        command
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .stdin(Stdio::null());
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        Ok(Proc {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// SIGKILL: the process gets no chance to clean up (a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a graceful stop. Returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process has exited (and its code if so).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        match self.child.as_mut()?.try_wait() {
+            Ok(Some(status)) => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A coordinator with its own data dir and port.
+pub struct Coordinator {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub fingerprint: String,
+    pub proc: Option<Proc>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Coordinator {
+    /// `pitcrew-coordinator init` in a new temp dir, with a 1 s heartbeat and 3 s timeout so
+    /// disconnects show quickly.
+    pub fn init() -> anyhow::Result<Coordinator> {
+        let temp = tempfile::tempdir()?;
+        let dir = temp.path().join("coordinator");
+        let port = free_port();
+        let out = Command::new(bin("pitcrew-coordinator"))
+            .args(["init", "--data-dir"])
+            .arg(&dir)
+            .args([
+                "--san",
+                "127.0.0.1",
+                "--san",
+                "localhost",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let fingerprint = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("ca_fingerprint = \"sha256:"))
+            .map(|l| l.trim_end_matches('"').to_owned())
+            .context("init printed no fingerprint")?;
+        std::fs::write(
+            dir.join("coordinator.toml"),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nheartbeat_seconds = 1\nheartbeat_timeout_seconds = 3\n"
+            ),
+        )?;
+        Ok(Coordinator {
+            dir,
+            port,
+            fingerprint,
+            proc: None,
+            _temp: Some(temp),
+        })
+    }
+
+    pub fn address(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts `serve` and waits until it accepts connections.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new(bin("pitcrew-coordinator"));
+        command
+            .args(["serve", "--data-dir"])
+            .arg(&self.dir)
+            .env("PITCREW_LOG", "info");
+        let proc = Proc::spawn(command, self.dir.join("coordinator.log"))?;
+        self.proc = Some(proc);
+        let port = self.port;
+        wait_for("the coordinator to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Ok(())
+    }
+
+    pub fn stop(&mut self) -> Option<i32> {
+        self.proc.take().and_then(|mut p| p.terminate())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("coordinator.log")).unwrap_or_default()
+    }
+
+    pub fn operator_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("PITCREW_COORDINATOR".into(), self.address()),
+            (
+                "PITCREW_CA".into(),
+                self.dir.join("ca.crt").display().to_string(),
+            ),
+            (
+                "PITCREW_CERT".into(),
+                self.dir.join("operator/admin.crt").display().to_string(),
+            ),
+            (
+                "PITCREW_KEY".into(),
+                self.dir.join("operator/admin.key").display().to_string(),
+            ),
+        ]
+    }
+
+    /// Runs `pitcrew ARGS` as the admin operator.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("pitcrew"))
+            .args(args)
+            .envs(self.operator_env())
+            .output()
+            .expect("running pitcrew")
+    }
+
+    /// Runs `pitcrew ARGS -o json`, requiring success, and parses the output.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "pitcrew {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "pitcrew {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// A join token for `role` with labels.
+    pub fn token(&self, role: &str, labels: &[(&str, &str)], uses: u32) -> String {
+        let mut args = vec![
+            "token".to_owned(),
+            "create".into(),
+            "--role".into(),
+            role.into(),
+            "--uses".into(),
+            uses.to_string(),
+        ];
+        for (k, v) in labels {
+            args.push("--label".into());
+            args.push(format!("{k}={v}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.cli_json(&args)["token"]
+            .as_str()
+            .expect("token in output")
+            .to_owned()
+    }
+
+    /// `pitcrew hosts -o json` as a list.
+    pub fn hosts(&self) -> Vec<Value> {
+        self.cli_json(&["hosts"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The host with this id, if listed.
+    pub fn host(&self, host_id: &str) -> Option<Value> {
+        self.hosts().into_iter().find(|h| h["host_id"] == host_id)
+    }
+}
+
+/// One agent process with its own state dir and machine id.
+pub struct Agent {
+    pub name: String,
+    pub dir: PathBuf,
+    pub machine_id: String,
+    pub config: PathBuf,
+    pub proc: Option<Proc>,
+    _temp: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Prepares an agent for `coordinator` with a token and extra config (e.g. a `[policy]`).
+    pub fn new(
+        coordinator: &Coordinator,
+        name: &str,
+        token: &str,
+        extra_toml: &str,
+    ) -> anyhow::Result<Agent> {
+        let temp = tempfile::tempdir()?;
+        let dir = temp.path().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let machine_id = new_machine_id();
+        std::fs::write(dir.join("machine-id"), format!("{machine_id}\n"))?;
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "coordinators = [\"{}\"]\nca_fingerprint = \"sha256:{}\"\njoin_token = \"{token}\"\nstate_dir = \"{}\"\nheartbeat_seconds = 1\n[host]\nmachine_id_file = \"{}\"\n{extra_toml}\n",
+                coordinator.address(),
+                coordinator.fingerprint,
+                dir.join("state").display(),
+                dir.join("machine-id").display(),
+            ),
+        )?;
+        Ok(Agent {
+            name: name.into(),
+            dir,
+            machine_id,
+            config,
+            proc: None,
+            _temp: temp,
+        })
+    }
+
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new(bin("pitcrew-agent"));
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("PITCREW_LOG", "info");
+        self.proc = Some(Proc::spawn(command, self.dir.join("agent.log"))?);
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+}
+
+/// Waits until the coordinator lists `host_id` as connected with facts; returns the host.
+pub fn wait_connected(coordinator: &Coordinator, host_id: &str) -> Value {
+    wait_for(&format!("host {host_id} to connect"), || {
+        coordinator.host(host_id).filter(|h| {
+            h["connected"] == true
+                && h["facts"]["boot_id"]
+                    .as_str()
+                    .is_some_and(|b| !b.is_empty())
+        })
+    })
+}

@@ -69,7 +69,10 @@ pub enum Decision {
     },
     Dispatch(Dispatch),
     /// Every step and post-gate passed: the host is Done and its slot free.
-    ReleaseHost { campaign: String, host: String },
+    ReleaseHost {
+        campaign: String,
+        host: String,
+    },
     /// The in-flight step got no result in time; the host fails and keeps its slot.
     FailHost {
         campaign: String,
@@ -77,10 +80,17 @@ pub enum Decision {
         reason: String,
     },
     /// The error budget is spent.
-    PauseCampaign { campaign: String, reason: String },
-    CompleteCampaign { campaign: String },
+    PauseCampaign {
+        campaign: String,
+        reason: String,
+    },
+    CompleteCampaign {
+        campaign: String,
+    },
     /// A cancel asked earlier takes effect: no host is in progress any more.
-    FinishCancel { campaign: String },
+    FinishCancel {
+        campaign: String,
+    },
 }
 
 impl Decision {
@@ -120,8 +130,13 @@ impl fmt::Display for Holder {
 #[serde(rename_all = "snake_case", tag = "blocker")]
 pub enum Blocker {
     /// Every slot it could take is held (by these hosts).
-    NoSlot { slot: String, held_by: Vec<String> },
-    WindowClosed { opens_at_ms: Option<i64> },
+    NoSlot {
+        slot: String,
+        held_by: Vec<String>,
+    },
+    WindowClosed {
+        opens_at_ms: Option<i64>,
+    },
     /// A pre-gate failed; tried again at `retry_at_ms`.
     GateFailing {
         gate: String,
@@ -129,27 +144,58 @@ pub enum Blocker {
         retry_at_ms: i64,
     },
     /// Another manager of the cluster is not connected and healthy.
-    QuorumGuard { manager: String, why: String },
-    Paused { reason: String },
-    ErrorBudgetSpent { failures: u32, max_failures: u32 },
+    QuorumGuard {
+        manager: String,
+        why: String,
+    },
+    Paused {
+        reason: String,
+    },
+    ErrorBudgetSpent {
+        failures: u32,
+        max_failures: u32,
+    },
     /// The earlier role still has hosts not done or skipped.
-    WaitingForRole { role: Role, remaining: usize },
+    WaitingForRole {
+        role: Role,
+        remaining: usize,
+    },
     /// The host is out of service for someone else.
-    HeldElsewhere { by: Holder },
+    HeldElsewhere {
+        by: Holder,
+    },
     /// The cluster leader goes after every other manager of its cluster.
-    LeaderLast { cluster: String },
-    Dwell { until_ms: i64 },
-    AgentDisconnected { host: String },
+    LeaderLast {
+        cluster: String,
+    },
+    Dwell {
+        until_ms: i64,
+    },
+    AgentDisconnected {
+        host: String,
+    },
     /// A step's `on` selector matches no usable host right now.
-    NoTarget { step: String, selector: String },
+    NoTarget {
+        step: String,
+        selector: String,
+    },
     /// After a reboot the host has not yet come back on a new boot id.
-    AwaitingReboot { host: String },
+    AwaitingReboot {
+        host: String,
+    },
     /// An automatic retry of a failed step waits until then.
-    RetryAt { step: String, at_ms: i64 },
+    RetryAt {
+        step: String,
+        at_ms: i64,
+    },
     /// The host failed and keeps its slot until an operator retries, skips or releases it.
-    HostFailed { error: String },
+    HostFailed {
+        error: String,
+    },
     /// Cancel asked; waiting for hosts in progress to finish.
-    Cancelling { in_progress: usize },
+    Cancelling {
+        in_progress: usize,
+    },
 }
 
 impl Blocker {
@@ -387,8 +433,7 @@ pub fn manager_slot(cluster: &str) -> String {
 /// must be connected and healthy.
 pub fn quorum_guard(fleet: &Fleet, host: &HostView) -> Result<(), Blocker> {
     for other in fleet.hosts.values() {
-        if other.role != Role::Manager || other.id == host.id || other.cluster() != host.cluster()
-        {
+        if other.role != Role::Manager || other.id == host.id || other.cluster() != host.cluster() {
             continue;
         }
         let why = match (other.connected, other.healthy) {
@@ -551,7 +596,11 @@ fn advance_host(
             });
         } else {
             out.wake(f.deadline_ms);
-            if fleet.hosts.get(&f.target_host).is_some_and(|v| !v.connected) {
+            if fleet
+                .hosts
+                .get(&f.target_host)
+                .is_some_and(|v| !v.connected)
+            {
                 out.block(
                     &run.id,
                     Some(&h.host_id),
@@ -665,13 +714,11 @@ fn start_hosts(
         return;
     }
     // Role order: the first role with a host not done or skipped is the current one.
-    let Some(current) = run
-        .spec
-        .order
-        .iter()
-        .copied()
-        .find(|r| run.hosts.iter().any(|h| h.role == *r && !h.state.finished()))
-    else {
+    let Some(current) = run.spec.order.iter().copied().find(|r| {
+        run.hosts
+            .iter()
+            .any(|h| h.role == *r && !h.state.finished())
+    }) else {
         return;
     };
     let remaining = run
@@ -696,17 +743,19 @@ fn start_hosts(
         if until > now_ms {
             out.wake(until);
             for h in pending.iter().filter(|h| h.role == current) {
-                out.block(&run.id, Some(&h.host_id), Blocker::Dwell { until_ms: until });
+                out.block(
+                    &run.id,
+                    Some(&h.host_id),
+                    Blocker::Dwell { until_ms: until },
+                );
             }
             return;
         }
     }
-    let worker_slots = run.spec.worker_concurrency.slots(
-        run.hosts
-            .iter()
-            .filter(|h| h.role == Role::Worker)
-            .count(),
-    );
+    let worker_slots = run
+        .spec
+        .worker_concurrency
+        .slots(run.hosts.iter().filter(|h| h.role == Role::Worker).count());
     for h in pending.iter().filter(|h| h.role == current) {
         match may_start(fleet, occ, run, h, worker_slots, now_ms) {
             Err((blocker, wake)) => {

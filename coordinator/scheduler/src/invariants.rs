@@ -38,7 +38,10 @@ pub fn check(fleet: &Fleet, campaigns: &[CampaignRun]) -> Vec<String> {
     }
     for (host, by) in &holders {
         if by.len() > 1 {
-            broken.push(format!("host {host} is held by {} at once", by.join(" and ")));
+            broken.push(format!(
+                "host {host} is held by {} at once",
+                by.join(" and ")
+            ));
         }
     }
 

@@ -19,14 +19,10 @@ pub mod template;
 pub mod window;
 
 pub use action::{HealthCheck, StepAction};
+pub use decide::{Blocker, BlockerEntry, Decision, Decisions, Dispatch, Holder, action_id, decide};
 pub use fleet::{Fleet, HostView, ManualPhase, ManualState, Role};
-pub use spec::{CampaignSpec, Concurrency, OnHost, Phase, SpecError, StepSpec};
-pub use window::Window;
-pub use decide::{
-    Blocker, BlockerEntry, Decision, Decisions, Dispatch, Holder, action_id, decide,
-};
 pub use manual::{ManualError, manual_enable};
 pub use plan::{Plan, PlanError, PlannedHost, PlannedStep, plan};
-pub use run::{
-    ApplyError, CampaignRun, CampaignState, Event, HostRun, HostState, Outcome, apply,
-};
+pub use run::{ApplyError, CampaignRun, CampaignState, Event, HostRun, HostState, Outcome, apply};
+pub use spec::{CampaignSpec, Concurrency, OnHost, Phase, SpecError, StepSpec};
+pub use window::Window;

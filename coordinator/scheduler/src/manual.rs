@@ -16,7 +16,9 @@ pub enum ManualError {
     AlreadyInMaintenance { host: String, phase: ManualPhase },
     #[error("{host} is held out of service by {by}; wait for it or release it there first")]
     Held { host: String, by: Holder },
-    #[error("the manager slot of cluster {cluster:?} is held by {holder}; managers go one at a time")]
+    #[error(
+        "the manager slot of cluster {cluster:?} is held by {holder}; managers go one at a time"
+    )]
     ManagerSlotHeld { cluster: String, holder: String },
     #[error("{0}")]
     QuorumGuard(Blocker),
@@ -100,7 +102,13 @@ pub fn manual_enable(
 impl ManualState {
     /// Entering → Maintenance: workloads are off the host.
     pub fn entered(&self, host: &str, now_ms: i64) -> Result<ManualState, ManualError> {
-        self.to(host, ManualPhase::Entering, ManualPhase::Maintenance, "finishing entering", now_ms)
+        self.to(
+            host,
+            ManualPhase::Entering,
+            ManualPhase::Maintenance,
+            "finishing entering",
+            now_ms,
+        )
     }
 
     /// Maintenance (or Entering, to abort) → Leaving: `maintenance disable`.

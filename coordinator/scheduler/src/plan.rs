@@ -29,9 +29,7 @@ pub enum PlanError {
         line: usize,
         error: String,
     },
-    #[error(
-        "host {host} would refuse step {step:?} ({phase}) for {serviced}: {rule}: {message}"
-    )]
+    #[error("host {host} would refuse step {step:?} ({phase}) for {serviced}: {rule}: {message}")]
     PolicyRefusal {
         host: String,
         serviced: String,

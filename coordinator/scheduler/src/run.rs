@@ -466,7 +466,9 @@ pub enum ApplyError {
         what: String,
         from: String,
     },
-    #[error("result for action {0}, which no host of this campaign is waiting on (late or repeated)")]
+    #[error(
+        "result for action {0}, which no host of this campaign is waiting on (late or repeated)"
+    )]
     StaleResult(String),
     #[error("dispatch {got} does not match the expected action {expected}")]
     UnexpectedAction { expected: String, got: String },
@@ -507,7 +509,14 @@ pub fn apply(
             outcome,
             message,
             boot_id,
-        } => finished(run, action_id, *outcome, message, boot_id.as_deref(), now_ms),
+        } => finished(
+            run,
+            action_id,
+            *outcome,
+            message,
+            boot_id.as_deref(),
+            now_ms,
+        ),
         Event::HostDisconnected { host } => {
             if let Some(h) = run
                 .hosts

@@ -21,6 +21,9 @@ use crate::events::EventLog;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 
+/// How long open streams (operators watching, agents) get to end at shutdown.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Everything the services share.
 pub struct Coordinator {
     pub store: Arc<Store>,
@@ -71,6 +74,15 @@ pub async fn serve(
     let config = tls::server_config(chain, key, &ca).context("building the TLS configuration")?;
     let incoming = tls::accept(listener, Arc::new(config));
 
+    // At shutdown, end the agents' long-lived sessions so the server can drain; anything still
+    // open after a grace period is cut.
+    let registry = coordinator.registry.clone();
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        registry.close_all();
+        let _ = stopping_tx.send(true);
+    };
     let max = pitcrew_proto::MAX_MESSAGE_BYTES;
     let enrollment = EnrollmentServer::new(enroll::EnrollmentService::new(coordinator.clone()))
         .max_decoding_message_size(max);
@@ -78,12 +90,18 @@ pub async fn serve(
         .max_decoding_message_size(max);
     let admin = AdminServer::new(admin::AdminService::new(coordinator.clone()))
         .max_decoding_message_size(max);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(enrollment)
         .add_service(session)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("the gRPC server failed")?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result.context("the gRPC server failed")?,
+        _ = async {
+            let _ = stopping_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!(message = "connections still open after the grace period were cut"),
+    }
     Ok(())
 }

@@ -217,8 +217,13 @@ async fn run_inbound(
     inbound: &mut Streaming<AgentMessage>,
     timeout: Duration,
 ) -> String {
+    let mut closing = c.registry.closing();
     loop {
-        let message = match tokio::time::timeout(timeout, inbound.message()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(timeout, inbound.message()) => next,
+            _ = closing.wait_for(|closing| *closing) => return "the coordinator is shutting down".to_owned(),
+        };
+        let message = match next {
             Err(_) => return format!("no message for {} s (heartbeat timeout)", timeout.as_secs()),
             Ok(Err(status)) => return format!("stream failed: {}", status.message()),
             Ok(Ok(None)) => return "the agent closed its session".to_owned(),
