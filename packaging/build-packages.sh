@@ -1,0 +1,91 @@
+#!/bin/bash
+# Build pitcrew's packages into $CARGO_TARGET_DIR/packages (default target/packages):
+#   pitcrew-agent_<v>-1_<arch>.deb, pitcrew-coordinator_<v>-1_<arch>.deb (cargo-deb) and
+#   pitcrew-agent-<v>-1.<arch>.rpm (rpmbuild, from packaging/rpm/pitcrew-agent.spec).
+# Release binaries are built first. cargo-deb and rpm are installed only when missing.
+# Idempotent: running it again rebuilds the packages in place.
+#   --no-build   package the binaries already in the target dir
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+OUT="$TARGET_DIR/packages"
+BUILD=1
+
+log() { printf '[packages] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+parse_args() {
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --no-build) BUILD=0 ;;
+            *) die "unknown argument $1 (see the header of $0)" ;;
+        esac
+        shift
+    done
+}
+
+ensure_tools() {
+    if ! cargo deb --version >/dev/null 2>&1; then
+        log "installing cargo-deb (about a minute)"
+        cargo install cargo-deb --locked
+    fi
+    if ! command -v rpmbuild >/dev/null || ! command -v dpkg-shlibdeps >/dev/null; then
+        log "installing rpm and dpkg-dev"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rpm dpkg-dev >/dev/null
+    fi
+}
+
+build_binaries() {
+    if [ "$BUILD" = 1 ]; then
+        log "cargo build --release (target dir $TARGET_DIR)"
+        (cd "$REPO" && cargo build --release -p pitcrew-agent -p pitcrew-coordinator)
+    fi
+    local bin
+    for bin in pitcrew-agent pitcrew-coordinator pitcrew; do
+        [ -x "$TARGET_DIR/release/$bin" ] || die "missing $TARGET_DIR/release/$bin"
+    done
+}
+
+workspace_version() {
+    /usr/bin/python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["workspace"]["package"]["version"])' \
+        "$REPO/Cargo.toml"
+}
+
+build_debs() {
+    local pkg
+    for pkg in pitcrew-agent pitcrew-coordinator; do
+        log "cargo deb -p $pkg"
+        (cd "$REPO" && cargo deb --no-build --quiet -p "$pkg" --output "$OUT/")
+    done
+}
+
+build_rpm() {
+    local version top arch
+    version=$(workspace_version)
+    top=$(mktemp -d)
+    trap 'rm -rf "$top"' RETURN
+    log "rpmbuild pitcrew-agent $version"
+    rpmbuild -bb --quiet \
+        --define "_topdir $top" \
+        --define "pitcrew_version $version" \
+        --define "pitcrew_bin $TARGET_DIR/release/pitcrew-agent" \
+        --define "pitcrew_packaging $REPO/packaging" \
+        "$REPO/packaging/rpm/pitcrew-agent.spec" >/dev/null
+    arch=$(rpm --eval '%{_arch}')
+    cp "$top/RPMS/$arch/pitcrew-agent-$version-1.$arch.rpm" "$OUT/"
+}
+
+main() {
+    parse_args "$@"
+    ensure_tools
+    build_binaries
+    mkdir -p "$OUT"
+    build_debs
+    build_rpm
+    log "done:"
+    ls -l "$OUT" >&2
+}
+
+main "$@"
