@@ -38,15 +38,14 @@ pub fn reboot_required(package_manager: &str) -> bool {
     {
         return true;
     }
-    if package_manager == "dnf" {
-        if let Ok(status) = std::process::Command::new("needs-restarting")
+    if package_manager == "dnf"
+        && let Ok(status) = std::process::Command::new("needs-restarting")
             .arg("-r")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
-        {
-            return status.code() == Some(1);
-        }
+    {
+        return status.code() == Some(1);
     }
     false
 }

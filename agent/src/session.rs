@@ -186,11 +186,13 @@ async fn session(
                     Err(status) => return Ended::Lost(format!("session failed: {}", status.message())),
                 };
                 match message.msg {
-                    Some(coordinator_message::Msg::Welcome(welcome)) => {
-                        if welcome.heartbeat_seconds > 0 && u64::from(welcome.heartbeat_seconds) < config.heartbeat_seconds {
-                            heartbeat = tokio::time::interval(Duration::from_secs(u64::from(welcome.heartbeat_seconds)));
-                        }
+                    // The coordinator may ask for more frequent heartbeats, never fewer.
+                    Some(coordinator_message::Msg::Welcome(welcome))
+                        if welcome.heartbeat_seconds > 0 && u64::from(welcome.heartbeat_seconds) < config.heartbeat_seconds =>
+                    {
+                        heartbeat = tokio::time::interval(Duration::from_secs(u64::from(welcome.heartbeat_seconds)));
                     }
+                    Some(coordinator_message::Msg::Welcome(_)) => {}
                     Some(coordinator_message::Msg::Action(request)) => {
                         let executor = executor.clone();
                         let events = events_tx.clone();

@@ -38,37 +38,15 @@ pub fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Status> {
     if let Some(host) = c.store.host(name)? {
         return Ok(host);
     }
-    let matches: Vec<HostRecord> = c
-        .store
-        .hosts()?
-        .into_iter()
-        .filter(|h| h.hostname == name)
-        .collect();
-    match matches.len() {
-        1 => Ok(matches
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| unreachable_host())),
-        0 => Err(Status::not_found(format!(
+    let mut matches = c.store.hosts()?.into_iter().filter(|h| h.hostname == name);
+    match (matches.next(), matches.next()) {
+        (Some(host), None) => Ok(host),
+        (None, _) => Err(Status::not_found(format!(
             "no host has the id or hostname {name:?}"
         ))),
-        n => Err(Status::invalid_argument(format!(
-            "{n} hosts are named {name:?}; use the host id"
+        (Some(_), Some(_)) => Err(Status::invalid_argument(format!(
+            "several hosts are named {name:?}; use the host id"
         ))),
-    }
-}
-
-// `matches.len() == 1` guarantees an element; this keeps the code free of unwrap panics.
-fn unreachable_host() -> HostRecord {
-    HostRecord {
-        host_id: String::new(),
-        hostname: String::new(),
-        role: String::new(),
-        labels: BTreeMap::new(),
-        cert_serial: String::new(),
-        enrolled_at_ms: 0,
-        last_seen_ms: 0,
-        facts: Vec::new(),
     }
 }
 
@@ -301,13 +279,13 @@ impl Admin for AdminService {
                 "an action id is 1 to 128 of [A-Za-z0-9._:-]",
             ));
         }
-        if let Some(existing) = c.store.action(&action.action_id)? {
-            if existing.host_id != host.host_id {
-                return Err(Status::already_exists(format!(
-                    "action id {} was used for another host",
-                    action.action_id
-                )));
-            }
+        if let Some(existing) = c.store.action(&action.action_id)?
+            && existing.host_id != host.host_id
+        {
+            return Err(Status::already_exists(format!(
+                "action id {} was used for another host",
+                action.action_id
+            )));
         }
         if !c.registry.is_connected(&host.host_id) {
             return Err(Status::failed_precondition(format!(

@@ -255,11 +255,10 @@ async fn run_inbound(
                         }
                         let _ = tx.send(Ok(ack(vec![id]))).await;
                     }
-                    Some(_) => {
-                        if belongs_to(c, host_id, &event.action_id) {
-                            c.registry.publish_action_event(event);
-                        }
+                    Some(_) if belongs_to(c, host_id, &event.action_id) => {
+                        c.registry.publish_action_event(event);
                     }
+                    Some(_) => {}
                     None => {}
                 }
             }
