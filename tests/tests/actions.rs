@@ -1,0 +1,229 @@
+//! `pitcrew do` over real mTLS with real agent processes: typed actions run as the host's
+//! policy allows, refusals name their rule, and an action interrupted by an agent crash is
+//! reported as such and never runs twice.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use pitcrew_tests::{Agent, Coordinator, bin, wait_connected, wait_for};
+
+fn policy(work: &Path) -> String {
+    format!(
+        "[policy]\nremove_paths = [\"{}\"]\nexec = [[\"/bin/echo\"], [\"/bin/sh\", \"-c\"]]\n",
+        work.display()
+    )
+}
+
+fn start(policy_toml: impl FnOnce(&Path) -> String) -> (Coordinator, Agent, tempfile::TempDir) {
+    let work = tempfile::tempdir().unwrap();
+    let mut coordinator = Coordinator::init().unwrap();
+    coordinator.start().unwrap();
+    let token = coordinator.token("worker", &[], 1);
+    let mut agent = Agent::new(&coordinator, "w1", &token, &policy_toml(work.path())).unwrap();
+    agent.start().unwrap();
+    wait_connected(&coordinator, &agent.machine_id);
+    (coordinator, agent, work)
+}
+
+struct Ran {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_do(c: &Coordinator, host: &str, args: &[&str]) -> Ran {
+    let mut all = vec!["do", host];
+    all.extend(args);
+    let out = c.cli(&all);
+    Ran {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn exec_remove_path_and_health_run_and_a_refused_action_names_its_rule() {
+    let (c, agent, work) = start(policy);
+    let host = agent.machine_id.clone();
+
+    let ran = run_do(&c, &host, &["exec", "--", "/bin/echo", "drained", "node-1"]);
+    assert!(ran.ok, "{} {}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("drained node-1") && ran.stdout.contains("succeeded"),
+        "{}",
+        ran.stdout
+    );
+
+    // The DC/OS runbook's metadata pointer, under an allowed root.
+    let latest = work.path().join("meta/slaves/latest");
+    std::fs::create_dir_all(latest.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/etc", &latest).unwrap();
+    let ran = run_do(&c, &host, &["remove-path", latest.to_str().unwrap()]);
+    assert!(ran.ok, "{} {}", ran.stdout, ran.stderr);
+    assert!(
+        std::fs::symlink_metadata(&latest).is_err(),
+        "the pointer is gone"
+    );
+    assert!(
+        Path::new("/etc/hostname").exists() || Path::new("/etc").is_dir(),
+        "its target is untouched"
+    );
+    let again = run_do(&c, &host, &["remove-path", latest.to_str().unwrap()]);
+    assert!(
+        again.ok,
+        "removing a missing path succeeds: {}",
+        again.stdout
+    );
+
+    let port = c.port.to_string();
+    let ran = run_do(&c, &host, &["health", "tcp", "127.0.0.1", &port]);
+    assert!(ran.ok, "{} {}", ran.stdout, ran.stderr);
+    let closed = run_do(
+        &c,
+        &host,
+        &["--timeout", "5s", "health", "tcp", "127.0.0.1", "1"],
+    );
+    assert!(!closed.ok, "a closed port is unhealthy");
+
+    // Outside the policy: refused, naming the rule, and nothing happens.
+    let ran = run_do(
+        &c,
+        &host,
+        &[
+            "exec",
+            "--",
+            "/usr/bin/touch",
+            "/tmp/pitcrew-should-not-exist",
+        ],
+    );
+    assert!(!ran.ok);
+    assert!(
+        ran.stdout.contains("refused") && ran.stdout.contains("policy.exec"),
+        "{}",
+        ran.stdout
+    );
+    assert!(!Path::new("/tmp/pitcrew-should-not-exist").exists());
+    let ran = run_do(&c, &host, &["remove-path", "/etc/passwd"]);
+    assert!(!ran.ok);
+    assert!(ran.stdout.contains("policy.remove_paths"), "{}", ran.stdout);
+    assert!(Path::new("/etc/passwd").exists());
+    let ran = run_do(&c, &host, &["unit", "stop", "ssh.service"]);
+    assert!(!ran.ok);
+    assert!(ran.stdout.contains("policy.units"), "{}", ran.stdout);
+
+    // Every run is in the host's event log and the audit trail.
+    let events = c.cli_json(&["events", "--host", &host]);
+    let events = events.as_array().unwrap();
+    assert!(events.iter().any(|e| e["result"] == "refused"));
+    assert!(events.iter().any(|e| {
+        e["kind"] == "audit"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("exec /bin/echo drained")
+    }));
+}
+
+#[test]
+fn an_exec_interrupted_by_an_agent_crash_is_reported_and_never_runs_twice() {
+    let (c, mut agent, work) = start(policy);
+    let host = agent.machine_id.clone();
+    let marker = work.path().join("runs");
+    let script = format!("echo run >> {}; exec sleep 600", marker.display());
+
+    // Start a long action and wait until it has really started.
+    let running = Command::new(bin("pitcrew"))
+        .args([
+            "do", &host, "--id", "long-1", "exec", "--", "/bin/sh", "-c", &script,
+        ])
+        .envs(c.operator_env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the action to start", || {
+        std::fs::read_to_string(&marker)
+            .ok()
+            .filter(|t| t.contains("run"))
+    });
+
+    // The agent dies mid-action; the operator's `do` ends saying the host went away.
+    agent.kill();
+    let out = running.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("disconnected"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The orphaned program is not the agent's any more; end it so the test leaves nothing behind.
+    let _ = Command::new("pkill")
+        .args(["-f", &format!("echo run >> {}", marker.display())])
+        .status();
+
+    // Restarted, the agent reports the action as interrupted by itself.
+    agent.start().unwrap();
+    let event = wait_for("the interrupted result", || {
+        c.cli_json(&["events", "--host", &host])
+            .as_array()
+            .and_then(|events| {
+                events
+                    .iter()
+                    .find(|e| e["step"] == "long-1" && e["result"] == "interrupted")
+                    .cloned()
+            })
+    });
+    assert!(
+        event["message"].as_str().unwrap().contains("agent"),
+        "{event}"
+    );
+
+    // Sending the same id again returns the recorded result; the program does not run again.
+    let again = run_do(
+        &c,
+        &host,
+        &["--id", "long-1", "exec", "--", "/bin/sh", "-c", &script],
+    );
+    assert!(!again.ok);
+    assert!(again.stdout.contains("interrupted"), "{}", again.stdout);
+    let runs = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the action ran again: {runs:?}");
+}
+
+#[test]
+fn a_duplicate_action_id_returns_the_first_result_without_running_again() {
+    let (c, agent, work) = start(policy);
+    let host = agent.machine_id.clone();
+    let marker = work.path().join("count");
+    let script = format!("echo once >> {}; echo done", marker.display());
+    let first = run_do(
+        &c,
+        &host,
+        &["--id", "dup-1", "exec", "--", "/bin/sh", "-c", &script],
+    );
+    assert!(first.ok, "{}", first.stderr);
+    let second = run_do(
+        &c,
+        &host,
+        &["--id", "dup-1", "exec", "--", "/bin/sh", "-c", &script],
+    );
+    assert!(second.ok, "{}", second.stderr);
+    assert!(second.stdout.contains("done"), "{}", second.stdout);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn systemd_actions_say_clearly_when_no_systemd_runs_here() {
+    let (c, agent, _work) = start(|_| "[policy]\nunits = [\"demo*.service\"]\n".to_owned());
+    let ran = run_do(&c, &agent.machine_id, &["unit", "stop", "demo.service"]);
+    if Path::new("/run/systemd/system").is_dir() {
+        return; // A machine with systemd runs the real thing; the lab tests cover it.
+    }
+    assert!(!ran.ok);
+    assert!(
+        ran.stdout.contains("systemd is not reachable"),
+        "{}",
+        ran.stdout
+    );
+}
