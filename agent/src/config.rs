@@ -45,6 +45,10 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
+    /// The name this host reports; the system hostname when unset. Lets several agents on one
+    /// machine (tests, labs) each have their own.
+    #[serde(default)]
+    pub hostname: Option<String>,
     #[serde(default = "default_machine_id_file")]
     pub machine_id_file: PathBuf,
     #[serde(default = "default_boot_id_file")]
@@ -54,6 +58,7 @@ pub struct HostConfig {
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
+            hostname: None,
             machine_id_file: default_machine_id_file(),
             boot_id_file: default_boot_id_file(),
         }
@@ -79,6 +84,17 @@ fn default_boot_id_file() -> PathBuf {
 pub struct ConfigError {
     pub file: String,
     pub message: String,
+}
+
+impl HostConfig {
+    /// The hostname to report: the configured one, else the system's.
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+    }
 }
 
 impl AgentConfig {

@@ -97,7 +97,7 @@ pub fn collect(
     let package_manager = package_manager();
     v1::Facts {
         host_id: host_id.to_owned(),
-        hostname: System::host_name().unwrap_or_default(),
+        hostname: config.host.hostname(),
         role: role.to_owned(),
         labels: labels.clone(),
         os_name: System::name().unwrap_or_default(),

@@ -30,6 +30,8 @@ pub struct Registry {
     next_generation: AtomicU64,
     action_watchers: Mutex<HashMap<String, broadcast::Sender<v1::ActionEvent>>>,
     changes: watch::Sender<u64>,
+    /// Bumped whenever the campaign runtime committed something (for `campaign watch`).
+    campaigns: watch::Sender<u64>,
     /// Set when the coordinator shuts down: every session ends so the server can drain.
     closing: watch::Sender<bool>,
 }
@@ -42,6 +44,7 @@ impl Default for Registry {
             action_watchers: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
             closing: watch::channel(false).0,
+            campaigns: watch::channel(0).0,
         }
     }
 }
@@ -129,6 +132,17 @@ impl Registry {
     /// A receiver that turns true when sessions must end.
     pub fn closing(&self) -> watch::Receiver<bool> {
         self.closing.subscribe()
+    }
+
+    /// Tells campaign watchers that campaign state changed. Separate from [`Registry::changed`],
+    /// which wakes the campaign runtime itself.
+    pub fn notify_campaigns(&self) {
+        self.campaigns.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that wakes whenever campaign state changed.
+    pub fn subscribe_campaigns(&self) -> watch::Receiver<u64> {
+        self.campaigns.subscribe()
     }
 
     /// A receiver that wakes on every change.

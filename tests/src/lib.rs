@@ -350,7 +350,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "coordinators = [\"{}\"]\nca_fingerprint = \"sha256:{}\"\njoin_token = \"{token}\"\nstate_dir = \"{}\"\nheartbeat_seconds = 1\n[host]\nmachine_id_file = \"{}\"\n{extra_toml}\n",
+                "coordinators = [\"{}\"]\nca_fingerprint = \"sha256:{}\"\njoin_token = \"{token}\"\nstate_dir = \"{}\"\nheartbeat_seconds = 1\n[host]\nhostname = \"{name}\"\nmachine_id_file = \"{}\"\n{extra_toml}\n",
                 coordinator.address(),
                 coordinator.fingerprint,
                 dir.join("state").display(),
@@ -403,4 +403,27 @@ pub fn wait_connected(coordinator: &Coordinator, host_id: &str) -> Value {
                     .is_some_and(|b| !b.is_empty())
         })
     })
+}
+
+/// A running coordinator and agents, one per `(name, role)`, each enrolled with its own token
+/// carrying labels `name=<name>` and `cluster=c1` (plus `leader=true` for a name ending in
+/// `-leader`), all with the same extra config (e.g. a policy). Waits until all are connected.
+pub fn start_fleet(hosts: &[(&str, &str)], extra_toml: &str) -> (Coordinator, Vec<Agent>) {
+    let mut coordinator = Coordinator::init().expect("coordinator init");
+    coordinator.start().expect("coordinator start");
+    let mut agents = Vec::new();
+    for (name, role) in hosts {
+        let mut labels = vec![("name", *name), ("cluster", "c1")];
+        if name.ends_with("-leader") {
+            labels.push(("leader", "true"));
+        }
+        let token = coordinator.token(role, &labels, 1);
+        let mut agent = Agent::new(&coordinator, name, &token, extra_toml).expect("agent");
+        agent.start().expect("agent start");
+        agents.push(agent);
+    }
+    for agent in &agents {
+        wait_connected(&coordinator, &agent.machine_id);
+    }
+    (coordinator, agents)
 }

@@ -409,6 +409,7 @@ impl Admin for AdminService {
         let first = crate::campaigns::get(&c, &id)?;
         let (tx, rx) = mpsc::channel(16);
         let mut changes = c.registry.subscribe_changes();
+        let mut campaign_changes = c.registry.subscribe_campaigns();
         tokio::spawn(async move {
             let mut last = first;
             if tx.send(Ok(last.clone())).await.is_err() {
@@ -420,6 +421,7 @@ impl Admin for AdminService {
                 }
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
+                    changed = campaign_changes.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
                 }
                 match crate::campaigns::get(&c, &id) {

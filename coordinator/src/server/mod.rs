@@ -31,6 +31,8 @@ pub struct Coordinator {
     pub events: Arc<EventLog>,
     pub ca: Ca,
     pub config: CoordinatorConfig,
+    /// Campaigns and manual maintenance: one writer, committed before acted on.
+    pub engine: crate::campaigns::Engine,
 }
 
 impl From<StoreError> for Status {
@@ -53,6 +55,7 @@ impl Coordinator {
             registry: Arc::new(Registry::default()),
             ca,
             config,
+            engine: Default::default(),
         }))
     }
 }

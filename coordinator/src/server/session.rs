@@ -309,6 +309,7 @@ pub fn record_result(
             &message,
         )?;
     }
+    crate::campaigns::on_result(c, &record.campaign_id, host_id, &result);
     c.registry.publish_action_event(v1::ActionEvent {
         action_id: result.action_id.clone(),
         event: Some(v1::action_event::Event::Result(result)),

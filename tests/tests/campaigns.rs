@@ -1,0 +1,523 @@
+//! Real campaigns over real mTLS with real agent processes: order and concurrency as specified,
+//! a failing host pauses the campaign with its blocker named, operator controls, windows, and a
+//! coordinator killed with SIGKILL mid-campaign that resumes without breaking an invariant.
+//!
+//! Steps are `exec` actions that append to a shared log file, so the order the hosts really ran
+//! in is read back from what the agents did, not from what the coordinator says.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use pitcrew_tests::{Agent, Coordinator, bin, start_fleet, wait_for};
+use serde_json::Value;
+
+const FLEET: &[(&str, &str)] = &[
+    ("w1", "worker"),
+    ("w2", "worker"),
+    ("w3", "worker"),
+    ("m1", "manager"),
+    ("m2", "manager"),
+    ("m3-leader", "manager"),
+];
+
+fn policy() -> String {
+    "[policy]\nexec = [[\"/bin/sh\", \"-c\"]]\n".to_owned()
+}
+
+/// A campaign whose one main step logs `start NAME` and `end NAME` around `body`.
+fn campaign(dir: &Path, name: &str, head: &str, body: &str) -> PathBuf {
+    let log = dir.join("ran.log");
+    let text = format!(
+        "name = \"{name}\"\n{head}\n\n[[steps]]\nname = \"work\"\naction = \"exec\"\nargv = [\"/bin/sh\", \"-c\", \"echo start {{{{host.label.name}}}} >> {log}; {body}; echo end {{{{host.label.name}}}} >> {log}\"]\ntimeout = \"2m\"\n",
+        log = log.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn ran(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("ran.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
+        .collect()
+}
+
+/// The most hosts matching `filter` that were between start and end at once, and whether each
+/// host ran exactly once.
+fn max_overlap(events: &[(String, String)], filter: impl Fn(&str) -> bool) -> usize {
+    let mut open = 0usize;
+    let mut max = 0;
+    for (what, who) in events {
+        if !filter(who) {
+            continue;
+        }
+        if what == "start" {
+            open += 1;
+            max = max.max(open);
+        } else {
+            open = open.saturating_sub(1);
+        }
+    }
+    max
+}
+
+fn starts(events: &[(String, String)]) -> BTreeMap<String, usize> {
+    let mut count = BTreeMap::new();
+    for (what, who) in events {
+        if what == "start" {
+            *count.entry(who.clone()).or_insert(0) += 1;
+        }
+    }
+    count
+}
+
+fn run_campaign(c: &Coordinator, file: &Path) -> String {
+    let out = c.cli(&["campaign", "run", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "campaign run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn show(c: &Coordinator, id: &str) -> Value {
+    c.cli_json(&["campaign", "show", id])
+}
+
+fn host_status<'a>(info: &'a Value, agent: &Agent) -> &'a Value {
+    info["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host_id"] == agent.machine_id.as_str())
+        .unwrap()
+}
+
+fn wait_state(c: &Coordinator, id: &str, state: &str) -> Value {
+    wait_for(&format!("campaign {id} to be {state}"), || {
+        Some(show(c, id)).filter(|i| i["state"] == state)
+    })
+}
+
+#[test]
+fn workers_then_managers_with_the_configured_concurrency_and_leader_last() {
+    let (c, _agents) = start_fleet(FLEET, &policy());
+    let dir = tempfile::tempdir().unwrap();
+    let file = campaign(
+        dir.path(),
+        "rolling",
+        "[concurrency]\nworker = 2\nmanager = 1",
+        "sleep 0.3",
+    );
+
+    let plan = c.cli(&["campaign", "plan", file.to_str().unwrap()]);
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan_text.contains("worker") && plan_text.contains("manager"),
+        "{plan_text}"
+    );
+
+    let out = c.cli(&["campaign", "run", file.to_str().unwrap(), "--watch"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let events = ran(dir.path());
+    let order: Vec<&str> = events
+        .iter()
+        .filter(|(w, _)| w == "start")
+        .map(|(_, h)| h.as_str())
+        .collect();
+    assert_eq!(order.len(), 6, "every host ran once: {events:?}");
+    let first_manager = order.iter().position(|h| h.starts_with('m')).unwrap();
+    assert!(
+        order[..first_manager].iter().all(|h| h.starts_with('w')) && first_manager == 3,
+        "workers first: {order:?}"
+    );
+    assert_eq!(
+        *order.last().unwrap(),
+        "m3-leader",
+        "the leader goes last: {order:?}"
+    );
+    let last_worker_end = events
+        .iter()
+        .rposition(|(w, h)| w == "end" && h.starts_with('w'))
+        .unwrap();
+    let first_manager_start = events
+        .iter()
+        .position(|(w, h)| w == "start" && h.starts_with('m'))
+        .unwrap();
+    assert!(
+        last_worker_end < first_manager_start,
+        "a manager started before the workers were done: {events:?}"
+    );
+    assert!(
+        max_overlap(&events, |h| h.starts_with('w')) <= 2,
+        "worker concurrency: {events:?}"
+    );
+    assert_eq!(
+        max_overlap(&events, |h| h.starts_with('m')),
+        1,
+        "one manager at a time: {events:?}"
+    );
+    assert!(starts(&events).values().all(|n| *n == 1));
+}
+
+#[test]
+fn a_failing_host_pauses_the_campaign_keeps_its_slot_and_retry_completes_it() {
+    let (c, agents) = start_fleet(&FLEET[..3], &policy());
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("w2-broken");
+    std::fs::write(&broken, "").unwrap();
+    let body = format!(
+        "if [ {{{{host.label.name}}}} = w2 ] && [ -e {} ]; then echo w2 is broken >&2; exit 3; fi",
+        broken.display()
+    );
+    let file = campaign(dir.path(), "fragile", "[concurrency]\nworker = 1", &body);
+    let id = run_campaign(&c, &file);
+
+    let info = wait_state(&c, &id, "paused");
+    let w2 = host_status(&info, &agents[1]);
+    assert_eq!(w2["state"], "failed");
+    assert!(
+        info["blocker"].as_str().unwrap().contains("error budget"),
+        "{info}"
+    );
+    assert!(
+        w2["blocker"].as_str().unwrap().contains("failed")
+            || !w2["last_error"].as_str().unwrap().is_empty(),
+        "{w2}"
+    );
+    // The bad patch does not spread: w3 never started.
+    assert_eq!(host_status(&info, &agents[2])["state"], "pending");
+    assert!(!starts(&ran(dir.path())).contains_key("w3"));
+    // `watch` says why, and ends non-zero while the campaign is not completed... so use show.
+    let text = String::from_utf8_lossy(&c.cli(&["campaign", "show", &id]).stdout).into_owned();
+    assert!(
+        text.contains("waiting") && text.contains("error budget"),
+        "{text}"
+    );
+    // The host's listing shows it still held by the campaign.
+    let held = c.host(&agents[1].machine_id).unwrap();
+    assert_eq!(held["held_by"], id.as_str());
+
+    // The operator fixes the host and retries it: the campaign goes on and completes.
+    std::fs::remove_file(&broken).unwrap();
+    let retried = c.cli(&["campaign", "host", "retry", &id, &agents[1].machine_id]);
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    let resumed = c.cli(&["campaign", "resume", &id]);
+    assert!(
+        resumed.status.success()
+            || String::from_utf8_lossy(&resumed.stderr).contains("not possible"),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    wait_state(&c, &id, "completed");
+    let counts = starts(&ran(dir.path()));
+    assert_eq!(
+        counts.get("w2"),
+        Some(&2),
+        "w2 ran again only on retry: {counts:?}"
+    );
+    assert_eq!(counts.get("w3"), Some(&1));
+    let audit = c.cli_json(&["events", "--campaign", &id]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "audit" && e["message"].as_str().unwrap().contains("retried")),
+        "{audit}"
+    );
+}
+
+#[test]
+fn pause_resume_skip_and_cancel_behave() {
+    let (c, agents) = start_fleet(&FLEET[..3], &policy());
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("go");
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let file = campaign(dir.path(), "steered", "[concurrency]\nworker = 1", &body);
+    let id = run_campaign(&c, &file);
+
+    // w1 is in progress; pausing lets it finish but starts nobody else.
+    wait_for("w1 to start", || {
+        starts(&ran(dir.path())).get("w1").copied()
+    });
+    let paused = c.cli_json(&["campaign", "pause", &id]);
+    assert_eq!(paused["state"], "paused");
+    std::fs::write(&gate, "").unwrap();
+    wait_for("w1 to finish", || {
+        let info = show(&c, &id);
+        (host_status(&info, &agents[0])["state"] == "done").then_some(())
+    });
+    let info = show(&c, &id);
+    assert_eq!(host_status(&info, &agents[1])["state"], "pending");
+    assert!(
+        info["blocker"].as_str().unwrap().contains("paused"),
+        "{info}"
+    );
+
+    // Skip w2, resume: w3 runs, w2 never does.
+    let skipped = c.cli_json(&["campaign", "host", "skip", &id, &agents[1].machine_id]);
+    assert_eq!(host_status(&skipped, &agents[1])["state"], "skipped");
+    assert_eq!(c.cli_json(&["campaign", "resume", &id])["state"], "running");
+    wait_state(&c, &id, "completed");
+    let counts = starts(&ran(dir.path()));
+    assert!(!counts.contains_key("w2"), "{counts:?}");
+    assert_eq!(counts.get("w3"), Some(&1));
+
+    // A second campaign is cancelled while its first host runs: that host finishes, no other starts.
+    std::fs::remove_file(&gate).unwrap();
+    let file = campaign(dir.path(), "cancelled", "[concurrency]\nworker = 1", &body);
+    let id = run_campaign(&c, &file);
+    wait_for("the first host to start again", || {
+        (starts(&ran(dir.path())).get("w1") == Some(&2)).then_some(())
+    });
+    let cancelling = c.cli_json(&["campaign", "cancel", &id]);
+    assert_ne!(cancelling["state"], "completed");
+    std::fs::write(&gate, "").unwrap();
+    wait_state(&c, &id, "cancelled");
+    let counts = starts(&ran(dir.path()));
+    assert_eq!(
+        counts.get("w3"),
+        Some(&1),
+        "nothing started after the cancel: {counts:?}"
+    );
+}
+
+#[test]
+fn a_campaign_overlapping_a_running_one_waits_with_a_named_blocker() {
+    let (c, agents) = start_fleet(&FLEET[..2], &policy());
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("go");
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let first = run_campaign(
+        &c,
+        &campaign(dir.path(), "first", "[concurrency]\nworker = 2", &body),
+    );
+    wait_for("both hosts to start", || {
+        (starts(&ran(dir.path())).len() == 2).then_some(())
+    });
+    let second = run_campaign(
+        &c,
+        &campaign(dir.path(), "second", "[concurrency]\nworker = 2", "true"),
+    );
+    let info = wait_for("the second campaign to show its blocker", || {
+        let info = show(&c, &second);
+        let b = host_status(&info, &agents[0])["blocker"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        b.contains(&first).then_some(info)
+    });
+    assert_eq!(host_status(&info, &agents[0])["state"], "pending");
+    std::fs::write(&gate, "").unwrap();
+    wait_state(&c, &first, "completed");
+    wait_state(&c, &second, "completed");
+    // Never doubled up: each host ran the second campaign only after the first released it.
+    let events = ran(dir.path());
+    assert_eq!(max_overlap(&events, |h| h == "w1"), 1, "{events:?}");
+}
+
+#[test]
+fn a_closing_window_stops_new_starts_while_the_host_in_progress_finishes() {
+    let (c, agents) = start_fleet(&FLEET[..2], &policy());
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("go");
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    // A window that opened a minute ago and closes a few seconds from now.
+    let now_s = pitcrew_proto::now_ms() / 1000;
+    let start = time::OffsetDateTime::from_unix_timestamp(now_s - 60).unwrap();
+    let close_at_ms = (now_s + 5) * 1000;
+    let head = format!(
+        "[concurrency]\nworker = 1\n\n[[window]]\nstart = \"{}\"\nduration = \"65s\"",
+        start
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    );
+    let id = run_campaign(&c, &campaign(dir.path(), "windowed", &head, &body));
+    wait_for("w1 to start inside the window", || {
+        starts(&ran(dir.path())).get("w1").copied()
+    });
+    wait_for("the window to close", || {
+        (pitcrew_proto::now_ms() > close_at_ms + 200).then_some(())
+    });
+    std::fs::write(&gate, "").unwrap();
+    let info = wait_for("w1 to finish after the window closed", || {
+        let info = show(&c, &id);
+        (host_status(&info, &agents[0])["state"] == "done").then_some(info)
+    });
+    let w2 = host_status(&info, &agents[1]);
+    assert_eq!(w2["state"], "pending", "{info}");
+    let blocker = format!("{} {}", w2["blocker"], info["blocker"]);
+    assert!(blocker.contains("window"), "{info}");
+    assert!(!starts(&ran(dir.path())).contains_key("w2"));
+}
+
+#[test]
+fn a_coordinator_killed_mid_campaign_resumes_and_no_action_runs_twice() {
+    let (mut c, agents) = start_fleet(FLEET, &policy());
+    let dir = tempfile::tempdir().unwrap();
+    let file = campaign(
+        dir.path(),
+        "crashy",
+        "[concurrency]\nworker = 2\nmanager = 1",
+        "sleep 0.4",
+    );
+    let id = run_campaign(&c, &file);
+
+    // Kill the coordinator (no clean-up at all) at several points of the run, restarting each time.
+    for kill_after_starts in [1usize, 3, 4, 5] {
+        wait_for(
+            &format!("{kill_after_starts} hosts to have started"),
+            || (starts(&ran(dir.path())).len() >= kill_after_starts).then_some(()),
+        );
+        c.kill();
+        c.start().unwrap();
+    }
+    wait_state(&c, &id, "completed");
+
+    let events = ran(dir.path());
+    let counts = starts(&events);
+    assert_eq!(counts.len(), 6, "{events:?}");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "an action ran twice: {counts:?}"
+    );
+    assert_eq!(
+        max_overlap(&events, |h| h.starts_with('m')),
+        1,
+        "two managers out at once: {events:?}"
+    );
+    assert!(max_overlap(&events, |h| h.starts_with('w')) <= 2);
+
+    // The event log says the same: every host entered and was released once, and manager
+    // maintenance intervals never overlap.
+    let log = c.cli_json(&["events", "--campaign", &id, "--limit", "0"]);
+    let log = log.as_array().unwrap();
+    let mut open_managers = 0;
+    let managers: Vec<&str> = agents[3..].iter().map(|a| a.machine_id.as_str()).collect();
+    for e in log {
+        let host = e["host_id"].as_str().unwrap_or_default();
+        if !managers.contains(&host) {
+            continue;
+        }
+        match e["step"].as_str() {
+            Some("start") => {
+                open_managers += 1;
+                assert!(
+                    open_managers <= 1,
+                    "the event log shows two managers out at once"
+                );
+            }
+            Some("release") => open_managers -= 1,
+            _ => {}
+        }
+    }
+    assert_eq!(log.iter().filter(|e| e["step"] == "release").count(), 6);
+    assert!(
+        log.iter()
+            .any(|e| e["kind"] == "audit" && e["message"] == "campaign completed")
+    );
+    let _ = (Command::new(bin("pitcrew")).stdout(Stdio::null()), &agents);
+}
+
+#[test]
+fn plan_refuses_what_cannot_run_and_bad_files_name_the_line() {
+    let (c, _agents) = start_fleet(&FLEET[..1], "");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\n\n[concurrency]\nmanager = 2\n").unwrap();
+    let out = c.cli(&["campaign", "plan", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("line 4") || err.contains("bad.toml:4"),
+        "{err}"
+    );
+    std::fs::write(&bad, "name = \"x\"\ncolour = \"red\"\n").unwrap();
+    let err = String::from_utf8_lossy(&c.cli(&["campaign", "plan", bad.to_str().unwrap()]).stderr)
+        .into_owned();
+    assert!(
+        err.contains("colour") && (err.contains("line 2") || err.contains("bad.toml:2")),
+        "{err}"
+    );
+    // The host's policy allows no exec: the plan says which host, step and rule refuse.
+    let file = campaign(dir.path(), "refused", "", "true");
+    let err = String::from_utf8_lossy(&c.cli(&["campaign", "plan", file.to_str().unwrap()]).stderr)
+        .into_owned();
+    assert!(err.contains("policy.exec"), "{err}");
+    std::fs::write(
+        &bad,
+        "name = \"x\"\n[select]\nroles = [\"manager\"]\n[[steps]]\naction = \"daemon_reload\"\n",
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&c.cli(&["campaign", "run", bad.to_str().unwrap()]).stderr)
+        .into_owned();
+    assert!(
+        err.to_lowercase().contains("no host") || err.contains("select"),
+        "{err}"
+    );
+}
+
+#[test]
+fn manual_maintenance_holds_the_one_manager_slot() {
+    let (c, agents) = start_fleet(
+        &[("m1", "manager"), ("m2", "manager"), ("m3", "manager")],
+        &policy(),
+    );
+    let shown = c.cli_json(&["maintenance", "enable", &agents[0].machine_id]);
+    assert_eq!(shown["maintenance_state"], "maintenance");
+    let second = c.cli(&["maintenance", "enable", &agents[1].machine_id]);
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("manager slot"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    // A campaign over the managers waits for the slot, naming who holds it.
+    let dir = tempfile::tempdir().unwrap();
+    let id = run_campaign(&c, &campaign(dir.path(), "managers", "", "true"));
+    let info = wait_for("the manual hold to show as a blocker", || {
+        let info = show(&c, &id);
+        info["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["blocker"].as_str().unwrap_or_default().contains("manual"))
+            .then_some(info)
+    });
+    assert!(ran(dir.path()).is_empty(), "{info}");
+    let back = c.cli_json(&["maintenance", "disable", &agents[0].machine_id]);
+    assert_eq!(back["maintenance_state"], "running");
+    wait_state(&c, &id, "completed");
+    let events = c.cli_json(&["events", "--host", &agents[0].machine_id]);
+    let states: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["step"] == "maintenance")
+        .map(|e| e["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        vec!["entering", "maintenance", "leaving", "running"]
+    );
+}
