@@ -65,7 +65,6 @@ build_rpm() {
     local version top arch
     version=$(workspace_version)
     top=$(mktemp -d)
-    trap 'rm -rf "$top"' RETURN
     log "rpmbuild pitcrew-agent $version"
     rpmbuild -bb --quiet \
         --define "_topdir $top" \
@@ -75,6 +74,7 @@ build_rpm() {
         "$REPO/packaging/rpm/pitcrew-agent.spec" >/dev/null
     arch=$(rpm --eval '%{_arch}')
     cp "$top/RPMS/$arch/pitcrew-agent-$version-1.$arch.rpm" "$OUT/"
+    rm -rf "$top"
 }
 
 main() {
