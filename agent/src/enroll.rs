@@ -198,3 +198,44 @@ pub async fn enroll(config: &AgentConfig, token: &str) -> Result<Enrolled, Enrol
     let _ = std::fs::remove_file(&pending_key);
     Err(EnrollError::Unreachable(last_error))
 }
+
+/// Share of a certificate's lifetime after which the agent renews it.
+pub const RENEW_AT: f64 = 0.7;
+
+/// Renews the host certificate over the current mTLS identity when 70 % of its lifetime is
+/// gone: a new key made here, a CSR, the new certificate stored; the old key is replaced only
+/// once the new certificate is in hand. Returns whether it renewed.
+pub async fn renew_if_due(
+    config: &AgentConfig,
+    channel: tonic::transport::Channel,
+) -> Result<bool, EnrollError> {
+    use pitcrew_proto::v1::{RenewRequest, agent_session_client::AgentSessionClient};
+    let paths = CredentialPaths::new(&config.state_dir);
+    let current = tls::load_certs(&paths.cert).map_err(|e| EnrollError::Identity(e.to_string()))?;
+    let Some(leaf) = current.first() else {
+        return Ok(false);
+    };
+    if !pitcrew_proto::identity::due_for_renewal(leaf.as_ref(), pitcrew_proto::now_ms(), RENEW_AT) {
+        return Ok(false);
+    }
+    let pending_key = config.state_dir.join("host.key.new");
+    let csr = new_key_and_csr(&pending_key)?;
+    let answer = AgentSessionClient::new(channel)
+        .renew(RenewRequest { csr_der: csr })
+        .await
+        .map_err(|status| EnrollError::Refused(status.message().to_owned()))?
+        .into_inner();
+    tls::certs_from_pem(&answer.certificate_pem, "the renewed certificate")
+        .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
+    pitcrew_proto::files::write_public(&paths.cert, answer.certificate_pem.as_bytes()).map_err(
+        |e| EnrollError::Write {
+            path: paths.cert.display().to_string(),
+            reason: e.to_string(),
+        },
+    )?;
+    std::fs::rename(&pending_key, &paths.key).map_err(|e| EnrollError::Write {
+        path: paths.key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(true)
+}

@@ -132,6 +132,16 @@ async fn session(
         Ok(channel) => channel,
         Err(error) => return Ended::Lost(error.to_string()),
     };
+    // Renew before the certificate gets old (at 70 % of its life); the next attempt then
+    // connects with the new one.
+    match crate::enroll::renew_if_due(config, channel.clone()).await {
+        Ok(true) => {
+            tracing::info!(message = "host certificate renewed");
+            return Ended::Lost("reconnecting with the renewed certificate".into());
+        }
+        Ok(false) => {}
+        Err(error) => tracing::warn!(message = "certificate renewal failed; will retry", %error),
+    }
     let mut client = AgentSessionClient::new(channel)
         .max_decoding_message_size(pitcrew_proto::MAX_MESSAGE_BYTES);
 
@@ -234,6 +244,9 @@ async fn session(
                 }
             }
             _ = facts_tick.tick() => {
+                if renewal_due(config) {
+                    return Ended::Lost("the host certificate is due for renewal".into());
+                }
                 let fresh = facts::collect(config, &identity.host_id, &identity.role, &labels);
                 if facts::significant(&fresh) != facts::significant(&current_facts) {
                     current_facts = fresh.clone();
@@ -244,6 +257,22 @@ async fn session(
             }
         }
     }
+}
+
+/// Whether the stored certificate has reached the renewal point (checked while connected, so a
+/// long session does not outlive its certificate).
+fn renewal_due(config: &AgentConfig) -> bool {
+    let path = crate::enroll::CredentialPaths::new(&config.state_dir).cert;
+    tls::load_certs(&path)
+        .ok()
+        .and_then(|certs| certs.into_iter().next())
+        .is_some_and(|leaf| {
+            pitcrew_proto::identity::due_for_renewal(
+                leaf.as_ref(),
+                pitcrew_proto::now_ms(),
+                crate::enroll::RENEW_AT,
+            )
+        })
 }
 
 #[cfg(test)]

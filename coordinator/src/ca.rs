@@ -69,7 +69,9 @@ fn random_serial() -> SerialNumber {
 
 fn validity(params: &mut CertificateParams, lifetime: Duration) -> i64 {
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
+    // Backdate by at most a tenth of the lifetime, so a short-lived certificate is not born
+    // already due for renewal.
+    params.not_before = now - BACKDATE.min(lifetime / 10);
     params.not_after = now + lifetime;
     (params.not_after.unix_timestamp_nanos() / 1_000_000) as i64
 }

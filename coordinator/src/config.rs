@@ -20,6 +20,30 @@ pub struct CoordinatorConfig {
     /// A session silent this long is closed and the host shown disconnected.
     #[serde(default = "default_heartbeat_timeout")]
     pub heartbeat_timeout_seconds: u32,
+    /// Lifetime of host certificates (agents renew at 70 % of it), e.g. "30d".
+    #[serde(
+        default = "default_host_cert_lifetime",
+        with = "humantime_serde_compat"
+    )]
+    pub host_cert_lifetime: std::time::Duration,
+}
+
+/// (De)serialises a duration as humantime text ("30d", "12h").
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+fn default_host_cert_lifetime() -> std::time::Duration {
+    crate::ca::HOST_CERT_VALIDITY
 }
 
 fn default_listen() -> String {
@@ -38,6 +62,7 @@ impl Default for CoordinatorConfig {
             listen: default_listen(),
             heartbeat_seconds: default_heartbeat(),
             heartbeat_timeout_seconds: default_heartbeat_timeout(),
+            host_cert_lifetime: default_host_cert_lifetime(),
         }
     }
 }
@@ -108,6 +133,12 @@ impl CoordinatorConfig {
                 ),
             });
         }
+        if config.host_cert_lifetime < std::time::Duration::from_secs(10) {
+            return Err(ConfigError {
+                file,
+                message: "field host_cert_lifetime: must be at least 10s".into(),
+            });
+        }
         if config.heartbeat_seconds == 0
             || config.heartbeat_timeout_seconds <= config.heartbeat_seconds
         {
@@ -127,8 +158,13 @@ impl CoordinatorConfig {
              listen = {:?}\n\
              # Agents send a heartbeat this often; a session silent for the timeout is closed.\n\
              heartbeat_seconds = {}\n\
-             heartbeat_timeout_seconds = {}\n",
-            self.listen, self.heartbeat_seconds, self.heartbeat_timeout_seconds
+             heartbeat_timeout_seconds = {}\n\
+             # Lifetime of host certificates; agents renew them at 70 % of it.\n\
+             host_cert_lifetime = {:?}\n",
+            self.listen,
+            self.heartbeat_seconds,
+            self.heartbeat_timeout_seconds,
+            humantime::format_duration(self.host_cert_lifetime).to_string()
         )
     }
 }

@@ -84,6 +84,27 @@ pub fn peer_from_der(der: &[u8]) -> Result<PeerCert, IdentityError> {
     Err(IdentityError::NoPitcrewName)
 }
 
+/// A certificate's validity period in Unix milliseconds (`not_before`, `not_after`).
+pub fn validity_ms(der: &[u8]) -> Result<(i64, i64), IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::Unparsable(e.to_string()))?;
+    let validity = cert.validity();
+    Ok((
+        validity.not_before.timestamp() * 1000,
+        validity.not_after.timestamp() * 1000,
+    ))
+}
+
+/// Whether a certificate has used up `fraction` of its lifetime at `now_ms` (renew at 0.7).
+pub fn due_for_renewal(der: &[u8], now_ms: i64, fraction: f64) -> bool {
+    match validity_ms(der) {
+        Ok((start, end)) if end > start => {
+            (now_ms - start) as f64 >= (end - start) as f64 * fraction
+        }
+        _ => true,
+    }
+}
+
 /// The identity behind a gRPC request, from the certificate the TLS layer verified.
 pub fn peer_of<T>(request: &Request<T>) -> Result<PeerCert, Status> {
     let certs = request

@@ -209,6 +209,15 @@ impl Coordinator {
         })
     }
 
+    /// Adds a line to coordinator.toml (before `start`), e.g. `host_cert_lifetime = "40s"`.
+    pub fn configure(&self, line: &str) {
+        let path = self.dir.join("coordinator.toml");
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(path, text).expect("writing coordinator.toml");
+    }
+
     pub fn address(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }

@@ -155,3 +155,44 @@ fn tokens_are_listed_without_secrets_and_can_be_revoked() {
     );
     assert!(!coordinator.log().contains(&token), "the token was logged");
 }
+
+#[test]
+fn agents_renew_their_certificate_before_it_expires() {
+    let mut coordinator = Coordinator::init().unwrap();
+    // Short-lived host certificates: renewal is due after 28 s.
+    coordinator.configure("host_cert_lifetime = \"40s\"");
+    coordinator.start().unwrap();
+    let token = coordinator.token("worker", &[], 1);
+    let mut agent = Agent::new(&coordinator, "w1", &token, "").unwrap();
+    agent.start().unwrap();
+    let first = wait_connected(&coordinator, &agent.machine_id)["cert_serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cert_before = std::fs::read(agent.state_dir().join("host.crt")).unwrap();
+    let renewed = wait_for("the certificate to be renewed", || {
+        coordinator
+            .host(&agent.machine_id)
+            .filter(|h| h["cert_serial"] != first.as_str() && h["connected"] == true)
+    });
+    assert_ne!(renewed["cert_serial"], first.as_str());
+    assert_ne!(
+        std::fs::read(agent.state_dir().join("host.crt")).unwrap(),
+        cert_before
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(agent.state_dir().join("host.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let audit = coordinator.cli_json(&["events", "--host", &agent.machine_id]);
+    assert!(audit.as_array().unwrap().iter().any(|e| {
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("certificate renewed")
+    }));
+    agent.kill();
+}

@@ -11,7 +11,6 @@ use pitcrew_proto::v1::{EnrollRequest, EnrollResponse, enrollment_server::Enroll
 use tonic::{Request, Response, Status};
 
 use super::Coordinator;
-use crate::ca::HOST_CERT_VALIDITY;
 use crate::store::HostRecord;
 use crate::tokens;
 
@@ -67,8 +66,12 @@ impl Enrollment for EnrollmentService {
             }
         };
         let issued =
-            c.ca.sign_host_csr(&request.csr_der, &request.host_id, HOST_CERT_VALIDITY)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            c.ca.sign_host_csr(
+                &request.csr_der,
+                &request.host_id,
+                c.config.host_cert_lifetime,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let existing = c.store.host(&request.host_id)?;
         c.store.upsert_enrolled_host(&HostRecord {
             host_id: request.host_id.clone(),

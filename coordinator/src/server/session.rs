@@ -21,7 +21,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Coordinator;
-use crate::ca::HOST_CERT_VALIDITY;
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -184,8 +183,12 @@ impl AgentSession for SessionService {
         let c = &self.coordinator;
         check_current_certificate(c, &host_id, &serial)?;
         let issued =
-            c.ca.sign_host_csr(&request.get_ref().csr_der, &host_id, HOST_CERT_VALIDITY)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            c.ca.sign_host_csr(
+                &request.get_ref().csr_der,
+                &host_id,
+                c.config.host_cert_lifetime,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         c.store.set_cert_serial(&host_id, &issued.serial)?;
         c.events.audit(
             "session",
