@@ -19,7 +19,13 @@ fail() { printf '   FAIL: %s\n' "$*" >&2; FAILED=1; }
 expect_eq() { # expect_eq WHAT GOT WANT
     if [ "$2" = "$3" ]; then ok "$1 = $2"; else fail "$1: got '$2', want '$3'"; fi
 }
+expect() { # expect WHAT CMD...: ok when CMD succeeds
+    local what=$1
+    shift
+    if "$@"; then ok "$what"; else fail "$what"; fi
+}
 in_host() { "$LAB" exec "$1" -- "${@:2}"; }
+quiet() { "$@" >/dev/null; }
 
 teardown() {
     local rc=$?
@@ -37,9 +43,8 @@ check_boot_and_network() {
     local h
     for h in "$@"; do
         expect_eq "$h state" "$(in_host "$h" systemctl is-system-running)" running
-        in_host "$h" ping -c1 -W2 10.231.0.1 >/dev/null && ok "$h pings 10.231.0.1" || fail "$h ping"
-        in_host "$h" bash -c 'exec 3<>/dev/tcp/10.231.0.1/8080' && ok "$h TCP to 10.231.0.1:8080" \
-            || fail "$h TCP"
+        expect "$h pings 10.231.0.1" quiet in_host "$h" ping -c1 -W2 10.231.0.1
+        expect "$h TCP to 10.231.0.1:8080" in_host "$h" bash -c 'exec 3<>/dev/tcp/10.231.0.1/8080'
     done
     expect_eq "distinct machine ids" "$(for h in "$@"; do in_host "$h" cat /etc/machine-id; done | sort -u | wc -l)" "$#"
 }
@@ -50,7 +55,7 @@ check_reboot() {
     in_host "$h" systemctl reboot || true
     "$LAB" wait "$h" "$before"
     after=$(in_host "$h" cat /proc/sys/kernel/random/boot_id)
-    [ "$after" != "$before" ] && ok "$h new boot id $before -> $after" || fail "$h boot id unchanged"
+    expect "$h new boot id $before -> $after" [ "$after" != "$before" ]
     expect_eq "$h reboot-count" "$("$LAB" reboot-count "$h")" 1
 }
 
@@ -60,14 +65,13 @@ check_mesos_drain() {
     in_host "$h" systemctl kill -s SIGUSR1 dcos-mesos-slave.service
     sleep 0.5
     expect_eq "$h mesos after SIGUSR1" "$(in_host "$h" systemctl is-active dcos-mesos-slave.service || true)" inactive
-    in_host "$h" grep -q "^[0-9]\+ $id_before\$" /var/lib/mesos/drained && ok "$h drain recorded" \
-        || fail "$h drain record: $(in_host "$h" cat /var/lib/mesos/drained)"
+    expect "$h drain of $id_before recorded" in_host "$h" grep -q "^[0-9]\+ $id_before\$" /var/lib/mesos/drained
     in_host "$h" systemctl stop dcos-mesos-slave.service
     in_host "$h" systemctl daemon-reload
     in_host "$h" rm /var/lib/mesos/slave/meta/slaves/latest
     in_host "$h" systemctl start dcos-mesos-slave.service
     id_after=$(in_host "$h" readlink /var/lib/mesos/slave/meta/slaves/latest)
-    [ "$id_after" != "$id_before" ] && ok "$h new agent id after removing latest" || fail "$h agent id unchanged"
+    expect "$h new agent id after removing latest" [ "$id_after" != "$id_before" ]
 }
 
 check_shm() {
@@ -77,21 +81,21 @@ check_shm() {
 check_swarm_tools() {
     local h=$1 file
     file=$(in_host "$h" ucp-backup)
-    in_host "$h" test -s "$file" && ok "$h ucp-backup wrote $file" || fail "$h ucp-backup"
+    expect "$h ucp-backup wrote $file" in_host "$h" test -s "$file"
     in_host "$h" swarm-node update --availability drain "$h" >/dev/null
     expect_eq "$h swarm availability" "$(in_host "$h" swarm-node inspect "$h")" drain
-    in_host "$h" lab-health >/dev/null && ok "$h lab-health" || fail "$h lab-health"
+    expect "$h lab-health" quiet in_host "$h" lab-health
 }
 
 check_apt_upgrade() {
     local h=$1
-    expect_eq "$h lab-kernel before" "$(in_host "$h" dpkg-query -W -f '${Version}' lab-kernel)" 1.0
-    in_host "$h" test ! -e /var/run/reboot-required && ok "$h no reboot-required yet" || fail "$h reboot-required early"
+    expect_eq "$h lab-kernel before" "$(in_host "$h" dpkg-query -W -f "\${Version}" lab-kernel)" 1.0
+    expect "$h no reboot-required yet" in_host "$h" test ! -e /var/run/reboot-required
     in_host "$h" apt-get update -qq
     in_host "$h" env DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -qq >/dev/null
-    expect_eq "$h lab-kernel after" "$(in_host "$h" dpkg-query -W -f '${Version}' lab-kernel)" 1.1
+    expect_eq "$h lab-kernel after" "$(in_host "$h" dpkg-query -W -f "\${Version}" lab-kernel)" 1.1
     expect_eq "$h version marker" "$(in_host "$h" cat /usr/share/lab-kernel/VERSION)" 1.1
-    in_host "$h" test -e /var/run/reboot-required && ok "$h /var/run/reboot-required" || fail "$h reboot-required"
+    expect "$h /var/run/reboot-required" in_host "$h" test -e /var/run/reboot-required
 }
 
 check_agent_package() {
@@ -105,6 +109,17 @@ check_agent_package() {
     state=$(in_host "$h" systemctl is-active pitcrew-agent.service || true)
     expect_eq "$h pitcrew-agent ($(basename "$pkg"))" "$state" active
     in_host "$h" systemctl status --no-pager -n 5 pitcrew-agent.service >&2 || true
+}
+
+# newest FILE...: the most recently modified of the files.
+newest() {
+    local f best=""
+    for f in "$@"; do
+        [ -e "$f" ] || continue
+        if [ -z "$best" ] || [ "$f" -nt "$best" ]; then best=$f; fi
+    done
+    [ -n "$best" ] || { fail "no package among: $*"; return 1; }
+    echo "$best"
 }
 
 main() {
@@ -143,8 +158,8 @@ main() {
     check_apt_upgrade h3
     if [ -n "$PACKAGES" ]; then
         say "agent packages"
-        check_agent_package h1 "$(ls -t "$PACKAGES"/pitcrew-agent_*.deb | head -1)"
-        check_agent_package h2 "$(ls -t "$PACKAGES"/pitcrew-agent-*.rpm | head -1)"
+        check_agent_package h1 "$(newest "$PACKAGES"/pitcrew-agent_*.deb)"
+        check_agent_package h2 "$(newest "$PACKAGES"/pitcrew-agent-*.rpm)"
     fi
 }
 

@@ -48,7 +48,8 @@ base_generic_tweaks() {
 
 # Extract the cached base into $LAB_RUN/base (once per run) and provision the workloads.
 base_extract() {
-    local archive=$(base_archive) dest="$LAB_RUN/base" start=$SECONDS
+    local archive dest="$LAB_RUN/base" start=$SECONDS
+    archive=$(base_archive)
     if [ -f "$LAB_RUN/base.ready" ]; then
         return 0
     fi

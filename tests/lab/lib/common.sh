@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # settings used by the other lab scripts
 # Common settings and helpers for the pitcrew lab fleet (sourced by lab.sh).
 #
 # Layout on the machine side:
@@ -52,4 +52,4 @@ list_hosts() {
 
 # True when pid $1 is alive.
 pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-read_pid() { [ -f "$1" ] && cat "$1" || true; }
+read_pid() { if [ -f "$1" ]; then cat "$1"; fi; }

@@ -41,7 +41,9 @@ net_host_down() {
     local name=$1 ns octet
     ns=$(host_netns "$name")
     octet=$(cat "$(host_dir "$name")/octet" 2>/dev/null || true)
-    [ -n "$octet" ] && ip link del "pcv$octet" 2>/dev/null || true
+    if [ -n "$octet" ]; then
+        ip link del "pcv$octet" 2>/dev/null || true
+    fi
     if ip netns list | grep -qw "^$ns"; then
         ip netns del "$ns"
     fi

@@ -36,7 +36,7 @@ repo_build_rpm() {
 repo_index() {
     local dir=$1 f
     (
-        cd "$dir"
+        cd "$dir" || exit 1
         dpkg-scanpackages --multiversion . /dev/null 2>/dev/null >Packages
         gzip -9kf Packages
         {

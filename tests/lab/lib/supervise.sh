@@ -8,7 +8,7 @@
 set -uo pipefail
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=common.sh
+# shellcheck source=tests/lab/lib/common.sh
 source "$LAB_DIR/lib/common.sh"
 
 name=$1
