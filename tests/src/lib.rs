@@ -37,14 +37,24 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Polls `check` until it returns Some, failing after `DEADLINE`. The checks read real state
 /// (the registry through the CLI, a file); this waits for that state, not for a fixed time.
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_within(what, DEADLINE, check)
+}
+
+/// [`wait_for`] with its own deadline, for conditions that take long by design (a step
+/// timeout plus the coordinator's grace for late results).
+pub fn wait_for_within<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(value) = check() {
             return value;
         }
-        if start.elapsed() > DEADLINE {
-            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -521,3 +521,80 @@ fn manual_maintenance_holds_the_one_manager_slot() {
         vec!["entering", "maintenance", "leaving", "running"]
     );
 }
+
+#[test]
+fn an_agent_lost_mid_step_keeps_its_slot_and_fails_after_the_step_timeout() {
+    let (c, mut agents) = start_fleet(&FLEET[..2], &policy());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lost.toml");
+    let log = dir.path().join("ran.log");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"lost\"\n[concurrency]\nworker = 1\n[[steps]]\nname = \"long\"\naction = \"exec\"\nargv = [\"/bin/sh\", \"-c\", \"echo start {{{{host.label.name}}}} >> {}; exec sleep 300\"]\ntimeout = \"2s\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let id = run_campaign(&c, &file);
+    wait_for("w1 to start", || {
+        starts(&ran(dir.path())).get("w1").copied()
+    });
+    agents[0].kill();
+    let _ = Command::new("pkill")
+        .args(["-f", &format!("echo start w1 >> {}", log.display())])
+        .status();
+    // While the agent is away the host is not released and nobody else starts.
+    let info = show(&c, &id);
+    assert_ne!(host_status(&info, &agents[0])["state"], "done");
+    assert_eq!(host_status(&info, &agents[1])["state"], "pending");
+    // After the step timeout (plus the coordinator's grace for a late result) it counts as failed,
+    // keeps its slot, and the budget (0) pauses the campaign.
+    let info = pitcrew_tests::wait_for_within(
+        "the lost host to fail",
+        std::time::Duration::from_secs(180),
+        || Some(show(&c, &id)).filter(|i| host_status(i, &agents[0])["state"] == "failed"),
+    );
+    let info = wait_state(&c, &id, "paused");
+    assert_eq!(host_status(&info, &agents[1])["state"], "pending");
+    assert_eq!(
+        c.host(&agents[0].machine_id).unwrap()["held_by"],
+        id.as_str()
+    );
+    assert!(!starts(&ran(dir.path())).contains_key("w2"));
+}
+
+#[test]
+fn a_failing_post_gate_keeps_the_host_out_and_watch_says_why() {
+    let (c, agents) = start_fleet(&FLEET[..2], &policy());
+    let dir = tempfile::tempdir().unwrap();
+    let healthy = dir.path().join("healthy");
+    let head = format!(
+        "[concurrency]\nworker = 1\n\n[[gate.post]]\nname = \"node healthy\"\naction = \"health\"\ncommand = [\"/bin/sh\", \"-c\", \"test -e {}\"]\ntimeout = \"5s\"",
+        healthy.display()
+    );
+    let id = run_campaign(&c, &campaign(dir.path(), "gated", &head, "true"));
+    let info = wait_state(&c, &id, "paused");
+    let w1 = host_status(&info, &agents[0]);
+    assert_eq!(w1["state"], "failed", "{info}");
+    assert!(
+        format!("{}{}", w1["last_error"], w1["blocker"]).contains("node healthy"),
+        "{info}"
+    );
+    assert_eq!(host_status(&info, &agents[1])["state"], "pending");
+    // `watch` (not a terminal here) prints the state and the reason, and ends non-zero... so
+    // read it through `show`, which `watch` prints at its end.
+    let text = String::from_utf8_lossy(&c.cli(&["campaign", "show", &id]).stdout).into_owned();
+    assert!(
+        text.contains("paused") && text.contains("error budget"),
+        "{text}"
+    );
+    std::fs::write(&healthy, "").unwrap();
+    assert!(
+        c.cli(&["campaign", "host", "retry", &id, &agents[0].machine_id])
+            .status
+            .success()
+    );
+    let _ = c.cli(&["campaign", "resume", &id]);
+    wait_state(&c, &id, "completed");
+}
