@@ -83,10 +83,12 @@ cmd_up() {
     done
     [ ${#names[@]} -gt 0 ] || die "up: no host names given"
     take_lock
-    trap up_failed EXIT
     for name in "${names[@]}"; do
-        host_exists "$name" && die "host $name already exists (run 'lab.sh down' first)"
+        if host_exists "$name"; then
+            die "host $name already exists (run 'lab.sh down' first)"
+        fi
     done
+    trap up_failed EXIT
     mkdir -p "$LAB_RUN/hosts"
     base_extract
     net_bridge_up

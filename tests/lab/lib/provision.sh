@@ -13,6 +13,11 @@ provision_base() {
         install -m 0644 "$unit" "$tree/etc/systemd/system/"
         provision_enable "$tree" "$(basename "$unit")"
     done
+    # Only pitcrew's patch action runs apt in the lab: no background apt runs holding its lock.
+    # The console is read-only: no getty on it.
+    for unit in apt-daily.timer apt-daily-upgrade.timer console-getty.service; do
+        ln -sfn /dev/null "$tree/etc/systemd/system/$unit"
+    done
     echo "deb [trusted=yes] http://$LAB_MACHINE_IP:$LAB_REPO_PORT/ ./" \
         >"$tree/etc/apt/sources.list.d/pitcrew-lab.list"
     # lab-kernel 1.0 preinstalled; the repository offers 1.1.
