@@ -125,7 +125,9 @@ impl LabBuilder {
         if self.hosts.is_empty() {
             bail!("a lab needs at least one host");
         }
-        let guard = LAB_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = LAB_LOCK
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let lab = Lab {
             script: lab_script(),
             packages_dir: self.packages_dir.unwrap_or_else(default_packages_dir),
@@ -203,10 +205,7 @@ impl Lab {
             .output()
             .with_context(|| format!("running {argv:?} on {host}"))?;
         if output.status.code() == Some(124) {
-            bail!(
-                "{argv:?} on {host} timed out after {:?}",
-                self.exec_timeout
-            );
+            bail!("{argv:?} on {host} timed out after {:?}", self.exec_timeout);
         }
         Ok(output)
     }
@@ -280,13 +279,17 @@ impl Lab {
         self.run_script(&["copy", host, src, dst])
     }
 
-    /// Write `contents` to `dst` inside the host (same rules as [`Lab::copy_in`]).
+    /// Write `contents` to `dst` inside the host, mode 0644 (same rules as [`Lab::copy_in`]).
     pub fn write_file(&self, host: &str, dst: &str, contents: &str) -> Result<()> {
+        self.write_file_mode(host, dst, contents, "0644")
+    }
+
+    /// Write `contents` to `dst` inside the host with `mode` (octal, e.g. "0600"), owned by root.
+    pub fn write_file_mode(&self, host: &str, dst: &str, contents: &str, mode: &str) -> Result<()> {
         let tmp = tempfile::NamedTempFile::new().context("creating a temporary file")?;
         fs::write(tmp.path(), contents).context("writing a temporary file")?;
         self.copy_in(host, tmp.path(), dst)?;
-        // NamedTempFile is 0600; the files written here are plain config files.
-        self.check(host, &["chmod", "0644", dst])?;
+        self.check(host, &["chmod", mode, dst])?;
         Ok(())
     }
 
@@ -327,7 +330,8 @@ impl Lab {
     pub fn install_agent(&self, host: &str, dropin: &str) -> Result<String> {
         let package = self.spec(host)?.agent;
         let path = self.agent_package_path(package)?;
-        self.write_file(host, AGENT_DROPIN, dropin)?;
+        // The drop-in holds the join token: root only.
+        self.write_file_mode(host, AGENT_DROPIN, dropin, "0600")?;
         let path = path.to_str().context("non-UTF-8 package path")?;
         self.run_script_output(&["install", host, path])
     }
@@ -389,7 +393,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         if std::env::var("PITCREW_LAB_KEEP").is_ok_and(|v| v == "1") {
-            eprintln!("lab: PITCREW_LAB_KEEP=1: leaving the lab up (tests/lab/lab.sh down removes it)");
+            eprintln!(
+                "lab: PITCREW_LAB_KEEP=1: leaving the lab up (tests/lab/lab.sh down removes it)"
+            );
             return;
         }
         if let Err(error) = self.down() {

@@ -31,10 +31,21 @@ impl Coordinator {
         let init = Command::new(&bin)
             .args(["init", "--data-dir"])
             .arg(data.path())
-            .args(["--san", MACHINE_IP, "--san", "127.0.0.1", "--san", "localhost"])
+            .args([
+                "--san",
+                MACHINE_IP,
+                "--san",
+                "127.0.0.1",
+                "--san",
+                "localhost",
+            ])
             .output()
             .with_context(|| format!("running {}", bin.display()))?;
-        ensure!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
+        ensure!(
+            init.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         let ca_fingerprint_line = String::from_utf8(init.stdout)?
             .lines()
             .find(|l| l.starts_with("ca_fingerprint"))
@@ -47,10 +58,17 @@ impl Coordinator {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let coordinator = Coordinator { child, data, ca_fingerprint_line };
+        let coordinator = Coordinator {
+            child,
+            data,
+            ca_fingerprint_line,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect((MACHINE_IP, 7443)).is_err() {
-            ensure!(Instant::now() < deadline, "coordinator did not listen on {MACHINE_IP}:7443");
+            ensure!(
+                Instant::now() < deadline,
+                "coordinator did not listen on {MACHINE_IP}:7443"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(coordinator)
@@ -65,7 +83,11 @@ impl Coordinator {
             .env("PITCREW_KEY", dir.join("operator/admin.key"))
             .args(args)
             .output()?;
-        ensure!(out.status.success(), "pitcrew {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "pitcrew {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(String::from_utf8(out.stdout)?)
     }
 
@@ -99,8 +121,16 @@ fn lab_hosts_boot_reboot_and_stack_shm() -> Result<()> {
         .host(HostSpec::new("a2"))
         .up()?;
     assert_eq!(lab.ip("a1")?, "10.231.0.11");
-    assert_eq!(lab.sh("a1", "grep -c ' /dev/shm ' /proc/self/mountinfo")?.trim(), "4");
-    assert_eq!(lab.sh("a2", "grep -c ' /dev/shm ' /proc/self/mountinfo")?.trim(), "1");
+    assert_eq!(
+        lab.sh("a1", "grep -c ' /dev/shm ' /proc/self/mountinfo")?
+            .trim(),
+        "4"
+    );
+    assert_eq!(
+        lab.sh("a2", "grep -c ' /dev/shm ' /proc/self/mountinfo")?
+            .trim(),
+        "1"
+    );
     let before = lab.boot_id("a1")?;
     let _ = lab.exec("a1", &["systemctl", "reboot"])?; // may report a reset connection
     lab.wait_running("a1", Some(&before))?;
@@ -125,7 +155,8 @@ fn agents_from_deb_and_rpm_enroll_and_connect() -> Result<()> {
     lab.install_agent("m1", &coordinator.dropin("manager", policy)?)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let hosts: serde_json::Value = serde_json::from_str(&coordinator.cli(&["hosts", "-o", "json"])?)?;
+        let hosts: serde_json::Value =
+            serde_json::from_str(&coordinator.cli(&["hosts", "-o", "json"])?)?;
         let connected = hosts
             .as_array()
             .map(|a| a.iter().filter(|h| h["connected"] == true).count())
