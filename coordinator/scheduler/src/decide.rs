@@ -19,14 +19,15 @@ use crate::run::{CampaignRun, CampaignState, HostRun, HostState, is_leader};
 use crate::spec::{OnHost, Phase};
 use crate::window::{self, fmt_ms};
 
-/// The id of one execution of one step: `campaign/host/phase-index/aN`.
+/// The id of one execution of one step: `campaign:host:phase-index:aN` (only characters the
+/// agent accepts in a journal file name).
 ///
 /// It depends only on persisted state, so re-sending after a coordinator crash reuses it and
 /// the agent answers from its journal instead of running the step again (at-most-once). The
 /// attempt number changes whenever a step is deliberately run again (retry), which is what
 /// makes a retry a new execution.
 pub fn action_id(campaign: &str, host: &str, phase: Phase, index: usize, attempt: u32) -> String {
-    format!("{campaign}/{host}/{}-{index}/a{attempt}", phase.as_str())
+    format!("{campaign}:{host}:{}-{index}:a{attempt}", phase.as_str())
 }
 
 /// Send one action to one agent on behalf of a serviced host.
@@ -631,6 +632,18 @@ fn advance_host(
         }
     }
     let Some(step) = h.current_step() else {
+        // Nothing leaves the pit unchecked: a host whose agent went away after its last gate
+        // is not released until it is back (it may have gone down again).
+        if !fleet.hosts.get(&h.host_id).is_some_and(|v| v.connected) {
+            out.block(
+                &run.id,
+                Some(&h.host_id),
+                Blocker::AgentDisconnected {
+                    host: h.hostname.clone(),
+                },
+            );
+            return;
+        }
         out.decisions.push(Decision::ReleaseHost {
             campaign: run.id.clone(),
             host: h.host_id.clone(),

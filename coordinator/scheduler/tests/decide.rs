@@ -282,7 +282,7 @@ fn a_failed_host_keeps_its_slot_and_spends_the_error_budget() {
     let d = tick(&f, &mut runs, 9);
     let retry = dispatched(&d);
     assert_eq!(retry.len(), 1);
-    assert_eq!(retry[0].action_id, "c1/w1/main-0/a2");
+    assert_eq!(retry[0].action_id, "c1:w1:main-0:a2");
     assert_ne!(retry[0].action_id, ids[0]);
     finish(
         &f,
@@ -398,7 +398,7 @@ fn a_reboot_needs_a_new_boot_id_before_post_gates() {
     let d = tick(&f, &mut runs, 4);
     let gate = dispatched(&d);
     assert_eq!(gate.len(), 1);
-    assert_eq!(gate[0].action_id, "c1/w1/post_gate-0/a2");
+    assert_eq!(gate[0].action_id, "c1:w1:post_gate-0:a2");
     finish(
         &f,
         &mut runs,
@@ -448,11 +448,11 @@ action = "patch"
     let mut runs = vec![run("c1", text, &f)];
     tick(&f, &mut runs, 0);
     let d = tick(&f, &mut runs, 0);
-    assert_eq!(dispatched(&d)[0].action_id, "c1/w1/pre_gate-0/a1");
+    assert_eq!(dispatched(&d)[0].action_id, "c1:w1:pre_gate-0:a1");
     finish(
         &f,
         &mut runs,
-        "c1/w1/pre_gate-0/a1",
+        "c1:w1:pre_gate-0:a1",
         Outcome::Failed,
         None,
         10,
@@ -471,7 +471,7 @@ action = "patch"
     }
     assert_eq!(started(&tick(&f, &mut runs, 60_010)), vec!["w1"]);
     let d = tick(&f, &mut runs, 60_010);
-    assert_eq!(dispatched(&d)[0].action_id, "c1/w1/pre_gate-0/a2");
+    assert_eq!(dispatched(&d)[0].action_id, "c1:w1:pre_gate-0:a2");
 }
 
 #[test]
@@ -508,7 +508,7 @@ fn a_step_past_its_deadline_fails_the_host_but_keeps_the_slot() {
     assert!(runs[0].hosts[0].slot.is_some());
     // The late result of the abandoned action is refused, not applied.
     let late = Event::ActionFinished {
-        action_id: "c1/w1/main-0/a1".into(),
+        action_id: "c1:w1:main-0:a1".into(),
         outcome: Outcome::Succeeded,
         message: String::new(),
         boot_id: None,
@@ -543,8 +543,27 @@ fn action_ids_are_deterministic_and_resent_after_a_restart() {
         "nothing is dispatched twice"
     );
     let req = resend[0].to_request();
-    assert_eq!(req.action_id, "c1/w1/main-0/a1");
+    assert_eq!(req.action_id, "c1:w1:main-0:a1");
     assert!(req.action.is_some());
+}
+
+#[test]
+fn action_ids_are_valid_agent_journal_names() {
+    // The agent accepts `[A-Za-z0-9._:-]{1,128}` (ids become journal file names).
+    let id = action_id(
+        "0b7e4c1e-1c2d-4f9a-9a51-3f7d2a1b9c00",
+        "4f1c2b3a4d5e6f708192a3b4c5d6e7f8",
+        pitcrew_scheduler::Phase::PostGate,
+        12,
+        99,
+    );
+    assert!(id.len() <= 128, "{id}");
+    assert!(
+        id.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c)),
+        "{id}"
+    );
+    assert!(!id.starts_with('.'));
 }
 
 #[test]
@@ -687,18 +706,18 @@ fn automatic_retries_use_a_new_attempt() {
     let mut runs = vec![run("c1", &text, &f)];
     tick(&f, &mut runs, 0);
     tick(&f, &mut runs, 0);
-    finish(&f, &mut runs, "c1/w1/main-0/a1", Outcome::Failed, None, 1);
+    finish(&f, &mut runs, "c1:w1:main-0:a1", Outcome::Failed, None, 1);
     let d = tick(&f, &mut runs, 2);
     assert!(matches!(
         d.blocker_for("c1", "w1"),
         Some(Blocker::RetryAt { at_ms: 30_001, .. })
     ));
     let d = tick(&f, &mut runs, 30_001);
-    assert_eq!(dispatched(&d)[0].action_id, "c1/w1/main-0/a2");
+    assert_eq!(dispatched(&d)[0].action_id, "c1:w1:main-0:a2");
     finish(
         &f,
         &mut runs,
-        "c1/w1/main-0/a2",
+        "c1:w1:main-0:a2",
         Outcome::Refused,
         None,
         30_002,
