@@ -163,6 +163,7 @@ pub fn start(c: Arc<Coordinator>) {
     }
     tokio::spawn(async move {
         let mut changes = c.registry.subscribe_changes();
+        reconnect_grace(&c, &mut changes).await;
         loop {
             let wake = match turn(&c).await {
                 Ok(wake) => wake,
@@ -187,6 +188,35 @@ pub fn start(c: Arc<Coordinator>) {
     });
 }
 
+/// After a restart, waits (boundedly) for the agents running in-flight actions to reconnect
+/// and replay their results, so a coordinator outage longer than a step's deadline does not
+/// fail hosts whose work actually finished.
+async fn reconnect_grace(c: &Coordinator, changes: &mut tokio::sync::watch::Receiver<u64>) {
+    let targets: Vec<String> = lock(&c.engine)
+        .entries
+        .iter()
+        .flat_map(|e| e.run.in_flight_dispatches())
+        .map(|d| d.target_host)
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
+    let grace = Duration::from_secs(u64::from(c.config.heartbeat_timeout_seconds) * 2);
+    tracing::info!(
+        message = "waiting for agents with in-flight actions to reconnect",
+        hosts = targets.len(),
+        grace_s = grace.as_secs()
+    );
+    let _ = tokio::time::timeout(grace, async {
+        while !targets.iter().all(|h| c.registry.is_connected(h)) {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 /// After a restart: every in-flight action has an action record (so reconnecting agents get it
 /// re-sent), and results stored before a crash but not yet applied are applied now.
 fn reconcile(c: &Coordinator) -> Result<(), Status> {
@@ -198,16 +228,16 @@ fn reconcile(c: &Coordinator) -> Result<(), Status> {
         for dispatch in entry.run.in_flight_dispatches() {
             record_dispatch(c, &dispatch)?;
             let stored = c.store.action(&dispatch.action_id)?.and_then(|r| r.result);
-            if let Some(bytes) = stored {
-                if let Ok(result) = v1::ActionResult::decode(bytes.as_slice()) {
-                    let boot_id = fleet
-                        .hosts
-                        .get(&dispatch.target_host)
-                        .map(|h| h.boot_id.clone());
-                    let event = finished_event(&result, boot_id);
-                    if scheduler::apply(&mut entry.run, &fleet, &event, now).is_ok() {
-                        persist(c, entry)?;
-                    }
+            if let Some(bytes) = stored
+                && let Ok(result) = v1::ActionResult::decode(bytes.as_slice())
+            {
+                let boot_id = fleet
+                    .hosts
+                    .get(&dispatch.target_host)
+                    .map(|h| h.boot_id.clone());
+                let event = finished_event(&result, boot_id);
+                if scheduler::apply(&mut entry.run, &fleet, &event, now).is_ok() {
+                    persist(c, entry)?;
                 }
             }
         }

@@ -550,7 +550,7 @@ fn an_agent_lost_mid_step_keeps_its_slot_and_fails_after_the_step_timeout() {
     assert_eq!(host_status(&info, &agents[1])["state"], "pending");
     // After the step timeout (plus the coordinator's grace for a late result) it counts as failed,
     // keeps its slot, and the budget (0) pauses the campaign.
-    let info = pitcrew_tests::wait_for_within(
+    pitcrew_tests::wait_for_within(
         "the lost host to fail",
         std::time::Duration::from_secs(180),
         || Some(show(&c, &id)).filter(|i| host_status(i, &agents[0])["state"] == "failed"),
