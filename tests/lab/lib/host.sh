@@ -129,8 +129,11 @@ host_stop_wait() {
         sleep 0.1
     done
     if pid_alive "$sup"; then
-        log "host $name: did not halt in 10 s; killing"
+        log "host $name: did not halt in 10 s; killing. Console:"
+        tail -n 10 "$dir/console.log" >&2 || true
         kill -KILL "$sup" 2>/dev/null || true
+    elif ((i >= 50)); then
+        log "host $name: halting took $((i / 10)) s"
     fi
     cgroup_kill "$name"
 }
