@@ -2,6 +2,8 @@
 //! processes on loopback over real mTLS, each agent with its own state dir and host identity,
 //! driven through the real `pitcrew` CLI. Every process is killed when its handle drops.
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -170,6 +172,8 @@ impl Drop for Proc {
 /// A coordinator with its own data dir and port.
 pub struct Coordinator {
     pub dir: PathBuf,
+    /// The address it listens on and agents use.
+    pub ip: String,
     pub port: u16,
     pub fingerprint: String,
     pub proc: Option<Proc>,
@@ -180,6 +184,12 @@ impl Coordinator {
     /// `pitcrew-coordinator init` in a new temp dir, with a 1 s heartbeat and 3 s timeout so
     /// disconnects show quickly.
     pub fn init() -> anyhow::Result<Coordinator> {
+        Coordinator::init_on("127.0.0.1")
+    }
+
+    /// Like [`Coordinator::init`], listening on `ip` (e.g. the lab bridge's 10.231.0.1), with
+    /// that address in the server certificate.
+    pub fn init_on(ip: &str) -> anyhow::Result<Coordinator> {
         let temp = tempfile::tempdir()?;
         let dir = temp.path().join("coordinator");
         let port = free_port();
@@ -188,11 +198,13 @@ impl Coordinator {
             .arg(&dir)
             .args([
                 "--san",
+                ip,
+                "--san",
                 "127.0.0.1",
                 "--san",
                 "localhost",
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                &format!("{ip}:{port}"),
             ])
             .output()?;
         if !out.status.success() {
@@ -207,11 +219,12 @@ impl Coordinator {
         std::fs::write(
             dir.join("coordinator.toml"),
             format!(
-                "listen = \"127.0.0.1:{port}\"\nheartbeat_seconds = 1\nheartbeat_timeout_seconds = 3\n"
+                "listen = \"{ip}:{port}\"\nheartbeat_seconds = 1\nheartbeat_timeout_seconds = 3\n"
             ),
         )?;
         Ok(Coordinator {
             dir,
+            ip: ip.to_owned(),
             port,
             fingerprint,
             proc: None,
@@ -229,7 +242,7 @@ impl Coordinator {
     }
 
     pub fn address(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.ip, self.port)
     }
 
     /// Starts `serve` and waits until it accepts connections.
@@ -241,9 +254,9 @@ impl Coordinator {
             .env("PITCREW_LOG", "info");
         let proc = Proc::spawn(command, self.dir.join("coordinator.log"))?;
         self.proc = Some(proc);
-        let port = self.port;
+        let (ip, port) = (self.ip.clone(), self.port);
         wait_for("the coordinator to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            std::net::TcpStream::connect((ip.as_str(), port)).ok()
         });
         Ok(())
     }

@@ -293,6 +293,11 @@ impl Admin for AdminService {
                 host.hostname
             )));
         }
+        // A reboot takes its host away by design: its result comes when the host is back.
+        let is_reboot = matches!(
+            action.action.as_ref().and_then(|a| a.kind.as_ref()),
+            Some(v1::action::Kind::Reboot(_))
+        );
         let id = action.action_id.clone();
         // Subscribe before sending, so no event can be missed.
         let mut events = c.registry.watch_action(&id);
@@ -332,6 +337,7 @@ impl Admin for AdminService {
         let (tx, rx) = mpsc::channel(64);
         let mut changes = c.registry.subscribe_changes();
         tokio::spawn(async move {
+            let mut announced = false;
             loop {
                 tokio::select! {
                     event = events.recv() => match event {
@@ -348,7 +354,20 @@ impl Admin for AdminService {
                         if changed.is_err() {
                             return;
                         }
-                        if !c.registry.is_connected(&host.host_id) {
+                        let connected = c.registry.is_connected(&host.host_id);
+                        if !connected && is_reboot && !announced {
+                            announced = true;
+                            let note = v1::ActionEvent {
+                                action_id: id.clone(),
+                                event: Some(v1::action_event::Event::Log(format!(
+                                    "{} went down to reboot; waiting for it to come back with a new boot id",
+                                    host.hostname
+                                ))),
+                            };
+                            if tx.send(Ok(note)).await.is_err() {
+                                return;
+                            }
+                        } else if !connected && !is_reboot {
                             let _ = tx.send(Err(Status::unavailable(format!(
                                 "host {} disconnected before action {id} finished; its result is recorded when the agent reconnects (pitcrew events --host {})",
                                 host.hostname, host.hostname

@@ -1,0 +1,609 @@
+//! The runbooks end to end on real hosts: Debian with systemd as PID 1 in systemd-nspawn, agents
+//! installed from the built .deb and .rpm, a real coordinator on the machine side of the lab
+//! bridge, and the example campaigns of `examples/`.
+//!
+//! Root only and opt-in (`PITCREW_LAB=1`, set by `tests/run.sh` as root after building the
+//! packages); otherwise each test says it was skipped. One lab runs at a time.
+
+use std::path::Path;
+
+use pitcrew_tests::lab::{AgentPackage, HostSpec, Lab, MACHINE_IP, lab_enabled};
+use pitcrew_tests::{Coordinator, wait_for, wait_for_within};
+use serde_json::Value;
+
+/// What the lab hosts allow the coordinator to do: exactly what the runbooks need.
+const POLICY: &str = r#"
+heartbeat_seconds = 2
+[policy]
+units = ["dcos-mesos-slave.service", "docker.service", "lab-app.service"]
+remove_paths = ["/var/lib/mesos/slave/meta/slaves"]
+allow_patch = true
+allow_reboot = true
+allow_dedupe_shm = true
+exec = [["/usr/local/bin/ucp-backup"], ["/usr/local/bin/swarm-node", "update"], ["/usr/local/bin/lab-health"]]
+"#;
+
+/// One lab host: name, role, labels, which package its agent comes from, extra /dev/shm mounts.
+struct Member {
+    name: &'static str,
+    role: &'static str,
+    labels: Vec<(&'static str, &'static str)>,
+    package: AgentPackage,
+    shm_extra: u32,
+}
+
+fn member(
+    name: &'static str,
+    role: &'static str,
+    cluster: &'static str,
+    package: AgentPackage,
+) -> Member {
+    let mut labels = vec![("cluster", cluster)];
+    if name.ends_with("-leader") {
+        labels.push(("leader", "true"));
+    }
+    Member {
+        name,
+        role,
+        labels,
+        package,
+        shm_extra: 0,
+    }
+}
+
+/// A lab with a coordinator on the bridge and every member's agent enrolled and connected.
+struct Fleet {
+    // Field order matters: the coordinator stops before the lab is torn down.
+    coordinator: Coordinator,
+    lab: Lab,
+    ids: Vec<(String, String)>,
+}
+
+impl Fleet {
+    fn up(members: Vec<Member>) -> Fleet {
+        let mut builder = Lab::builder();
+        for m in &members {
+            builder = builder.host(
+                HostSpec::new(m.name)
+                    .agent(m.package)
+                    .shm_extra(m.shm_extra),
+            );
+        }
+        let lab = builder.up().expect("lab up");
+        let mut coordinator = Coordinator::init_on(MACHINE_IP).expect("coordinator init");
+        coordinator.start().expect("coordinator start");
+        for m in &members {
+            let token = coordinator.token(m.role, &m.labels, 1);
+            let dropin = format!(
+                "coordinators = [\"{}\"]\nca_fingerprint = \"sha256:{}\"\njoin_token = \"{token}\"\n{POLICY}",
+                coordinator.address(),
+                coordinator.fingerprint
+            );
+            lab.install_agent(m.name, &dropin)
+                .expect("installing the agent");
+        }
+        let ids = members
+            .iter()
+            .map(|m| {
+                let host = wait_for(&format!("{} to enroll and connect", m.name), || {
+                    coordinator
+                        .hosts()
+                        .into_iter()
+                        .find(|h| h["hostname"] == m.name && h["connected"] == true)
+                });
+                (
+                    m.name.to_owned(),
+                    host["host_id"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        Fleet {
+            coordinator,
+            lab,
+            ids,
+        }
+    }
+
+    fn id(&self, name: &str) -> &str {
+        self.ids
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, id)| id.as_str())
+            .expect("a fleet member")
+    }
+
+    fn sh(&self, host: &str, script: &str) -> String {
+        self.lab
+            .sh(host, script)
+            .unwrap_or_else(|e| panic!("{host}: {script}: {e:#}"))
+            .trim()
+            .to_owned()
+    }
+
+    /// Writes a campaign file: an example, with `edits` applied (lab timing), into a temp dir.
+    fn campaign(&self, dir: &Path, example: &str, edits: &[(&str, &str)]) -> String {
+        let mut text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples")
+                .join(example),
+        )
+        .expect("reading the example campaign");
+        for (from, to) in edits {
+            assert!(text.contains(from), "{example} no longer contains {from:?}");
+            text = text.replace(from, to);
+        }
+        let path = dir.join(example);
+        std::fs::write(&path, text).expect("writing the campaign");
+        path.display().to_string()
+    }
+
+    fn run(&self, file: &str) -> String {
+        let plan = self.coordinator.cli(&["campaign", "plan", file]);
+        assert!(
+            plan.status.success(),
+            "plan: {}",
+            String::from_utf8_lossy(&plan.stderr)
+        );
+        let out = self.coordinator.cli(&["campaign", "run", file]);
+        assert!(
+            out.status.success(),
+            "run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn wait_state(&self, id: &str, state: &str) -> Value {
+        wait_for_within(
+            &format!("campaign {id} to be {state}"),
+            std::time::Duration::from_secs(600),
+            || {
+                let info = self.coordinator.cli_json(&["campaign", "show", id]);
+                assert!(
+                    state == "paused" || info["state"] != "paused",
+                    "campaign paused unexpectedly: {info}\n{}",
+                    String::from_utf8_lossy(
+                        &self.coordinator.cli(&["events", "--campaign", id]).stdout
+                    )
+                );
+                (info["state"] == state).then_some(info)
+            },
+        )
+    }
+
+    fn events(&self, campaign: &str) -> Vec<Value> {
+        self.coordinator
+            .cli_json(&["events", "--campaign", campaign, "--limit", "0"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn skip(name: &str) -> bool {
+    if lab_enabled() {
+        return false;
+    }
+    eprintln!("{name}: skipped (lab tests need root and PITCREW_LAB=1; tests/run.sh sets it)");
+    true
+}
+
+/// Host ids in the order the event log shows them entering maintenance, and the most managers
+/// ever out at once according to the log.
+fn entries_and_max_managers(events: &[Value], managers: &[&str]) -> (Vec<String>, usize) {
+    let mut order = Vec::new();
+    let (mut open, mut max) = (0usize, 0usize);
+    for e in events {
+        let host = e["host_id"].as_str().unwrap_or_default();
+        match e["step"].as_str() {
+            Some("start") => {
+                order.push(host.to_owned());
+                if managers.contains(&host) {
+                    open += 1;
+                    max = max.max(open);
+                }
+            }
+            Some("release") if managers.contains(&host) => open = open.saturating_sub(1),
+            _ => {}
+        }
+    }
+    (order, max)
+}
+
+#[test]
+fn scenario_1_dcos_agent_update_on_every_host() {
+    if skip("scenario 1") {
+        return;
+    }
+    let fleet = Fleet::up(vec![
+        member("d1", "worker", "dcos-a", AgentPackage::Deb),
+        member("d2", "worker", "dcos-a", AgentPackage::Rpm),
+        member("d3", "worker", "dcos-a", AgentPackage::Deb),
+    ]);
+    let before: Vec<String> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|h| fleet.sh(h, "readlink /var/lib/mesos/slave/meta/slaves/latest"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = fleet.campaign(
+        dir.path(),
+        "dcos-agent-update.toml",
+        &[("retry_delay = \"20s\"", "retry_delay = \"2s\"")],
+    );
+    let id = fleet.run(&file);
+    fleet.wait_state(&id, "completed");
+    for (i, host) in ["d1", "d2", "d3"].iter().enumerate() {
+        // Drained by SIGUSR1 (the agent records it and exits), stopped, metadata pointer removed,
+        // started again: it registered as a new agent.
+        assert!(
+            !fleet
+                .sh(host, "cat /var/lib/mesos/drained 2>/dev/null || true")
+                .is_empty(),
+            "{host} was not drained"
+        );
+        let after = fleet.sh(host, "readlink /var/lib/mesos/slave/meta/slaves/latest");
+        assert_ne!(after, before[i], "{host} kept its old agent id");
+        assert_eq!(
+            fleet
+                .lab
+                .unit_state(host, "dcos-mesos-slave.service")
+                .unwrap(),
+            "active"
+        );
+    }
+    // The runbook's order, on each host, from the event log.
+    let events = fleet.events(&id);
+    let sent: Vec<String> = events
+        .iter()
+        .filter(|e| e["host_id"] == fleet.id("d1") && e["result"] == "sent")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let expected = [
+        "signal_unit SIGUSR1",
+        "unit stop",
+        "daemon_reload",
+        "remove_path /var/lib/mesos/slave/meta/slaves/latest",
+        "unit start",
+        "health: dcos-mesos-slave.service is active",
+    ];
+    let mut next = 0;
+    for line in &sent {
+        if next < expected.len() && line.contains(expected[next]) {
+            next += 1;
+        }
+    }
+    assert_eq!(
+        next,
+        expected.len(),
+        "steps out of the runbook's order: {sent:#?}"
+    );
+}
+
+#[test]
+fn scenario_2_swarm_patching_workers_then_managers_one_at_a_time_with_real_reboots() {
+    if skip("scenario 2") {
+        return;
+    }
+    let fleet = Fleet::up(vec![
+        member("w1", "worker", "swarm-a", AgentPackage::Deb),
+        member("w2", "worker", "swarm-a", AgentPackage::Rpm),
+        member("w3", "worker", "swarm-a", AgentPackage::Deb),
+        member("m1", "manager", "swarm-a", AgentPackage::Deb),
+        member("m2", "manager", "swarm-a", AgentPackage::Rpm),
+        member("m3-leader", "manager", "swarm-a", AgentPackage::Deb),
+    ]);
+    let hosts = ["w1", "w2", "w3", "m1", "m2", "m3-leader"];
+    let boots: Vec<String> = hosts
+        .iter()
+        .map(|h| fleet.lab.boot_id(h).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    // The example as written, with the lab's shorter waits.
+    let file = fleet.campaign(
+        dir.path(),
+        "swarm-patch.toml",
+        &[
+            ("dwell = \"2m\"", "dwell = \"0s\""),
+            ("retry_delay = \"30s\"", "retry_delay = \"2s\""),
+        ],
+    );
+    let id = fleet.run(&file);
+    fleet.wait_state(&id, "completed");
+
+    for (i, host) in hosts.iter().enumerate() {
+        assert_eq!(
+            fleet.sh(host, "cat /usr/share/lab-kernel/VERSION"),
+            "1.1",
+            "{host} was not patched"
+        );
+        let boot = fleet.lab.boot_id(host).unwrap();
+        assert_ne!(boot, boots[i], "{host} did not really reboot");
+        assert_eq!(
+            fleet.lab.reboot_count(host).unwrap(),
+            1,
+            "{host} rebooted other than once"
+        );
+        // The coordinator saw the new boot id too.
+        let seen = fleet.coordinator.host(fleet.id(host)).unwrap();
+        assert_eq!(seen["facts"]["boot_id"], boot.as_str());
+        let backups = fleet.sh(host, "ls /var/backups/ucp 2>/dev/null | wc -l");
+        if host.starts_with('m') {
+            assert_ne!(backups, "0", "{host}: no backup before its turn");
+        } else {
+            assert_eq!(backups, "0", "{host}: workers are not backed up");
+        }
+    }
+    let managers: Vec<&str> = ["m1", "m2", "m3-leader"]
+        .iter()
+        .map(|m| fleet.id(m))
+        .collect();
+    let (order, max_managers) = entries_and_max_managers(&fleet.events(&id), &managers);
+    assert_eq!(max_managers, 1, "two managers were out at once");
+    let names: Vec<&str> = order
+        .iter()
+        .map(|id| {
+            fleet
+                .ids
+                .iter()
+                .find(|(_, i)| i == id)
+                .map(|(n, _)| n.as_str())
+                .unwrap_or("?")
+        })
+        .collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    assert!(
+        names[..3].iter().all(|n| n.starts_with('w')),
+        "workers first: {names:?}"
+    );
+    assert_eq!(names[5], "m3-leader", "the leader last: {names:?}");
+    // Each node was drained and made active again, on a manager.
+    let history = fleet.sh("m1", "cat /var/lib/swarm-node/history 2>/dev/null; true")
+        + &fleet.sh("m2", "cat /var/lib/swarm-node/history 2>/dev/null; true");
+    for host in ["w1", "w2", "w3", "m1"] {
+        assert!(
+            history.contains(&format!("{host} drain"))
+                && history.contains(&format!("{host} active")),
+            "{host}: {history}"
+        );
+    }
+}
+
+#[test]
+fn scenario_3_dev_shm_fix_leaves_exactly_one_tmpfs() {
+    if skip("scenario 3") {
+        return;
+    }
+    let mut members = vec![
+        member("s1", "worker", "swarm-a", AgentPackage::Deb),
+        member("s2", "worker", "swarm-a", AgentPackage::Rpm),
+        member("s3", "worker", "swarm-a", AgentPackage::Deb),
+    ];
+    members[0].shm_extra = 1; // two tmpfs stacked
+    members[1].shm_extra = 2; // three
+    let fleet = Fleet::up(members);
+    let count = |host: &str| {
+        fleet.sh(host, "grep -c ' /dev/shm tmpfs ' /proc/self/mountinfo || grep -c ' /dev/shm ' /proc/self/mountinfo")
+    };
+    assert_eq!(
+        (count("s1"), count("s2"), count("s3")),
+        ("2".into(), "3".into(), "1".into())
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let id = fleet.run(&fleet.campaign(dir.path(), "shm-fix.toml", &[]));
+    fleet.wait_state(&id, "completed");
+    for host in ["s1", "s2", "s3"] {
+        assert_eq!(
+            count(host),
+            "1",
+            "{host} does not have exactly one tmpfs on /dev/shm"
+        );
+        assert_eq!(fleet.sh(host, "stat -f -c %T /dev/shm"), "tmpfs");
+    }
+    // The host that had one was left untouched, and the facts follow the change.
+    let events = fleet.events(&id);
+    let s3 = events
+        .iter()
+        .find(|e| e["host_id"] == fleet.id("s3") && e["result"] == "succeeded")
+        .expect("s3's result");
+    let s3_text = s3["message"].as_str().unwrap_or_default();
+    assert!(
+        s3_text.contains("found 1") || s3_text.contains("nothing"),
+        "{s3_text}"
+    );
+    wait_for("the facts to show one /dev/shm mount", || {
+        (fleet.coordinator.host(fleet.id("s2")).unwrap()["facts"]["shm_tmpfs_mounts"] == 1)
+            .then_some(())
+    });
+}
+
+#[test]
+fn scenario_4_a_bad_patch_pauses_the_campaign_and_retry_completes_it() {
+    if skip("scenario 4") {
+        return;
+    }
+    let fleet = Fleet::up(vec![
+        member("m1", "manager", "swarm-a", AgentPackage::Deb),
+        member("m2", "manager", "swarm-a", AgentPackage::Rpm),
+        member("m3-leader", "manager", "swarm-a", AgentPackage::Deb),
+    ]);
+    // The new package breaks m2's application: its post-gate fails after the reboot.
+    fleet.sh("m2", "touch /etc/pitcrew-lab/patch-breaks-health");
+    let dir = tempfile::tempdir().unwrap();
+    let file = fleet.campaign(
+        dir.path(),
+        "swarm-patch.toml",
+        &[
+            ("dwell = \"2m\"", "dwell = \"0s\""),
+            ("retry_delay = \"30s\"", "retry_delay = \"1s\""),
+            ("retries = 10", "retries = 2"),
+        ],
+    );
+    let id = fleet.run(&file);
+    let info = fleet.wait_state(&id, "paused");
+    let status = |info: &Value, name: &str| {
+        info["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host_id"] == fleet.id(name))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(status(&info, "m1")["state"], "done");
+    assert_eq!(status(&info, "m2")["state"], "failed");
+    assert!(
+        info["blocker"].as_str().unwrap().contains("error budget"),
+        "{info}"
+    );
+    assert!(
+        status(&info, "m2")["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("healthy"),
+        "{info}"
+    );
+    // No further manager was touched: no backup, no patch on m3.
+    assert_eq!(
+        fleet.sh("m3-leader", "ls /var/backups/ucp 2>/dev/null | wc -l"),
+        "0"
+    );
+    assert_eq!(
+        fleet.sh("m3-leader", "cat /usr/share/lab-kernel/VERSION"),
+        "1.0"
+    );
+    assert_eq!(status(&info, "m3-leader")["state"], "pending");
+    // m2 did reboot into the new package before failing its gate.
+    assert_eq!(fleet.lab.reboot_count("m2").unwrap(), 1);
+
+    // The operator fixes m2 and retries it: the campaign completes.
+    fleet.sh(
+        "m2",
+        "rm -f /etc/pitcrew-lab/unhealthy /etc/pitcrew-lab/patch-breaks-health",
+    );
+    let retried = fleet
+        .coordinator
+        .cli(&["campaign", "host", "retry", &id, fleet.id("m2")]);
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    let _ = fleet.coordinator.cli(&["campaign", "resume", &id]);
+    fleet.wait_state(&id, "completed");
+    assert_eq!(
+        fleet.sh("m3-leader", "cat /usr/share/lab-kernel/VERSION"),
+        "1.1"
+    );
+    let managers: Vec<&str> = ["m1", "m2", "m3-leader"]
+        .iter()
+        .map(|m| fleet.id(m))
+        .collect();
+    assert_eq!(entries_and_max_managers(&fleet.events(&id), &managers).1, 1);
+}
+
+#[test]
+fn scenario_5_package_install_upgrade_remove_and_purge() {
+    if skip("scenario 5") {
+        return;
+    }
+    let fleet = Fleet::up(vec![
+        member("p1", "worker", "lab", AgentPackage::Deb),
+        member("p2", "worker", "lab", AgentPackage::Rpm),
+    ]);
+    // Installed and enrolled: it reports in by itself.
+    for host in ["p1", "p2"] {
+        let seen = fleet.coordinator.host(fleet.id(host)).unwrap();
+        assert_eq!(seen["facts"]["os_name"], "Debian GNU/Linux");
+        assert_eq!(seen["facts"]["systemd"], true);
+        assert_eq!(
+            fleet.lab.unit_state(host, "pitcrew-agent.service").unwrap(),
+            "active"
+        );
+    }
+    let serial = fleet.coordinator.host(fleet.id("p1")).unwrap()["cert_serial"].clone();
+
+    // Upgrade the .deb under the running agent: a rebuilt package with a higher version.
+    let deb = fleet.lab.agent_package_path(AgentPackage::Deb).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    let run = |cmd: &mut std::process::Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    run(std::process::Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(&deb)
+        .arg(&tree));
+    let control = tree.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).unwrap();
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &control,
+        text.replace(
+            &format!("Version: {version}"),
+            &format!("Version: {version}+lab1"),
+        ),
+    )
+    .unwrap();
+    let newer = work.path().join("pitcrew-agent-newer.deb");
+    run(std::process::Command::new("dpkg-deb")
+        .arg("-b")
+        .arg(&tree)
+        .arg(&newer));
+    fleet
+        .lab
+        .copy_in("p1", &newer, "/var/tmp/pitcrew-agent-newer.deb")
+        .unwrap();
+    fleet.sh("p1", "dpkg -i /var/tmp/pitcrew-agent-newer.deb");
+    assert!(
+        fleet
+            .sh("p1", "dpkg-query -W -f '${Version}' pitcrew-agent")
+            .ends_with("+lab1")
+    );
+    // Same identity, reconnected by itself, no new enrollment.
+    let after = wait_for("p1 to reconnect after the upgrade", || {
+        fleet
+            .coordinator
+            .host(fleet.id("p1"))
+            .filter(|h| h["connected"] == true)
+    });
+    assert_eq!(after["cert_serial"], serial);
+    assert_eq!(fleet.coordinator.hosts().len(), 2);
+
+    // Remove: stopped and disabled, state kept; purge: state and config gone.
+    fleet.sh("p1", "dpkg -r pitcrew-agent");
+    wait_for("p1 to show disconnected", || {
+        fleet
+            .coordinator
+            .host(fleet.id("p1"))
+            .filter(|h| h["connected"] == false)
+    });
+    assert_ne!(
+        fleet.lab.unit_state("p1", "pitcrew-agent.service").unwrap(),
+        "active"
+    );
+    assert_eq!(
+        fleet.sh("p1", "test -e /var/lib/pitcrew/host.key && echo kept"),
+        "kept"
+    );
+    fleet.sh("p1", "dpkg -P pitcrew-agent");
+    assert_eq!(
+        fleet.sh(
+            "p1",
+            "test -e /var/lib/pitcrew || test -e /etc/pitcrew || echo gone"
+        ),
+        "gone"
+    );
+    fleet.sh("p2", "rpm -e pitcrew-agent");
+    wait_for("p2 to show disconnected", || {
+        fleet
+            .coordinator
+            .host(fleet.id("p2"))
+            .filter(|h| h["connected"] == false)
+    });
+    assert_eq!(
+        fleet.sh("p2", "rpm -q pitcrew-agent >/dev/null || echo removed"),
+        "removed"
+    );
+}
