@@ -511,22 +511,30 @@ impl Store {
         Ok(changed > 0)
     }
 
+    fn action_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ActionRecord> {
+        Ok(ActionRecord {
+            action_id: row.get(0)?,
+            host_id: row.get(1)?,
+            campaign_id: row.get(2)?,
+            request: row.get(3)?,
+            result: row.get(4)?,
+            created_at_ms: row.get(5)?,
+        })
+    }
+
+    const ACTION_COLUMNS: &'static str =
+        "action_id, host_id, campaign_id, request, result, created_at_ms";
+
     pub fn action(&self, action_id: &str) -> Result<Option<ActionRecord>, StoreError> {
         let conn = self.conn();
         Ok(conn
             .query_row(
-                "SELECT action_id, host_id, campaign_id, request, result, created_at_ms FROM actions WHERE action_id = ?1",
+                &format!(
+                    "SELECT {} FROM actions WHERE action_id = ?1",
+                    Self::ACTION_COLUMNS
+                ),
                 params![action_id],
-                |row| {
-                    Ok(ActionRecord {
-                        action_id: row.get(0)?,
-                        host_id: row.get(1)?,
-                        campaign_id: row.get(2)?,
-                        request: row.get(3)?,
-                        result: row.get(4)?,
-                        created_at_ms: row.get(5)?,
-                    })
-                },
+                Self::action_from_row,
             )
             .optional()?)
     }
@@ -534,20 +542,11 @@ impl Store {
     /// Actions sent to a host that have no result yet (to re-send after a reconnect or restart).
     pub fn unfinished_actions(&self, host_id: &str) -> Result<Vec<ActionRecord>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT action_id, host_id, campaign_id, request, result, created_at_ms FROM actions
-             WHERE host_id = ?1 AND result IS NULL ORDER BY created_at_ms",
-        )?;
-        let rows = stmt.query_map(params![host_id], |row| {
-            Ok(ActionRecord {
-                action_id: row.get(0)?,
-                host_id: row.get(1)?,
-                campaign_id: row.get(2)?,
-                request: row.get(3)?,
-                result: row.get(4)?,
-                created_at_ms: row.get(5)?,
-            })
-        })?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM actions WHERE host_id = ?1 AND result IS NULL ORDER BY created_at_ms",
+            Self::ACTION_COLUMNS
+        ))?;
+        let rows = stmt.query_map(params![host_id], Self::action_from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 

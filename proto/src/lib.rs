@@ -5,6 +5,7 @@
 pub mod describe;
 pub mod files;
 pub mod identity;
+pub mod logging;
 pub mod policy;
 pub mod tls;
 

@@ -382,7 +382,11 @@ fn scenario_3_dev_shm_fix_leaves_exactly_one_tmpfs() {
     members[1].shm_extra = 2; // three
     let fleet = Fleet::up(members);
     let count = |host: &str| {
-        fleet.sh(host, "grep -c ' /dev/shm tmpfs ' /proc/self/mountinfo || grep -c ' /dev/shm ' /proc/self/mountinfo")
+        // tmpfs mounts whose mount point (field 5) is /dev/shm; the fs type is third from the end.
+        fleet.sh(
+            host,
+            "awk '$5 == \"/dev/shm\" && $(NF-2) == \"tmpfs\"' /proc/self/mountinfo | wc -l",
+        )
     };
     assert_eq!(
         (count("s1"), count("s2"), count("s3")),
