@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build pitcrew's packages into $CARGO_TARGET_DIR/packages (default target/packages):
 #   pitcrew-agent_<v>-1_<arch>.deb, pitcrew-coordinator_<v>-1_<arch>.deb (cargo-deb) and
-#   pitcrew-agent-<v>-1.<arch>.rpm (rpmbuild, from packaging/rpm/pitcrew-agent.spec).
+#   pitcrew-agent-<v>-1.<arch>.rpm and pitcrew-coordinator-<v>-1.<arch>.rpm (rpmbuild, from
+#   packaging/rpm/*.spec).
 # Release binaries are built first. cargo-deb and rpm are installed only when missing.
 # Idempotent: running it again rebuilds the packages in place.
 #   --no-build   package the binaries already in the target dir
@@ -62,19 +63,22 @@ build_debs() {
 }
 
 build_rpm() {
-    local version top arch
+    local version top arch pkg
     version=$(workspace_version)
-    top=$(mktemp -d)
-    log "rpmbuild pitcrew-agent $version"
-    rpmbuild -bb --quiet \
-        --define "_topdir $top" \
-        --define "pitcrew_version $version" \
-        --define "pitcrew_bin $TARGET_DIR/release/pitcrew-agent" \
-        --define "pitcrew_packaging $REPO/packaging" \
-        "$REPO/packaging/rpm/pitcrew-agent.spec" >/dev/null
     arch=$(rpm --eval '%{_arch}')
-    cp "$top/RPMS/$arch/pitcrew-agent-$version-1.$arch.rpm" "$OUT/"
-    rm -rf "$top"
+    for pkg in pitcrew-agent pitcrew-coordinator; do
+        top=$(mktemp -d)
+        log "rpmbuild $pkg $version"
+        rpmbuild -bb --quiet \
+            --define "_topdir $top" \
+            --define "pitcrew_version $version" \
+            --define "pitcrew_bin $TARGET_DIR/release/pitcrew-agent" \
+            --define "pitcrew_bin_dir $TARGET_DIR/release" \
+            --define "pitcrew_packaging $REPO/packaging" \
+            "$REPO/packaging/rpm/$pkg.spec" >/dev/null
+        cp "$top/RPMS/$arch/$pkg-$version-1.$arch.rpm" "$OUT/"
+        rm -rf "$top"
+    done
 }
 
 main() {

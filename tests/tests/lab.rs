@@ -611,3 +611,68 @@ fn scenario_5_package_install_upgrade_remove_and_purge() {
         "removed"
     );
 }
+
+#[test]
+fn the_coordinator_installs_from_deb_and_rpm_and_serves_under_systemd() {
+    if skip("coordinator packages") {
+        return;
+    }
+    let lab = Lab::builder()
+        .host(HostSpec::new("c1"))
+        .host(HostSpec::new("c2"))
+        .up()
+        .expect("lab up");
+    let packages = lab
+        .agent_package_path(AgentPackage::Deb)
+        .expect("packages built")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let find = |prefix: &str, suffix: &str| {
+        std::fs::read_dir(&packages)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
+            })
+            .unwrap_or_else(|| panic!("no {prefix}*{suffix} in {}", packages.display()))
+    };
+    let installs = [
+        ("c1", find("pitcrew-coordinator_", ".deb"), "dpkg -i"),
+        (
+            "c2",
+            find("pitcrew-coordinator-", ".rpm"),
+            "rpm -U --nodeps",
+        ),
+    ];
+    for (host, package, installer) in &installs {
+        lab.copy_in(host, package, "/var/tmp/coordinator.pkg")
+            .unwrap();
+        let out = lab
+            .sh(host, &format!("{installer} /var/tmp/coordinator.pkg 2>&1"))
+            .unwrap();
+        // Not initialised yet: installed and enabled, not started, and it says what to do.
+        assert!(out.contains("pitcrew-coordinator init"), "{host}: {out}");
+        lab.sh(host, "pitcrew-coordinator init --data-dir /var/lib/pitcrew-coordinator --san 127.0.0.1 >/dev/null").unwrap();
+        lab.sh(host, "systemctl start pitcrew-coordinator").unwrap();
+        assert_eq!(
+            lab.unit_state(host, "pitcrew-coordinator.service").unwrap(),
+            "active",
+            "{host}"
+        );
+        let listed = lab
+            .sh(host, "cd /var/lib/pitcrew-coordinator && PITCREW_CA=ca.crt PITCREW_CERT=operator/admin.crt PITCREW_KEY=operator/admin.key pitcrew hosts -o json")
+            .unwrap();
+        assert_eq!(listed.trim(), "[]", "{host}: an empty fleet answers");
+        let user = lab
+            .sh(host, "stat -c %U /var/lib/pitcrew-coordinator/pitcrew.db")
+            .unwrap();
+        assert_eq!(
+            user.trim(),
+            "pitcrew-coordinator",
+            "{host}: the service runs as its own user"
+        );
+    }
+}
