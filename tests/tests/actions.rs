@@ -227,3 +227,53 @@ fn systemd_actions_say_clearly_when_no_systemd_runs_here() {
         ran.stdout
     );
 }
+
+#[test]
+fn interrupting_do_cancels_the_action_on_the_host() {
+    let (c, agent, work) = start(policy);
+    let host = agent.machine_id.clone();
+    let marker = work.path().join("started");
+    let script = format!("touch {}; exec sleep 300", marker.display());
+    let mut following = Command::new(bin("pitcrew"))
+        .args([
+            "do",
+            &host,
+            "--id",
+            "interrupt-1",
+            "exec",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .envs(c.operator_env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the action to start", || marker.exists().then_some(()));
+    // Ctrl-C on the operator's terminal.
+    let _ = Command::new("kill")
+        .args(["-INT", &following.id().to_string()])
+        .status();
+    let _ = following.wait();
+    let event = wait_for("the cancelled result", || {
+        c.cli_json(&["events", "--host", &host])
+            .as_array()
+            .and_then(|events| {
+                events
+                    .iter()
+                    .find(|e| e["step"] == "interrupt-1" && e["result"] == "cancelled")
+                    .cloned()
+            })
+    });
+    assert!(event["message"].as_str().is_some());
+    // The program is gone with its process group.
+    wait_for("the program to be stopped", || {
+        let left = Command::new("pgrep")
+            .args(["-f", &script])
+            .output()
+            .unwrap();
+        (!left.status.success()).then_some(())
+    });
+}

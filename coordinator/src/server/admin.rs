@@ -375,7 +375,16 @@ impl Admin for AdminService {
                             return;
                         }
                     }
-                    _ = tx.closed() => return,
+                    _ = tx.closed() => {
+                        // The operator stopped following (Ctrl-C): stop the action too, as
+                        // they would expect of a command they interrupted.
+                        let cancel = v1::CoordinatorMessage {
+                            msg: Some(v1::coordinator_message::Msg::Cancel(v1::CancelAction { action_id: id.clone() })),
+                        };
+                        c.registry.send(&host.host_id, cancel).await;
+                        let _ = c.events.audit(&operator, &host.host_id, "", &format!("interrupted {id}: cancel sent to {}", host.hostname));
+                        return;
+                    }
                 }
             }
         });
