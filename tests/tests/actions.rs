@@ -277,3 +277,55 @@ fn interrupting_do_cancels_the_action_on_the_host() {
         (!left.status.success()).then_some(())
     });
 }
+
+#[test]
+fn events_follow_streams_new_host_events_as_they_happen() {
+    let (c, agent, _work) = start(policy);
+    let host = agent.machine_id.clone();
+    let mut follower = Command::new(bin("pitcrew"))
+        .args([
+            "events", "--follow", "--limit", "1", "--host", &host, "-o", "json",
+        ])
+        .envs(c.operator_env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The backlog (the newest event) arrives first; then run an action and see it live.
+    let first = lines_rx
+        .recv_timeout(pitcrew_tests::DEADLINE)
+        .expect("the backlog");
+    assert!(first.contains(&host), "{first}");
+    let ran = run_do(
+        &c,
+        &host,
+        &["--id", "followed-1", "exec", "--", "/bin/echo", "live"],
+    );
+    assert!(ran.ok, "{}", ran.stderr);
+    let deadline = std::time::Instant::now() + pitcrew_tests::DEADLINE;
+    loop {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("the live event");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["step"] == "followed-1" && event["result"] == "succeeded" {
+            assert!(event["message"].as_str().unwrap().contains("live"));
+            break;
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
