@@ -342,12 +342,13 @@ fn a_closing_window_stops_new_starts_while_the_host_in_progress_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let gate = dir.path().join("go");
     let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
-    // A window that opened a minute ago and closes a few seconds from now.
+    // A window that opened a minute ago and closes 12 s from now (room for a slow machine to
+    // start the first host inside it).
     let now_s = pitcrew_proto::now_ms() / 1000;
     let start = time::OffsetDateTime::from_unix_timestamp(now_s - 60).unwrap();
-    let close_at_ms = (now_s + 5) * 1000;
+    let close_at_ms = (now_s + 12) * 1000;
     let head = format!(
-        "[concurrency]\nworker = 1\n\n[[window]]\nstart = \"{}\"\nduration = \"65s\"",
+        "[concurrency]\nworker = 1\n\n[[window]]\nstart = \"{}\"\nduration = \"72s\"",
         start
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap()
