@@ -597,16 +597,13 @@ fn advance_host(
             });
         } else {
             out.wake(f.deadline_ms);
-            if fleet
-                .hosts
-                .get(&f.target_host)
-                .is_some_and(|v| !v.connected)
-            {
+            if let Some(target) = fleet.hosts.get(&f.target_host).filter(|v| !v.connected) {
+                // Name the host as operators know it, not by its machine id.
                 out.block(
                     &run.id,
                     Some(&h.host_id),
                     Blocker::AgentDisconnected {
-                        host: f.target_host.clone(),
+                        host: target.hostname.clone(),
                     },
                 );
             }
