@@ -414,6 +414,23 @@ fn log_decision(c: &Coordinator, run: &CampaignRun, decision: &Decision) {
     }
 }
 
+/// The host a campaign action is serviced for (it may run on another host, e.g. a drain run on
+/// a manager), while the action is in flight.
+pub fn serviced_host(c: &Coordinator, campaign_id: &str, action_id: &str) -> Option<String> {
+    let state = lock(&c.engine);
+    let entry = state.entries.iter().find(|e| e.run.id == campaign_id)?;
+    entry
+        .run
+        .hosts
+        .iter()
+        .find(|h| {
+            h.in_flight
+                .as_ref()
+                .is_some_and(|f| f.action_id == action_id)
+        })
+        .map(|h| h.host_id.clone())
+}
+
 /// Feeds an agent's result to the campaign that sent it (called for every result, repeats
 /// included: a result stored just before a crash must still reach the run).
 pub fn on_result(

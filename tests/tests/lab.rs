@@ -356,6 +356,22 @@ fn scenario_2_swarm_patching_workers_then_managers_one_at_a_time_with_real_reboo
         "workers first: {names:?}"
     );
     assert_eq!(names[5], "m3-leader", "the leader last: {names:?}");
+    // A drain run on a manager is in the drained host's own log, saying where it ran.
+    let w1_log = fleet
+        .coordinator
+        .cli_json(&["events", "--host", fleet.id("w1"), "--limit", "0"]);
+    assert!(
+        w1_log
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["result"] == "succeeded"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("(ran on m")),
+        "{w1_log}"
+    );
     // Each node was drained and made active again, on a manager.
     let history = fleet.sh("m1", "cat /var/lib/swarm-node/history 2>/dev/null; true")
         + &fleet.sh("m2", "cat /var/lib/swarm-node/history 2>/dev/null; true");

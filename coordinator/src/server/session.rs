@@ -304,8 +304,20 @@ pub fn record_result(
         if !result.output.is_empty() {
             message = format!("{message}\n{}", result.output.trim_end());
         }
+        // A campaign step run on another host (a drain on a manager) belongs to the log of the
+        // host being serviced; say where it ran.
+        let serviced = crate::campaigns::serviced_host(c, &record.campaign_id, &result.action_id)
+            .unwrap_or_else(|| host_id.to_owned());
+        if serviced != host_id {
+            let ran_on = c
+                .store
+                .host(host_id)?
+                .map(|h| h.hostname)
+                .unwrap_or_else(|| host_id.to_owned());
+            message = format!("(ran on {ran_on}) {message}");
+        }
         c.events.host(
-            host_id,
+            &serviced,
             &record.campaign_id,
             &result.action_id,
             outcome,
