@@ -766,8 +766,17 @@ fn start_hosts(
         .spec
         .worker_concurrency
         .slots(run.hosts.iter().filter(|h| h.role == Role::Worker).count());
+    // Every worker of this campaign that is out of service, whoever holds it: the campaign's
+    // concurrency is about how many of its workers are away. Counted once here and kept up to
+    // date as hosts start, so deciding stays linear in the size of the fleet.
+    let mut busy_workers: Vec<String> = run
+        .hosts
+        .iter()
+        .filter(|o| o.role == Role::Worker && occ.holder(&o.host_id).is_some())
+        .map(|o| o.hostname.clone())
+        .collect();
     for h in pending.iter().filter(|h| h.role == current) {
-        match may_start(fleet, occ, run, h, worker_slots, now_ms) {
+        match may_start(fleet, occ, run, h, worker_slots, &busy_workers, now_ms) {
             Err((blocker, wake)) => {
                 if let Some(at) = wake {
                     out.wake(at);
@@ -775,6 +784,9 @@ fn start_hosts(
                 out.block(&run.id, Some(&h.host_id), blocker);
             }
             Ok(slot) => {
+                if h.role == Role::Worker {
+                    busy_workers.push(h.hostname.clone());
+                }
                 occ.take(fleet, &run.id, h, Some(slot.clone()));
                 out.decisions.push(Decision::StartHost {
                     campaign: run.id.clone(),
@@ -794,6 +806,7 @@ fn may_start(
     run: &CampaignRun,
     h: &HostRun,
     worker_slots: usize,
+    busy_workers: &[String],
     now_ms: i64,
 ) -> Result<String, (Blocker, Option<i64>)> {
     if let Some(g) = &h.gate_failure
@@ -832,19 +845,16 @@ fn may_start(
     }
     match h.role {
         Role::Worker => {
-            // Count every worker of this campaign that is out of service, whoever holds it:
-            // the campaign's concurrency is about how many of its workers are away.
-            let busy: Vec<String> = run
-                .hosts
-                .iter()
-                .filter(|o| o.role == Role::Worker && occ.holder(&o.host_id).is_some())
-                .map(|o| o.hostname.clone())
-                .collect();
-            if busy.len() >= worker_slots {
+            if busy_workers.len() >= worker_slots {
+                // Name a few holders; a 500-slot pool does not need 500 names on every line.
+                let mut held_by: Vec<String> = busy_workers.iter().take(5).cloned().collect();
+                if busy_workers.len() > held_by.len() {
+                    held_by.push(format!("{} more", busy_workers.len() - held_by.len()));
+                }
                 return Err((
                     Blocker::NoSlot {
                         slot: format!("worker-pool ({worker_slots} slots)"),
-                        held_by: busy,
+                        held_by,
                     },
                     None,
                 ));
