@@ -130,7 +130,12 @@ fn an_exec_interrupted_by_an_agent_crash_is_reported_and_never_runs_twice() {
     let (c, mut agent, work) = start(policy);
     let host = agent.machine_id.clone();
     let marker = work.path().join("runs");
-    let script = format!("echo run >> {}; exec sleep 600", marker.display());
+    let pidfile = work.path().join("pid");
+    let script = format!(
+        "echo $$ > {}; echo run >> {}; exec sleep 600",
+        pidfile.display(),
+        marker.display()
+    );
 
     // Start a long action and wait until it has really started.
     let running = Command::new(bin("pitcrew"))
@@ -157,10 +162,17 @@ fn an_exec_interrupted_by_an_agent_crash_is_reported_and_never_runs_twice() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The orphaned program is not the agent's any more; end it so the test leaves nothing behind.
-    let _ = Command::new("pkill")
-        .args(["-f", &format!("echo run >> {}", marker.display())])
-        .status();
+    // The agent died, its program did not: agents run with KillMode=process so that a
+    // self-upgrade survives its own restart.
+    let running_script = || {
+        let pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        std::fs::read_to_string(format!("/proc/{}/cmdline", pid.trim()))
+            .is_ok_and(|cmdline| cmdline.contains("sleep"))
+    };
+    assert!(
+        running_script(),
+        "the program should have outlived the killed agent"
+    );
 
     // Restarted, the agent reports the action as interrupted by itself.
     agent.start().unwrap();
@@ -178,6 +190,17 @@ fn an_exec_interrupted_by_an_agent_crash_is_reported_and_never_runs_twice() {
         event["message"].as_str().unwrap().contains("agent"),
         "{event}"
     );
+    // ...and the restarted agent stopped what its predecessor left running.
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .contains("left running were stopped"),
+        "{event}"
+    );
+    wait_for("the leftover program to be gone", || {
+        (!running_script()).then_some(())
+    });
 
     // Sending the same id again returns the recorded result; the program does not run again.
     let again = run_do(
@@ -233,7 +256,17 @@ fn interrupting_do_cancels_the_action_on_the_host() {
     let (c, agent, work) = start(policy);
     let host = agent.machine_id.clone();
     let marker = work.path().join("started");
-    let script = format!("touch {}; exec sleep 300", marker.display());
+    let pidfile = work.path().join("pid");
+    let script = format!(
+        "echo $$ > {}; touch {}; exec sleep 300",
+        pidfile.display(),
+        marker.display()
+    );
+    let program_alive = || {
+        let pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        std::fs::read_to_string(format!("/proc/{}/cmdline", pid.trim()))
+            .is_ok_and(|cmdline| cmdline.contains("sleep"))
+    };
     let mut following = Command::new(bin("pitcrew"))
         .args([
             "do",
@@ -252,6 +285,7 @@ fn interrupting_do_cancels_the_action_on_the_host() {
         .spawn()
         .unwrap();
     wait_for("the action to start", || marker.exists().then_some(()));
+    assert!(program_alive());
     // Ctrl-C on the operator's terminal.
     let _ = Command::new("kill")
         .args(["-INT", &following.id().to_string()])
@@ -270,11 +304,7 @@ fn interrupting_do_cancels_the_action_on_the_host() {
     assert!(event["message"].as_str().is_some());
     // The program is gone with its process group.
     wait_for("the program to be stopped", || {
-        let left = Command::new("pgrep")
-            .args(["-f", &script])
-            .output()
-            .unwrap();
-        (!left.status.success()).then_some(())
+        (!program_alive()).then_some(())
     });
 }
 

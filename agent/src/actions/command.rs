@@ -143,13 +143,20 @@ async fn read_lines(mut reader: impl AsyncRead + Unpin, mut sink: impl FnMut(Str
 
 /// Kills the program's whole process group when dropped, so no path out of [`run`] (including
 /// the action's future being dropped) leaves the program or its children running.
-struct GroupGuard(Option<Pid>);
+struct GroupGuard {
+    pgid: Option<Pid>,
+    /// The on-disk record of this group (see `leftovers`), removed once the group is gone.
+    record: Option<(PathBuf, String)>,
+}
 
 impl GroupGuard {
     fn kill(&mut self) {
-        if let Some(pgid) = self.0.take() {
+        if let Some(pgid) = self.pgid.take() {
             // ESRCH means the group is already gone, which is what we want.
             let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        if let Some((dir, action_id)) = self.record.take() {
+            super::leftovers::forget(&dir, &action_id);
         }
     }
 }
@@ -187,12 +194,18 @@ pub async fn run(ctx: &Ctx, spec: &CommandSpec) -> Result<CommandOutput, RunErro
         program: program.clone(),
         source,
     })?;
-    let mut guard = GroupGuard(
-        child
-            .id()
-            .and_then(|pid| i32::try_from(pid).ok())
-            .map(Pid::from_raw),
-    );
+    let pgid = child.id().and_then(|pid| i32::try_from(pid).ok());
+    let record = match (&ctx.groups_dir, pgid) {
+        (Some(dir), Some(pgid)) => {
+            super::leftovers::record(dir, &ctx.action_id, pgid);
+            Some((dir.clone(), ctx.action_id.clone()))
+        }
+        _ => None,
+    };
+    let mut guard = GroupGuard {
+        pgid: pgid.map(Pid::from_raw),
+        record,
+    };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let buffer = std::sync::Mutex::new(TailBuffer::default());

@@ -24,6 +24,7 @@ pub mod command;
 pub mod dedupe_shm;
 pub mod exec;
 pub mod health;
+pub mod leftovers;
 pub mod patch;
 pub mod reboot;
 pub mod remove_path;
@@ -126,6 +127,9 @@ impl Report {
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub action_id: String,
+    /// Where programs started by this action are recorded while they run (see
+    /// [`leftovers`]); `None` for actions run outside an executor.
+    pub groups_dir: Option<PathBuf>,
     events: mpsc::Sender<v1::ActionEvent>,
     deadline: Instant,
     pub timeout: Duration,
@@ -144,6 +148,7 @@ impl Ctx {
         (
             Ctx {
                 action_id: action_id.to_owned(),
+                groups_dir: None,
                 events,
                 deadline: Instant::now() + timeout,
                 timeout,
@@ -241,6 +246,8 @@ struct Running {
 /// Runs actions at most once each, journaling them on disk.
 pub struct Executor {
     policy: Policy,
+    /// Process groups of running programs, for clean-up after a crash.
+    groups_dir: PathBuf,
     boot_id_file: PathBuf,
     options: ExecutorOptions,
     /// Lock order: `running` before `journal` wherever both are held.
@@ -276,6 +283,7 @@ impl Executor {
         let mut journal =
             Journal::open(&config.state_dir.join("journal"), now).map_err(|e| e.to_string())?;
         let boot_id = facts::read_boot_id(&config.host.boot_id_file);
+        let groups_dir = config.state_dir.join("groups");
         for record in journal.in_flight() {
             let Some(request) = record.request.clone() else {
                 continue;
@@ -303,6 +311,11 @@ impl Executor {
             } else {
                 result.outcome = v1::Outcome::Interrupted as i32;
                 result.message = INTERRUPTED_MESSAGE.into();
+                if leftovers::stop(&groups_dir, &record.id) {
+                    result
+                        .message
+                        .push_str("; the processes it left running were stopped");
+                }
             }
             tracing::info!(message = "resolved an action left in flight", id = %record.id, kind = %record.kind, outcome = result.outcome);
             journal
@@ -311,6 +324,7 @@ impl Executor {
         }
         Ok(Arc::new(Executor {
             policy: config.policy.clone(),
+            groups_dir,
             boot_id_file: config.host.boot_id_file.clone(),
             options,
             journal: Mutex::new(journal),
@@ -431,6 +445,7 @@ impl Executor {
         };
         let ctx = Ctx {
             action_id: id.clone(),
+            groups_dir: Some(self.groups_dir.clone()),
             events,
             deadline: Instant::now() + timeout,
             timeout,
