@@ -202,6 +202,21 @@ pub async fn enroll(config: &AgentConfig, token: &str) -> Result<Enrolled, Enrol
 /// Share of a certificate's lifetime after which the agent renews it.
 pub const RENEW_AT: f64 = 0.7;
 
+/// Whether the stored host certificate has used up 70 % of its lifetime. An unreadable one is
+/// not "due": connecting with it fails and says why.
+pub fn renewal_due(state_dir: &Path) -> bool {
+    tls::load_certs(&CredentialPaths::new(state_dir).cert)
+        .ok()
+        .and_then(|certs| certs.into_iter().next())
+        .is_some_and(|leaf| {
+            pitcrew_proto::identity::due_for_renewal(
+                leaf.as_ref(),
+                pitcrew_proto::now_ms(),
+                RENEW_AT,
+            )
+        })
+}
+
 /// Renews the host certificate over the current mTLS identity when 70 % of its lifetime is
 /// gone: a new key made here, a CSR, the new certificate stored; the old key is replaced only
 /// once the new certificate is in hand. Returns whether it renewed.
@@ -210,14 +225,10 @@ pub async fn renew_if_due(
     channel: tonic::transport::Channel,
 ) -> Result<bool, EnrollError> {
     use pitcrew_proto::v1::{RenewRequest, agent_session_client::AgentSessionClient};
-    let paths = CredentialPaths::new(&config.state_dir);
-    let current = tls::load_certs(&paths.cert).map_err(|e| EnrollError::Identity(e.to_string()))?;
-    let Some(leaf) = current.first() else {
-        return Ok(false);
-    };
-    if !pitcrew_proto::identity::due_for_renewal(leaf.as_ref(), pitcrew_proto::now_ms(), RENEW_AT) {
+    if !renewal_due(&config.state_dir) {
         return Ok(false);
     }
+    let paths = CredentialPaths::new(&config.state_dir);
     let pending_key = config.state_dir.join("host.key.new");
     let csr = new_key_and_csr(&pending_key)?;
     let answer = AgentSessionClient::new(channel)

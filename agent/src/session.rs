@@ -244,7 +244,7 @@ async fn session(
                 }
             }
             _ = facts_tick.tick() => {
-                if renewal_due(config) {
+                if crate::enroll::renewal_due(&config.state_dir) {
                     return Ended::Lost("the host certificate is due for renewal".into());
                 }
                 let fresh = facts::collect(config, &identity.host_id, &identity.role, &labels);
@@ -257,22 +257,6 @@ async fn session(
             }
         }
     }
-}
-
-/// Whether the stored certificate has reached the renewal point (checked while connected, so a
-/// long session does not outlive its certificate).
-fn renewal_due(config: &AgentConfig) -> bool {
-    let path = crate::enroll::CredentialPaths::new(&config.state_dir).cert;
-    tls::load_certs(&path)
-        .ok()
-        .and_then(|certs| certs.into_iter().next())
-        .is_some_and(|leaf| {
-            pitcrew_proto::identity::due_for_renewal(
-                leaf.as_ref(),
-                pitcrew_proto::now_ms(),
-                crate::enroll::RENEW_AT,
-            )
-        })
 }
 
 #[cfg(test)]

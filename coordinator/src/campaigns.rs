@@ -16,7 +16,7 @@ use std::time::Duration;
 use pitcrew_proto::v1;
 use pitcrew_scheduler::{
     self as scheduler, CampaignRun, CampaignSpec, CampaignState, Decision, Dispatch, Event, Fleet,
-    HostView, ManualPhase, ManualState, Role,
+    HostView, ManualState, Role,
 };
 use prost::Message;
 use tonic::Status;
@@ -834,12 +834,6 @@ pub fn set_maintenance(
             &format!("disabled maintenance on {hostname}"),
         )?;
     }
-    debug_assert!(
-        state
-            .manual
-            .values()
-            .all(|m| m.phase != ManualPhase::Entering)
-    );
     drop(state);
     c.registry.changed();
     c.registry.notify_campaigns();

@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use pitcrew_tests::{Agent, Coordinator, bin, start_fleet, wait_for};
+use pitcrew_tests::{Agent, Coordinator, start_fleet, wait_for};
 use serde_json::Value;
 
 const FLEET: &[(&str, &str)] = &[
@@ -437,7 +437,6 @@ fn a_coordinator_killed_mid_campaign_resumes_and_no_action_runs_twice() {
         log.iter()
             .any(|e| e["kind"] == "audit" && e["message"] == "campaign completed")
     );
-    let _ = (Command::new(bin("pitcrew")).stdout(Stdio::null()), &agents);
 }
 
 #[test]

@@ -140,9 +140,8 @@ fn an_expired_host_certificate_is_refused() {
     // A valid certificate of the same host still works.
     let (cert, key) = agent_identity(&agent);
     rt.block_on(async {
-        let mut admin_attempt =
-            AgentSessionClient::new(channel(&coordinator, Some((&cert, &key))).await);
-        let renewed = admin_attempt
+        let mut session = AgentSessionClient::new(channel(&coordinator, Some((&cert, &key))).await);
+        let renewed = session
             .renew(v1::RenewRequest {
                 csr_der: make_csr().unwrap().0,
             })
