@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use pitcrew_proto::policy::Policy;
+use pitcrew_proto::policy::LocalPolicy;
 use serde::Deserialize;
 
 /// Where the packaged agent keeps its state (key, certificate, journal).
@@ -37,7 +37,7 @@ pub struct AgentConfig {
     pub host: HostConfig,
     /// What the coordinator may ask this host to do.
     #[serde(default)]
-    pub policy: Policy,
+    pub policy: LocalPolicy,
 }
 
 /// Where the host's identity and boot id are read from. Overridable so several agents can run
@@ -176,7 +176,7 @@ impl AgentConfig {
             state_dir: state_dir.to_path_buf(),
             heartbeat_seconds: 5,
             host: HostConfig::default(),
-            policy: Policy::default(),
+            policy: LocalPolicy::default(),
         }
     }
 }
@@ -192,7 +192,7 @@ struct PartialConfig {
     state_dir: Option<PathBuf>,
     heartbeat_seconds: Option<u64>,
     host: Option<HostConfig>,
-    policy: Option<Policy>,
+    policy: Option<LocalPolicy>,
 }
 
 /// Merges `over` into `base`: tables merge key by key (one drop-in can add to `[policy]`),
@@ -274,6 +274,42 @@ mod tests {
         assert!(error.file.ends_with("agent.d/10-x.toml"), "{error}");
         assert!(error.message.contains("line 4"), "{error}");
         assert!(error.message.contains("allow_everything"), "{error}");
+    }
+
+    #[test]
+    fn exec_entries_are_argv_lists_or_tables_with_env_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "agent.toml",
+            "[policy]\nexec = [[\"/usr/local/bin/a\"], { argv = [\"/usr/bin/docker\", \"node\"], env = [\"DOCKER_CONFIG\"] }]\n",
+        );
+        let config = AgentConfig::load(&main).unwrap();
+        assert_eq!(config.policy.exec.len(), 2);
+        assert!(config.policy.exec[0].env.is_empty());
+        assert_eq!(config.policy.exec[1].argv, vec!["/usr/bin/docker", "node"]);
+        assert_eq!(config.policy.exec[1].env, vec!["DOCKER_CONFIG"]);
+
+        let typo = write(
+            dir.path(),
+            "typo.toml",
+            "[policy]\nexec = [{ argv = [\"/usr/bin/x\"], environment = [\"X\"] }]\n",
+        );
+        let error = AgentConfig::load(&typo).unwrap_err();
+        assert!(
+            error.message.contains("environment") && error.message.contains("line 2"),
+            "{error}"
+        );
+        let path = write(
+            dir.path(),
+            "path.toml",
+            "[policy]\nexec = [{ argv = [\"/usr/bin/x\"], env = [\"PATH\"] }]\n",
+        );
+        let error = AgentConfig::load(&path).unwrap_err();
+        assert!(
+            error.message.contains("policy.exec") && error.message.contains("PATH"),
+            "{error}"
+        );
     }
 
     #[test]

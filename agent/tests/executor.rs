@@ -7,7 +7,7 @@ mod support;
 use std::os::unix::fs::symlink;
 
 use pitcrew_agent::journal::Journal;
-use pitcrew_proto::policy::Policy;
+use pitcrew_proto::policy::{ExecRule, LocalPolicy, Policy};
 use pitcrew_proto::v1::{self, Outcome, action::Kind};
 use support::*;
 use tokio::sync::mpsc;
@@ -70,7 +70,9 @@ async fn exec_argv_that_no_prefix_allows_is_refused() {
 
 #[tokio::test]
 async fn exec_streams_output_captures_it_and_reports_the_exit_code() {
-    let agent = Agent::new(sh_policy());
+    let mut policy = LocalPolicy::from(sh_policy());
+    policy.exec[0].env.push("PITCREW_T".into());
+    let agent = Agent::new(policy);
     let executor = agent.open();
     let mut req = request(
         "x1",
@@ -123,6 +125,134 @@ async fn exec_env_that_would_change_the_program_is_refused() {
     let (result, _) = run(&executor, req).await;
     assert_eq!(outcome(&result), Outcome::Refused);
     assert_eq!(result.refused_by, "exec.env");
+}
+
+/// An interpreter that runs code named by its environment: its argv prefix, the argv of a
+/// harmless run, and the variables that make it touch `marker` first.
+struct Hooked {
+    prefix: [&'static str; 2],
+    argv: [&'static str; 3],
+    hook: fn(&std::path::Path) -> Vec<(String, String)>,
+}
+
+const HOOKED: [Hooked; 2] = [
+    Hooked {
+        prefix: ["/usr/bin/perl", "-e"],
+        argv: ["/usr/bin/perl", "-e", "print qq(ran\n)"],
+        // perl reads switches from PERL5OPT; -M runs `use ...;` and what follows it.
+        hook: |marker| {
+            vec![(
+                "PERL5OPT".into(),
+                format!("-Mstrict;system(q(touch),q({}))", marker.display()),
+            )]
+        },
+    },
+    Hooked {
+        prefix: ["/usr/bin/python3", "-c"],
+        argv: ["/usr/bin/python3", "-c", "print('ran')"],
+        // A warnings filter naming a module imports it; antigravity opens $BROWSER.
+        hook: |marker| {
+            vec![
+                ("PYTHONWARNINGS".into(), "all:0:antigravity.x:0:0".into()),
+                (
+                    "BROWSER".into(),
+                    format!("/bin/sh -c \"touch {}\" #%s", marker.display()),
+                ),
+            ]
+        },
+    },
+];
+
+#[tokio::test]
+async fn exec_env_with_a_real_interpreter_that_honours_an_environment_hook() {
+    let mut tried = 0;
+    for (i, case) in HOOKED.iter().enumerate() {
+        if !std::path::Path::new(case.prefix[0]).exists() {
+            eprintln!("{} is not installed; not tried", case.prefix[0]);
+            continue;
+        }
+        tried += 1;
+        let prefix: Vec<String> = case.prefix.iter().map(|s| s.to_string()).collect();
+        let agent = Agent::new(LocalPolicy {
+            exec: vec![ExecRule::from(prefix.clone())],
+            ..Default::default()
+        });
+        let marker = agent.path("hooked");
+        let hook = (case.hook)(&marker);
+        let hostile = || {
+            let mut req = request(&format!("hook-{i}"), exec(&case.argv), 0);
+            if let Some(v1::Action {
+                kind: Some(Kind::Exec(e)),
+            }) = req.action.as_mut()
+            {
+                e.env.extend(hook.iter().cloned());
+            }
+            req
+        };
+
+        // The argv is allowed, its environment is not: refused before anything runs.
+        let executor = agent.open();
+        let (result, _) = run(&executor, hostile()).await;
+        assert_eq!(
+            outcome(&result),
+            Outcome::Refused,
+            "{}: {}",
+            case.prefix[0],
+            result.message
+        );
+        assert_eq!(result.refused_by, "policy.exec.env");
+        assert!(
+            result.message.contains(&hook[0].0),
+            "the refusal names the variable: {}",
+            result.message
+        );
+        assert!(
+            !marker.exists(),
+            "{}: the environment hook ran as root",
+            case.prefix[0]
+        );
+        drop(executor);
+
+        // With the names allow-listed on that entry the same request runs, hook and all: the
+        // refusal above is the policy's doing, not a hook that never worked.
+        let mut agent = agent;
+        agent.config.policy.exec[0].env = hook.iter().map(|(k, _)| k.clone()).collect();
+        let executor = agent.open();
+        let mut allowed = hostile();
+        allowed.action_id = format!("hook-allowed-{i}");
+        let (result, _) = run(&executor, allowed).await;
+        assert_eq!(outcome(&result), Outcome::Succeeded, "{}", result.message);
+        assert!(result.output.contains("ran"), "{}", result.output);
+        assert!(marker.exists(), "{}: the hook did not run", case.prefix[0]);
+    }
+    assert!(tried > 0, "neither perl nor python3 is installed");
+}
+
+#[tokio::test]
+async fn exec_may_not_set_path_even_when_its_entry_lists_it() {
+    let agent = Agent::new(LocalPolicy {
+        exec: vec![ExecRule {
+            argv: vec!["/bin/sh".into(), "-c".into()],
+            env: vec!["PATH".into()],
+        }],
+        ..Default::default()
+    });
+    assert!(
+        agent.config.policy.validate().unwrap_err().contains("PATH"),
+        "such a policy is refused when the agent starts"
+    );
+    let executor = agent.open();
+    let mut req = request("path-1", exec(&["/bin/sh", "-c", "echo $PATH"]), 0);
+    if let Some(v1::Action {
+        kind: Some(Kind::Exec(e)),
+    }) = req.action.as_mut()
+    {
+        e.env.insert("PATH".into(), "/tmp/evil:/usr/bin".into());
+    }
+    let (result, _) = run(&executor, req).await;
+    assert_eq!(outcome(&result), Outcome::Refused, "{}", result.message);
+    assert_eq!(result.refused_by, "exec.env");
+    assert!(result.message.contains("PATH"), "{}", result.message);
 }
 
 #[tokio::test]
@@ -376,7 +506,7 @@ async fn remove_path_removes_files_and_trees_and_is_idempotent() {
     std::fs::write(root.join("slaves/latest/a/b/f"), "x").unwrap();
     std::fs::write(root.join("file"), "x").unwrap();
     let mut agent = agent;
-    agent.config.policy = removal_policy(&root);
+    agent.config.policy = removal_policy(&root).into();
     let executor = agent.open();
 
     let (file, _) = run(
@@ -430,7 +560,7 @@ async fn remove_path_refuses_dotdot_roots_and_paths_outside() {
     let outside = agent.path("outside");
     std::fs::write(&outside, "keep").unwrap();
     let mut agent = agent;
-    agent.config.policy = removal_policy(&root);
+    agent.config.policy = removal_policy(&root).into();
     let executor = agent.open();
     let cases = [
         (format!("{}/../outside", root.display()), "remove-path"),
@@ -466,7 +596,7 @@ async fn remove_path_never_follows_a_symlink_out_of_the_root() {
     symlink(outside.join("target-file"), root.join("link-to-file")).unwrap();
     symlink(outside.join("dir"), root.join("link-to-dir")).unwrap();
     let mut agent = agent;
-    agent.config.policy = removal_policy(&root);
+    agent.config.policy = removal_policy(&root).into();
     let executor = agent.open();
 
     let (middle, _) = run(
@@ -512,7 +642,7 @@ async fn a_tree_with_a_symlink_inside_is_removed_without_following_it() {
     std::fs::write(outside.join("precious"), "keep").unwrap();
     symlink(&outside, root.join("tree/sub/out")).unwrap();
     let mut agent = agent;
-    agent.config.policy = removal_policy(&root);
+    agent.config.policy = removal_policy(&root).into();
     let executor = agent.open();
     let (result, _) = run(&executor, request("t", remove(&root.join("tree"), true), 0)).await;
     assert_eq!(outcome(&result), Outcome::Succeeded, "{}", result.message);

@@ -194,7 +194,8 @@ fn reboot_config(state_dir: PathBuf, boot_id_file: PathBuf) -> AgentConfig {
     config.policy = Policy {
         allow_reboot: true,
         ..Default::default()
-    };
+    }
+    .into();
     config
 }
 

@@ -3,12 +3,19 @@
 //! The agent enforces it before every action (a compromised coordinator cannot go beyond it) and
 //! reports it in its facts, so `pitcrew campaign plan` can refuse a step the host would refuse.
 //! This module is the single implementation of the lexical rules; the agent adds the checks that
-//! need the filesystem (symlinks) at execution time.
+//! need the filesystem (symlinks, mounts) at execution time.
+//!
+//! Two views of the same `[policy]` table: [`LocalPolicy`] is all of it, what the agent
+//! enforces; [`Policy`] is the part the coordinator's planner has read from facts since the
+//! first version (units, paths, switches, argv prefixes). [`LocalPolicy::check`] applies
+//! [`Policy::check`] and then the rules only it carries (exec environment names).
 
+use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 use globset::Glob;
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::v1::{self, action::Kind, health::Check};
 
@@ -42,6 +49,142 @@ fn refuse(rule: &str, message: impl Into<String>) -> Refusal {
         rule: rule.to_owned(),
         message: message.into(),
     }
+}
+
+/// The whole `[policy]` table of the agent's configuration. Every default refuses: no units, no
+/// removal, no patch, no reboot, no `/dev/shm` fix, no exec, no environment variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalPolicy {
+    /// Globs of systemd unit names that may be controlled, e.g. `dcos-mesos-slave*.service`.
+    pub units: Vec<String>,
+    /// Directories under which `remove_path` may remove things (the directories themselves never).
+    pub remove_paths: Vec<PathBuf>,
+    pub allow_patch: bool,
+    pub allow_reboot: bool,
+    pub allow_dedupe_shm: bool,
+    /// Allowed argv prefixes for `exec` and for health command checks, each with the
+    /// environment variable names a request for it may set.
+    pub exec: Vec<ExecRule>,
+}
+
+/// One entry of `policy.exec`: an argv prefix, and the names of the environment variables a
+/// request whose argv starts with it may set (none unless listed).
+///
+/// Environment variables are code for many programs (`PYTHONPATH`, `PERL5OPT`, `NODE_OPTIONS`,
+/// `DOCKER_HOST`, ...), so allowing an argv says nothing about the environment: each name is
+/// allowed on its own, per entry. In the file an entry is either a plain argv list or a table:
+/// `[["/usr/local/bin/ucp-backup"], { argv = ["/usr/bin/docker", "node"], env = ["DOCKER_CONFIG"] }]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecRule {
+    /// The argv prefix; the first element is an absolute program path.
+    pub argv: Vec<String>,
+    /// Environment variable names (never values) a request may set.
+    pub env: Vec<String>,
+}
+
+/// An argv prefix that allows no environment variable.
+impl From<Vec<String>> for ExecRule {
+    fn from(argv: Vec<String>) -> Self {
+        ExecRule {
+            argv,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// The table form of an [`ExecRule`] in the configuration file.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecTable {
+    argv: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for ExecRule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RuleVisitor;
+        impl<'de> Visitor<'de> for RuleVisitor {
+            type Value = ExecRule;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "an argv prefix such as [\"/usr/local/bin/backup\"] or a table such as \
+                     { argv = [\"/usr/local/bin/backup\"], env = [\"BACKUP_DIR\"] }",
+                )
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ExecRule, A::Error> {
+                let argv = Vec::<String>::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(ExecRule::from(argv))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ExecRule, A::Error> {
+                let table = ExecTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ExecRule {
+                    argv: table.argv,
+                    env: table.env,
+                })
+            }
+        }
+        deserializer.deserialize_any(RuleVisitor)
+    }
+}
+
+impl Serialize for ExecRule {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // The short form when it says everything, as an operator would write it.
+        if self.env.is_empty() {
+            self.argv.serialize(serializer)
+        } else {
+            ExecTable {
+                argv: self.argv.clone(),
+                env: self.env.clone(),
+            }
+            .serialize(serializer)
+        }
+    }
+}
+
+/// Environment variables no request may set and no policy may allow. `PATH` is fixed by the
+/// agent, so that which program a name resolves to never depends on the request; the others
+/// make the dynamic loader or a shell load code into every program the allowed one starts.
+const NEVER_SET_ENV: &[&str] = &["PATH", "GCONV_PATH", "BASH_ENV", "ENV", "IFS"];
+const NEVER_SET_ENV_PREFIXES: &[&str] = &["LD_"];
+
+/// Checks one environment variable name of an exec request or a policy entry: well formed,
+/// and not one that nothing may set.
+pub fn validate_env_name(name: &str) -> Result<(), Refusal> {
+    let rule = "exec.env";
+    let well_formed = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !well_formed {
+        return Err(refuse(
+            rule,
+            format!("environment name {name:?} is not [A-Za-z_][A-Za-z0-9_]*"),
+        ));
+    }
+    if name == "PATH" {
+        return Err(refuse(
+            rule,
+            "PATH may not be set: the agent runs every program with its own fixed PATH",
+        ));
+    }
+    if NEVER_SET_ENV.contains(&name) || NEVER_SET_ENV_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return Err(refuse(
+            rule,
+            format!(
+                "environment variable {name} may never be set (it loads code into the program and everything it starts)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `argv` starts with the (non-empty) `prefix`.
+fn has_prefix(argv: &[String], prefix: &[String]) -> bool {
+    !prefix.is_empty() && argv.len() >= prefix.len() && argv[..prefix.len()] == prefix[..]
 }
 
 /// The unit types systemd knows; a name must end in one of them.
@@ -141,7 +284,10 @@ impl Policy {
             exec: self
                 .exec
                 .iter()
-                .map(|argv| v1::ArgvPrefix { argv: argv.clone() })
+                .map(|argv| v1::ArgvPrefix {
+                    argv: argv.clone(),
+                    env: Vec::new(),
+                })
                 .collect(),
         }
     }
@@ -194,9 +340,7 @@ impl Policy {
         if argv.is_empty() || argv[0].is_empty() {
             return Err(refuse("policy.exec", format!("{what} has an empty argv")));
         }
-        let allowed = self.exec.iter().any(|prefix| {
-            !prefix.is_empty() && argv.len() >= prefix.len() && argv[..prefix.len()] == prefix[..]
-        });
+        let allowed = self.exec.iter().any(|prefix| has_prefix(argv, prefix));
         if allowed {
             Ok(())
         } else {
@@ -296,6 +440,145 @@ impl Policy {
                 None => Err(refuse("action", "the health action names no check")),
             },
             Kind::Exec(e) => self.argv_allowed(&e.argv, "exec"),
+        }
+    }
+}
+
+/// What the planner's view keeps of a whole policy, and the other way round: a [`Policy`]
+/// (tests, older callers) is a local policy whose exec entries allow no environment.
+impl From<Policy> for LocalPolicy {
+    fn from(p: Policy) -> LocalPolicy {
+        LocalPolicy {
+            units: p.units,
+            remove_paths: p.remove_paths,
+            allow_patch: p.allow_patch,
+            allow_reboot: p.allow_reboot,
+            allow_dedupe_shm: p.allow_dedupe_shm,
+            exec: p.exec.into_iter().map(ExecRule::from).collect(),
+        }
+    }
+}
+
+impl LocalPolicy {
+    /// The part of this policy that [`Policy`] carries (exec entries without their env).
+    pub fn rules(&self) -> Policy {
+        Policy {
+            units: self.units.clone(),
+            remove_paths: self.remove_paths.clone(),
+            allow_patch: self.allow_patch,
+            allow_reboot: self.allow_reboot,
+            allow_dedupe_shm: self.allow_dedupe_shm,
+            exec: self.exec.iter().map(|rule| rule.argv.clone()).collect(),
+        }
+    }
+
+    /// Builds a policy from the form reported in facts.
+    pub fn from_proto(p: &v1::Policy) -> LocalPolicy {
+        let mut policy = LocalPolicy::from(Policy::from_proto(p));
+        policy.exec = p
+            .exec
+            .iter()
+            .map(|a| ExecRule {
+                argv: a.argv.clone(),
+                env: a.env.clone(),
+            })
+            .collect();
+        policy
+    }
+
+    /// The form reported in facts.
+    pub fn to_proto(&self) -> v1::Policy {
+        let mut p = self.rules().to_proto();
+        p.exec = self
+            .exec
+            .iter()
+            .map(|rule| v1::ArgvPrefix {
+                argv: rule.argv.clone(),
+                env: rule.env.clone(),
+            })
+            .collect();
+        p
+    }
+
+    /// Checks that the policy itself is well formed, naming the offending entry.
+    pub fn validate(&self) -> Result<(), String> {
+        self.rules().validate()?;
+        for rule in &self.exec {
+            for name in &rule.env {
+                validate_env_name(name).map_err(|r| {
+                    format!(
+                        "policy.exec: the entry {:?} lists {name:?} in env: {}",
+                        rule.argv, r.message
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `path` may be removed; see [`Policy::removal_allowed`].
+    pub fn removal_allowed(&self, path: &str) -> Result<(PathBuf, PathBuf), Refusal> {
+        self.rules().removal_allowed(path)
+    }
+
+    /// Checks an exec request: its argv against the prefixes, its workdir, and every
+    /// environment variable it sets against the `env` names of a matching entry. One entry
+    /// must allow all of them, so two entries cannot be combined into more than either allows.
+    pub fn exec_allowed(&self, exec: &v1::Exec) -> Result<(), Refusal> {
+        self.rules().argv_allowed(&exec.argv, "exec")?;
+        if !exec.workdir.is_empty() && !Path::new(&exec.workdir).is_absolute() {
+            return Err(refuse(
+                "exec.workdir",
+                format!("workdir {:?} is not an absolute path", exec.workdir),
+            ));
+        }
+        let mut names: Vec<&String> = exec.env.keys().collect();
+        names.sort();
+        for name in &names {
+            validate_env_name(name)?;
+        }
+        let matching: Vec<&ExecRule> = self
+            .exec
+            .iter()
+            .filter(|rule| has_prefix(&exec.argv, &rule.argv))
+            .collect();
+        if matching
+            .iter()
+            .any(|rule| names.iter().all(|n| rule.env.contains(n)))
+        {
+            return Ok(());
+        }
+        let missing: Vec<&str> = names
+            .iter()
+            .filter(|n| !matching.iter().any(|rule| rule.env.contains(n)))
+            .map(|n| n.as_str())
+            .collect();
+        let program = &exec.argv[0];
+        let message = if missing.is_empty() {
+            format!(
+                "exec {program} sets {}, which no single policy.exec entry matching its argv allows together",
+                names
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            format!(
+                "exec {program} may not set {}: no policy.exec entry matching its argv lists it in env \
+                 (environment variables can change what an allowed program runs; list a name there \
+                 only if the program is meant to take it)",
+                missing.join(", ")
+            )
+        };
+        Err(refuse("policy.exec.env", message))
+    }
+
+    /// Checks an action against the whole policy: `Ok` if the agent may run it.
+    pub fn check(&self, action: &v1::Action) -> Result<(), Refusal> {
+        match &action.kind {
+            Some(Kind::Exec(e)) => self.exec_allowed(e),
+            _ => self.rules().check(action),
         }
     }
 }
@@ -439,5 +722,116 @@ mod tests {
             ..Default::default()
         };
         assert!(p.validate().unwrap_err().contains("policy.remove_paths"));
+    }
+
+    fn local() -> LocalPolicy {
+        let mut p = LocalPolicy::from(policy());
+        p.exec.push(ExecRule {
+            argv: vec!["/usr/local/bin/backup".into()],
+            env: vec!["BACKUP_DIR".into(), "BACKUP_KEEP".into()],
+        });
+        p
+    }
+
+    fn exec_env(argv: &[&str], env: &[(&str, &str)], workdir: &str) -> v1::Action {
+        v1::Action {
+            kind: Some(Kind::Exec(v1::Exec {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                workdir: workdir.into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn exec_env_names_must_be_listed_by_the_matching_entry() {
+        let p = local();
+        let backup = ["/usr/local/bin/backup", "--all"];
+        assert!(p.check(&exec_env(&backup, &[], "")).is_ok());
+        assert!(
+            p.check(&exec_env(
+                &backup,
+                &[("BACKUP_DIR", "/srv"), ("BACKUP_KEEP", "3")],
+                "/srv"
+            ))
+            .is_ok()
+        );
+        // Allowed for one program is not allowed for another.
+        let refused = p
+            .check(&exec_env(
+                &["/usr/bin/docker", "node", "update", "x"],
+                &[("BACKUP_DIR", "/srv")],
+                "",
+            ))
+            .unwrap_err();
+        assert_eq!(refused.rule, "policy.exec.env");
+        assert!(
+            refused.message.contains("BACKUP_DIR"),
+            "{}",
+            refused.message
+        );
+        // Variables that turn an allowed program into any program.
+        for hook in [
+            "PYTHONPATH",
+            "PYTHONWARNINGS",
+            "BROWSER",
+            "PERL5OPT",
+            "NODE_OPTIONS",
+            "DOCKER_HOST",
+        ] {
+            let refused = p.check(&exec_env(&backup, &[(hook, "x")], "")).unwrap_err();
+            assert_eq!(refused.rule, "policy.exec.env", "{hook}");
+            assert!(refused.message.contains(hook), "{}", refused.message);
+        }
+        // The argv rule still comes first.
+        assert_eq!(
+            p.check(&exec_env(&["/bin/sh"], &[("BACKUP_DIR", "x")], ""))
+                .unwrap_err()
+                .rule,
+            "policy.exec"
+        );
+    }
+
+    #[test]
+    fn path_loader_variables_and_malformed_names_are_never_set() {
+        let mut p = local();
+        for bad in [
+            "PATH",
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "BASH_ENV",
+            "1X",
+            "A-B",
+            "",
+        ] {
+            let refusal = p
+                .check(&exec_env(&["/usr/local/bin/backup"], &[(bad, "x")], ""))
+                .unwrap_err();
+            assert_eq!(refusal.rule, "exec.env", "{bad}");
+        }
+        assert_eq!(
+            p.check(&exec_env(&["/usr/local/bin/backup"], &[], "relative"))
+                .unwrap_err()
+                .rule,
+            "exec.workdir"
+        );
+        // Nor may a policy allow them.
+        p.exec[1].env.push("PATH".into());
+        let error = p.validate().unwrap_err();
+        assert!(
+            error.contains("policy.exec") && error.contains("PATH"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn local_policy_round_trips_through_facts_and_keeps_the_planner_view() {
+        let p = local();
+        let proto = p.to_proto();
+        assert_eq!(LocalPolicy::from_proto(&proto), p);
+        assert_eq!(Policy::from_proto(&proto), p.rules());
     }
 }

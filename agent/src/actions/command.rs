@@ -28,7 +28,8 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 #[derive(Debug, Clone, Default)]
 pub struct CommandSpec {
     pub argv: Vec<String>,
-    /// Added to a minimal environment (PATH, LANG).
+    /// Added to a minimal environment (LANG, which it may override, and PATH, which it may
+    /// not: PATH is always [`DEFAULT_PATH`]).
     pub env: HashMap<String, String>,
     pub workdir: Option<PathBuf>,
 }
@@ -181,9 +182,11 @@ pub async fn run(ctx: &Ctx, spec: &CommandSpec) -> Result<CommandOutput, RunErro
     command
         .args(spec.argv.iter().skip(1))
         .env_clear()
-        .env("PATH", DEFAULT_PATH)
         .env("LANG", "C.UTF-8")
         .envs(&spec.env)
+        // Last, so that nothing in the request's environment can change it: which program a
+        // name runs must not depend on the request.
+        .env("PATH", DEFAULT_PATH)
         .current_dir(spec.workdir.clone().unwrap_or_else(|| PathBuf::from("/")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -275,6 +278,19 @@ mod tests {
         let mut small = TailBuffer::default();
         small.push("only".into());
         assert_eq!(small.text(), "only\n");
+    }
+
+    #[tokio::test]
+    async fn path_is_the_agent_s_whatever_the_spec_says() {
+        let (events, _rx) = tokio::sync::mpsc::channel(64);
+        let (ctx, _cancel) = Ctx::new("path", std::time::Duration::from_secs(10), events);
+        let spec = CommandSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo \"$PATH\"".into()],
+            env: [("PATH".to_owned(), "/tmp/evil".to_owned())].into(),
+            workdir: None,
+        };
+        let out = run(&ctx, &spec).await.unwrap();
+        assert_eq!(out.output, format!("{DEFAULT_PATH}\n"));
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pitcrew_proto::policy::{Policy, Refusal};
+use pitcrew_proto::policy::{LocalPolicy, Refusal};
 use pitcrew_proto::{now_ms, v1};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -245,7 +245,7 @@ struct Running {
 
 /// Runs actions at most once each, journaling them on disk.
 pub struct Executor {
-    policy: Policy,
+    policy: LocalPolicy,
     /// Process groups of running programs, for clean-up after a crash.
     groups_dir: PathBuf,
     boot_id_file: PathBuf,
@@ -482,7 +482,7 @@ impl Executor {
     async fn dispatch(&self, ctx: &Ctx, kind: Kind, boot_id: &str) -> Report {
         let bus = self.options.system_bus_address.as_deref();
         match kind {
-            Kind::Exec(e) => exec::run(ctx, &e).await,
+            Kind::Exec(e) => exec::run(ctx, &self.policy, &e).await,
             Kind::RemovePath(r) => remove_path::run(ctx, &self.policy, &r).await,
             Kind::DedupeShm(_) => dedupe_shm::run(ctx).await,
             Kind::Unit(u) => unit::unit(ctx, bus, &u).await,

@@ -19,7 +19,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, open, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
-use pitcrew_proto::policy::{Policy, Refusal};
+use pitcrew_proto::policy::{LocalPolicy, Refusal};
 use pitcrew_proto::v1;
 
 use super::{Ctx, Report, Stop, StopFlag};
@@ -80,7 +80,7 @@ fn is_kind(stat: &FileStat, kind: SFlag) -> bool {
 
 /// Removes `path` as the policy allows. Blocking: run it off the async threads.
 pub fn remove(
-    policy: &Policy,
+    policy: &LocalPolicy,
     path: &str,
     recursive: bool,
     stop: &StopFlag,
@@ -247,7 +247,7 @@ fn remove_tree(
 }
 
 /// The action: runs [`remove`] on a blocking thread and reports.
-pub async fn run(ctx: &Ctx, policy: &Policy, request: &v1::RemovePath) -> Report {
+pub async fn run(ctx: &Ctx, policy: &LocalPolicy, request: &v1::RemovePath) -> Report {
     let policy = policy.clone();
     let path = request.path.clone();
     let recursive = request.recursive;

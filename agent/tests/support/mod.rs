@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use pitcrew_agent::actions::{Executor, ExecutorOptions};
 use pitcrew_agent::config::AgentConfig;
-use pitcrew_proto::policy::Policy;
+use pitcrew_proto::policy::{LocalPolicy, Policy};
 use pitcrew_proto::v1;
 use tokio::sync::mpsc;
 
@@ -21,12 +21,12 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(policy: Policy) -> Agent {
+    pub fn new(policy: impl Into<LocalPolicy>) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let mut config = AgentConfig::for_tests(&dir.path().join("state"));
         config.host.boot_id_file = dir.path().join("boot_id");
         std::fs::write(&config.host.boot_id_file, "boot-one\n").unwrap();
-        config.policy = policy;
+        config.policy = policy.into();
         Agent {
             dir,
             config,
