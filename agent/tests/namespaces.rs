@@ -1,22 +1,25 @@
 //! Root-only tests of the actions that change the machine, each confined to a namespace of its
-//! own so the real machine is never touched: `dedupe_shm` in a private mount namespace, and the
-//! reboot path as PID 1 of a new PID namespace. They run when `PITCREW_ROOT_TESTS=1` (CI sets
+//! own so the real machine is never touched: `dedupe_shm` and `remove_path` across mounts in a
+//! private mount namespace, and the reboot path as PID 1 of a new PID namespace. They run when `PITCREW_ROOT_TESTS=1` (CI sets
 //! it) and print why they skip otherwise.
 
 mod support;
 
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use nix::mount::{MsFlags, mount, umount};
 use nix::sched::{CloneFlags, unshare};
 use pitcrew_agent::actions::dedupe_shm::{self, Deduped};
-use pitcrew_agent::actions::{Executor, ExecutorOptions};
+use pitcrew_agent::actions::remove_path::{self, RemoveError, Removed};
+use pitcrew_agent::actions::{Ctx, Executor, ExecutorOptions, StopFlag};
 use pitcrew_agent::config::AgentConfig;
 use pitcrew_agent::journal::Journal;
 use pitcrew_agent::mounts::{self, THREAD_MOUNTINFO};
-use pitcrew_proto::policy::Policy;
+use pitcrew_proto::policy::{LocalPolicy, Policy};
 use pitcrew_proto::v1::{self, Outcome, action::Kind};
 use support::*;
 
@@ -181,6 +184,182 @@ fn a_tmpfs_is_mounted_back_with_the_first_one_s_options() {
     for flag in ["nosuid", "nodev", "noexec"] {
         assert!(kept.mount_options.contains_key(flag), "{flag}");
     }
+}
+
+// ----- remove_path across mounts ---------------------------------------------------------
+
+fn removal_policy(root: &Path) -> LocalPolicy {
+    Policy {
+        remove_paths: vec![root.to_path_buf()],
+        ..Default::default()
+    }
+    .into()
+}
+
+fn never_stopped() -> StopFlag {
+    let (events, _rx) = tokio::sync::mpsc::channel(1);
+    let (ctx, _cancel) = Ctx::new("rm", Duration::from_secs(600), events);
+    ctx.stop_flag()
+}
+
+/// Removes `path` as the agent would, on the calling thread (so in its mount namespace).
+fn remove(policy: &LocalPolicy, path: &Path) -> Result<Removed, RemoveError> {
+    remove_path::remove(policy, &path.display().to_string(), true, &never_stopped())
+}
+
+fn assert_refused_for_mounts(result: Result<Removed, RemoveError>, what: &str) {
+    match result {
+        Err(RemoveError::Refused(refusal)) => {
+            assert_eq!(refusal.rule, "remove-path", "{what}: {refusal}");
+            assert!(refusal.message.contains("mount"), "{what}: {refusal}");
+        }
+        other => panic!("{what}: expected a refusal before anything was removed, got {other:?}"),
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn all_there(paths: &[PathBuf]) {
+    for path in paths {
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            "keep",
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn remove_path_never_crosses_a_bind_mount_inside_the_target() {
+    if !root_tests_enabled("remove_path_never_crosses_a_bind_mount_inside_the_target") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let outside = dir.path().join("outside");
+    let target = root.join("target");
+    // Files on both sides, in several places, so that a walk in any order would reach some.
+    let outside_files = [outside.join("precious"), outside.join("sub/deep")];
+    let target_files = [
+        target.join("a-file"),
+        target.join("z-file"),
+        target.join("sub/b-file"),
+    ];
+    for f in outside_files.iter().chain(&target_files) {
+        write(f, "keep");
+    }
+    std::fs::create_dir_all(target.join("mnt")).unwrap();
+    let policy = removal_policy(&root);
+    in_private_mount_namespace(|| {
+        mount(
+            Some(&outside),
+            &target.join("mnt"),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        // The case st_dev cannot see: the bind mount is on the same filesystem.
+        assert_eq!(
+            std::fs::metadata(target.join("mnt")).unwrap().dev(),
+            std::fs::metadata(&target).unwrap().dev()
+        );
+
+        assert_refused_for_mounts(remove(&policy, &target), "a tree with a bind mount inside");
+        all_there(&outside_files);
+        all_there(&target_files);
+        assert_eq!(
+            std::fs::read_to_string(target.join("mnt/precious")).unwrap(),
+            "keep"
+        );
+        // The bind mount itself is a mount point.
+        assert_refused_for_mounts(
+            remove(&policy, &target.join("mnt")),
+            "the bind mount's own mount point",
+        );
+        all_there(&outside_files);
+
+        // What held still holds with mounts about: `..`, the root itself, a symlink on the way.
+        let dotdot = remove_path::remove(
+            &policy,
+            &format!("{}/../outside", root.display()),
+            true,
+            &never_stopped(),
+        );
+        assert!(
+            matches!(&dotdot, Err(RemoveError::Refused(r)) if r.rule == "remove-path"),
+            "{dotdot:?}"
+        );
+        let itself = remove(&policy, &root);
+        assert!(
+            matches!(&itself, Err(RemoveError::Refused(r)) if r.rule == "policy.remove_paths"),
+            "{itself:?}"
+        );
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let through = remove(&policy, &root.join("link/precious"));
+        assert!(
+            matches!(&through, Err(RemoveError::Refused(r)) if r.message.contains("symlink")),
+            "{through:?}"
+        );
+        all_there(&outside_files);
+
+        // Once unmounted, the same tree is removed and the other side is untouched.
+        umount(&target.join("mnt")).unwrap();
+        assert!(matches!(remove(&policy, &target), Ok(Removed::Tree(_))));
+        assert!(!target.exists());
+        all_there(&outside_files);
+    });
+}
+
+#[test]
+fn remove_path_refuses_a_mounted_target_and_a_tree_with_a_filesystem_below() {
+    if !root_tests_enabled(
+        "remove_path_refuses_a_mounted_target_and_a_tree_with_a_filesystem_below",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let mounted = root.join("mounted");
+    let tree = root.join("tree");
+    let file_target = root.join("file-target");
+    let outside_file = dir.path().join("outside-file");
+    std::fs::create_dir_all(&mounted).unwrap();
+    std::fs::create_dir_all(tree.join("fs")).unwrap();
+    write(&tree.join("sibling"), "keep");
+    write(&file_target, "under");
+    write(&outside_file, "keep");
+    let policy = removal_policy(&root);
+    in_private_mount_namespace(|| {
+        // A tmpfs on the target itself: it must not be emptied.
+        tmpfs(&mounted, MsFlags::empty(), "size=1024k");
+        write(&mounted.join("inside"), "keep");
+        write(&mounted.join("dir/inside"), "keep");
+        assert_refused_for_mounts(remove(&policy, &mounted), "a tmpfs on the target");
+        all_there(&[mounted.join("inside"), mounted.join("dir/inside")]);
+
+        // Another filesystem below the target: refused before the siblings are touched.
+        tmpfs(&tree.join("fs"), MsFlags::empty(), "size=1024k");
+        write(&tree.join("fs/inside"), "keep");
+        assert_refused_for_mounts(remove(&policy, &tree), "a tmpfs below the target");
+        all_there(&[tree.join("sibling"), tree.join("fs/inside")]);
+
+        // A file bind-mounted over a file: the target is a mount point too.
+        mount(
+            Some(&outside_file),
+            &file_target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        assert_refused_for_mounts(remove(&policy, &file_target), "a bind-mounted file");
+        all_there(std::slice::from_ref(&outside_file));
+    });
 }
 
 // ----- reboot ----------------------------------------------------------------------------

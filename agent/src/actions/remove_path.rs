@@ -6,23 +6,33 @@
 //! (`openat` with `O_NOFOLLOW`): every component between the root and the target's parent must
 //! be a real directory, and once opened it cannot be swapped for a symlink under us, so there
 //! is no check-then-use race below the root. The final component is examined without
-//! following it: a symlink is removed as a link (its target survives). Trees are removed
-//! through the same descriptors and never across a mount point. The root itself is resolved
-//! normally: it comes from the host's own configuration, not from the request.
+//! following it: a symlink is removed as a link (its target survives). The root itself is
+//! resolved normally: it comes from the host's own configuration, not from the request.
+//!
+//! A removal never leaves the target's mount. Comparing `st_dev` is not enough: a bind mount of
+//! a directory of the same filesystem has the same device, so a tree walk would delete through
+//! it into a directory outside the allowed root. So, before touching anything, a target that is
+//! itself a mount point (its mount id differs from its parent's) is refused, and so is a
+//! directory with any mount below it in the mount table; during the walk each directory's mount
+//! id must still be the target's, so a mount that appears meanwhile stops the walk there. Mount
+//! ids come from `/proc/thread-self/fdinfo` of the open descriptors (no `statx` in nix, and no
+//! unsafe code), paths from `/proc/thread-self/fd`, the table from
+//! `/proc/thread-self/mountinfo`: the calling thread's own view, even in a private namespace.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, open, openat};
-use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 use pitcrew_proto::policy::{LocalPolicy, Refusal};
 use pitcrew_proto::v1;
 
 use super::{Ctx, Report, Stop, StopFlag};
+use crate::mounts::{self, THREAD_MOUNTINFO};
 
 /// Directory trees deeper than this are refused rather than risking the agent's stack or its
 /// file descriptors (each level holds one open).
@@ -76,6 +86,113 @@ fn symlink_refusal(path: &Path) -> RemoveError {
 
 fn is_kind(stat: &FileStat, kind: SFlag) -> bool {
     SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == kind
+}
+
+fn mount_refusal(message: String) -> RemoveError {
+    RemoveError::Refused(Refusal {
+        rule: "remove-path".into(),
+        message,
+    })
+}
+
+/// The id of the mount an open descriptor is on, as the kernel reports it in fdinfo.
+fn mount_id(fd: &OwnedFd, path: &Path) -> Result<i32, RemoveError> {
+    let fdinfo = format!("/proc/thread-self/fdinfo/{}", fd.as_raw_fd());
+    let text = std::fs::read_to_string(&fdinfo).map_err(|e| RemoveError::Io {
+        path: path.to_path_buf(),
+        message: format!("cannot read {fdinfo} to find its mount: {e}"),
+    })?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("mnt_id:"))
+        .and_then(|id| id.trim().parse().ok())
+        .ok_or_else(|| RemoveError::Io {
+            path: path.to_path_buf(),
+            message: format!("{fdinfo} has no mnt_id (the kernel is older than 3.15?)"),
+        })
+}
+
+/// Where an open descriptor really is, spelled as the mount table spells paths (symlinks in
+/// the configured root resolved, relative to this thread's root).
+fn kernel_path(fd: &OwnedFd, path: &Path) -> Result<PathBuf, RemoveError> {
+    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
+    std::fs::read_link(&link).map_err(|e| RemoveError::Io {
+        path: path.to_path_buf(),
+        message: format!("cannot read {link} to find where it is mounted: {e}"),
+    })
+}
+
+/// Undoes the octal escapes mountinfo uses for space, tab, newline and backslash (`\040`...);
+/// procfs leaves them in.
+pub fn unescape_mount_point(escaped: &Path) -> PathBuf {
+    let bytes = escaped.as_os_str().as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                let value = d.iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
+                match u8::try_from(value) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        i += 4;
+                    }
+                    Err(_) => {
+                        out.push(b'\\');
+                        i += 1;
+                    }
+                }
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
+/// Refuses a target with mounts on or below it, before anything is removed. `real` is the
+/// target's path as the kernel names it.
+fn refuse_mounts(real: &Path, shown: &Path) -> Result<(), RemoveError> {
+    let table =
+        mounts::read_mountinfo(Path::new(THREAD_MOUNTINFO)).map_err(|e| RemoveError::Io {
+            path: shown.to_path_buf(),
+            message: format!("cannot read the mount table {THREAD_MOUNTINFO}: {e}"),
+        })?;
+    let mut on = false;
+    let mut below: Vec<PathBuf> = Vec::new();
+    for entry in &table {
+        let point = unescape_mount_point(&entry.mount_point);
+        if point == real {
+            on = true;
+        } else if point.starts_with(real) && !below.contains(&point) {
+            below.push(point);
+        }
+    }
+    if on {
+        return Err(mount_refusal(format!(
+            "{} is a mount point; remove_path never removes or empties a mounted filesystem (unmount it first if that is meant)",
+            shown.display()
+        )));
+    }
+    if !below.is_empty() {
+        let shown_below: Vec<String> = below
+            .iter()
+            .take(3)
+            .map(|p| p.display().to_string())
+            .collect();
+        return Err(mount_refusal(format!(
+            "{} has {} mount point(s) below it ({}{}); remove_path never crosses into another mount, so nothing was removed (unmount them first if that is meant)",
+            shown.display(),
+            below.len(),
+            shown_below.join(", "),
+            if below.len() > 3 { ", ..." } else { "" }
+        )));
+    }
+    Ok(())
 }
 
 /// Removes `path` as the policy allows. Blocking: run it off the async threads.
@@ -138,11 +255,33 @@ pub fn remove(
         Err(Errno::ENOENT) => return Ok(Removed::AlreadyAbsent),
         Err(e) => return Err(io(&target, e)),
     };
+    // The target must be on its parent's mount (a mount point is refused, whatever is mounted
+    // there), and nothing may be mounted below it. An O_PATH descriptor opens a symlink itself,
+    // a mount point as the mounted root.
+    let target_fd = match openat(
+        dir.as_fd(),
+        *name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(Removed::AlreadyAbsent),
+        Err(e) => return Err(io(&target, e)),
+    };
+    let parent_mount = mount_id(&dir, &walked)?;
+    if mount_id(&target_fd, &target)? != parent_mount {
+        return Err(mount_refusal(format!(
+            "{} is a mount point; remove_path never removes or empties a mounted filesystem (unmount it first if that is meant)",
+            target.display()
+        )));
+    }
+    refuse_mounts(&kernel_path(&target_fd, &target)?, &target)?;
+    drop(target_fd);
     if is_kind(&stat, SFlag::S_IFDIR) {
         if !recursive {
             return Err(RemoveError::IsDirectory { path: target });
         }
-        let count = remove_tree(&dir, name, &target, stat.st_dev, stop, 0)?;
+        let count = remove_tree(&dir, name, &target, parent_mount, stop, 0)?;
         return Ok(Removed::Tree(count));
     }
     match unlinkat(dir.as_fd(), *name, UnlinkatFlags::NoRemoveDir) {
@@ -156,13 +295,13 @@ pub fn remove(
     }
 }
 
-/// Removes the directory `name` in `parent` and everything below it, staying on device `dev`.
-/// Returns how many entries were removed below it.
+/// Removes the directory `name` in `parent` and everything below it, staying on the mount
+/// `mount`. Returns how many entries were removed below it.
 fn remove_tree(
     parent: &OwnedFd,
     name: &OsStr,
     path: &Path,
-    dev: u64,
+    mount: i32,
     stop: &StopFlag,
     depth: usize,
 ) -> Result<u64, RemoveError> {
@@ -192,11 +331,11 @@ fn remove_tree(
         }
         Err(e) => return Err(io(path, e)),
     };
-    let here = fstat(fd.as_fd()).map_err(|e| io(path, e))?;
-    if here.st_dev != dev {
+    // Mounts were refused before the walk began; one mounted since stops it here.
+    if mount_id(&fd, path)? != mount {
         return Err(RemoveError::Io {
             path: path.to_path_buf(),
-            message: "is a mount point of another filesystem; nothing below it was removed".into(),
+            message: "became a mount point during the removal; nothing below it was removed".into(),
         });
     }
     // Read every name first, then remove: changing a directory while reading it may skip
@@ -231,7 +370,7 @@ fn remove_tree(
             },
         };
         if is_dir {
-            count += remove_tree(&fd, &child, &child_path, dev, stop, depth + 1)? + 1;
+            count += remove_tree(&fd, &child, &child_path, mount, stop, depth + 1)? + 1;
         } else {
             match unlinkat(fd.as_fd(), child.as_os_str(), UnlinkatFlags::NoRemoveDir) {
                 Ok(()) => count += 1,
@@ -292,5 +431,23 @@ pub async fn run(ctx: &Ctx, policy: &LocalPolicy, request: &v1::RemovePath) -> R
         }
         Ok(Err(error)) => Report::failed(error.to_string()),
         Err(join) => Report::failed(format!("the removal stopped unexpectedly: {join}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_unescaped_as_the_kernel_escapes_them() {
+        assert_eq!(
+            unescape_mount_point(Path::new("/srv/a\\040b\\011c\\012d\\134e")),
+            Path::new("/srv/a b\tc\nd\\e")
+        );
+        // Not an escape: kept as it is.
+        assert_eq!(
+            unescape_mount_point(Path::new("/srv/x\\9y\\")),
+            Path::new("/srv/x\\9y\\")
+        );
     }
 }
