@@ -26,7 +26,12 @@ fn agent_with_apt(upgrade_body: impl Fn(&Path) -> String) -> Agent {
     });
     let versions = agent.path("versions");
     let calls = agent.path("calls");
-    std::fs::write(&versions, "libc6 2.36-9\nopenssl 3.0.11-1\n").unwrap();
+    // As dpkg-query lists them: status, name, version. nginx was removed, its conffiles kept.
+    std::fs::write(
+        &versions,
+        "installed libc6 2.36-9\ninstalled openssl 3.0.11-1\nconfig-files nginx 1.22.1-9\n",
+    )
+    .unwrap();
     let dpkg_query = agent.path("dpkg-query");
     script(&dpkg_query, &format!("cat {}\n", versions.display()));
     let apt_get = agent.path("apt-get");
@@ -54,7 +59,7 @@ fn agent_with_apt(upgrade_body: impl Fn(&Path) -> String) -> Agent {
 fn upgrade_libc6(versions: &Path) -> String {
     format!(
         "echo 'Unpacking libc6 (2.36-9+deb12u4) over (2.36-9) ...'\n\
-         printf 'libc6 2.36-9+deb12u4\\nopenssl 3.0.11-1\\n' > {}",
+         printf 'installed libc6 2.36-9+deb12u4\\ninstalled openssl 3.0.11-1\\n' > {}",
         versions.display()
     )
 }
@@ -162,4 +167,50 @@ async fn package_names_that_look_like_options_are_refused_before_apt_runs() {
     assert_eq!(outcome(&result), Outcome::Refused);
     assert_eq!(result.refused_by, "patch.packages");
     assert!(!agent.path("calls").exists(), "apt-get must not have run");
+}
+
+#[tokio::test]
+async fn allow_patch_only_upgrades_installed_packages_it_never_removes_or_installs() {
+    // The stand-in apt-get does what apt would: "name-" removes, an unknown name installs.
+    let agent = agent_with_apt(|versions| {
+        format!(
+            "for p in \"$@\"; do case \"$p\" in\n\
+               *-) grep -v \" ${{p%-}} \" {v} > {v}.new; mv {v}.new {v};;\n\
+               nginx|*+) echo \"installed ${{p%+}} 9.9\" >> {v};;\n\
+             esac; done",
+            v = versions.display()
+        )
+    });
+    let versions_before = std::fs::read_to_string(agent.path("versions")).unwrap();
+    let executor = agent.open();
+    for (i, (packages, says)) in [
+        (&["openssl-"][..], "remove openssl"),
+        (&["libc6", "nginx+"], "install"),
+        (&["nginx"], "nginx is not installed"),
+        (&["libc6:i386", "openssl"], "libc6:i386 is not installed"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (result, _) = run(&executor, request(&format!("r{i}"), patch(packages, 0), 0)).await;
+        assert_eq!(
+            outcome(&result),
+            Outcome::Refused,
+            "{packages:?}: {}",
+            result.message
+        );
+        assert_eq!(result.refused_by, "patch.packages");
+        assert!(result.message.contains(says), "{}", result.message);
+        assert!(
+            !agent.path("calls").exists(),
+            "{packages:?}: apt-get must not have run"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(agent.path("versions")).unwrap(),
+        versions_before
+    );
+    // An installed package, with or without its architecture, is upgraded as before.
+    let (result, _) = run(&executor, request("ok", patch(&["openssl", "libc6"], 0), 0)).await;
+    assert_eq!(outcome(&result), Outcome::Succeeded, "{}", result.message);
 }
