@@ -313,6 +313,33 @@ mod tests {
     }
 
     #[test]
+    fn health_targets_and_signals_default_and_can_be_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "agent.toml", "[policy]\nunits = []\n");
+        let defaults = AgentConfig::load(&main).unwrap().policy;
+        assert_eq!(defaults.health_targets, vec!["127.0.0.0/8", "::1"]);
+        assert_eq!(
+            defaults.signals,
+            vec!["SIGHUP", "SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"]
+        );
+        write(
+            dir.path(),
+            "agent.d/10-more.toml",
+            "[policy]\nhealth_targets = [\"127.0.0.1\", \"10.0.0.0/8:8080\"]\nsignals = [\"SIGUSR1\"]\n",
+        );
+        let set = AgentConfig::load(&main).unwrap().policy;
+        assert_eq!(set.health_targets, vec!["127.0.0.1", "10.0.0.0/8:8080"]);
+        assert_eq!(set.signals, vec!["SIGUSR1"]);
+        write(
+            dir.path(),
+            "agent.d/20-bad.toml",
+            "[policy]\nhealth_targets = [\"metadata.internal:80\"]\n",
+        );
+        let error = AgentConfig::load(&main).unwrap_err();
+        assert!(error.message.contains("policy.health_targets"), "{error}");
+    }
+
+    #[test]
     fn missing_corrupt_and_invalid_files_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let missing = AgentConfig::load(&dir.path().join("nope.toml")).unwrap_err();

@@ -1,9 +1,11 @@
-//! Health checks against real sockets on loopback: TCP connect, HTTP status, and an
-//! allow-listed command's exit code.
+//! Health checks against real sockets on loopback: TCP connect, HTTP status, an allow-listed
+//! command's exit code, and the policy's limit on where tcp and http checks may connect.
 
 mod support;
 
-use pitcrew_proto::policy::Policy;
+use std::time::Duration;
+
+use pitcrew_proto::policy::{LocalPolicy, Policy};
 use pitcrew_proto::v1::{self, Outcome, action::Kind, health::Check};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -151,4 +153,114 @@ async fn command_checks_need_the_exec_allow_list_and_exit_0() {
     let (refused, _) = run(&executor, request("c3", command(&["/usr/bin/id"]), 0)).await;
     assert_eq!(outcome(&refused), Outcome::Refused);
     assert_eq!(refused.refused_by, "policy.exec");
+}
+
+/// Whether `listener` was connected to (it never is when a check was refused).
+async fn was_connected(listener: &TcpListener) -> bool {
+    tokio::time::timeout(Duration::from_millis(200), listener.accept())
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn tcp_and_http_checks_connect_only_where_the_policy_allows() {
+    // 127.0.0.2 is this machine too (all of 127/8 is loopback), but not in this policy.
+    let agent = Agent::new(LocalPolicy {
+        health_targets: vec!["127.0.0.1".into()],
+        ..Default::default()
+    });
+    let executor = agent.open();
+    let elsewhere = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = elsewhere.local_addr().unwrap().port();
+    let tcp = |host: &str, port: u16| {
+        health(Check::Tcp(v1::TcpCheck {
+            host: host.into(),
+            port: u32::from(port),
+        }))
+    };
+    let http = |url: String| {
+        health(Check::Http(v1::HttpCheck {
+            url,
+            expect_status: 0,
+        }))
+    };
+    for (i, kind) in [
+        tcp("127.0.0.2", port),
+        http(format!("http://127.0.0.2:{port}/admin")),
+        tcp("::ffff:127.0.0.2", port),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (result, _) = run(&executor, request(&format!("out{i}"), kind, 0)).await;
+        assert_eq!(outcome(&result), Outcome::Refused, "{}", result.message);
+        assert_eq!(result.refused_by, "policy.health_targets");
+        assert!(result.message.contains("127.0.0.1"), "{}", result.message);
+    }
+    assert!(
+        !was_connected(&elsewhere).await,
+        "a refused check connected"
+    );
+
+    // A name is judged by the addresses it resolves to: localhost is not 10.9.9.9.
+    let here = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let here_port = here.local_addr().unwrap().port();
+    let strict = Agent::new(LocalPolicy {
+        health_targets: vec!["10.9.9.9".into()],
+        ..Default::default()
+    });
+    let strict_executor = strict.open();
+    let (named, _) = run(
+        &strict_executor,
+        request("named", tcp("localhost", here_port), 0),
+    )
+    .await;
+    assert_eq!(outcome(&named), Outcome::Refused, "{}", named.message);
+    assert_eq!(named.refused_by, "policy.health_targets");
+    assert!(named.message.contains("resolves to"), "{}", named.message);
+    assert!(!was_connected(&here).await, "a refused check connected");
+
+    // What the policy allows, by address or by a name that resolves there, is checked.
+    let (ok, _) = run(&executor, request("in", tcp("127.0.0.1", here_port), 0)).await;
+    assert_eq!(outcome(&ok), Outcome::Succeeded, "{}", ok.message);
+    let (by_name, _) = run(
+        &executor,
+        request("in-name", tcp("localhost", here_port), 0),
+    )
+    .await;
+    assert_eq!(outcome(&by_name), Outcome::Succeeded, "{}", by_name.message);
+}
+
+#[tokio::test]
+async fn by_default_health_checks_reach_loopback_only() {
+    let agent = Agent::new(Policy::default());
+    let executor = agent.open();
+    for (i, host) in [
+        "169.254.169.254",
+        "10.0.0.1",
+        "::ffff:169.254.169.254",
+        "fd00::1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let kind = health(Check::Tcp(v1::TcpCheck {
+            host: (*host).into(),
+            port: 80,
+        }));
+        let (result, _) = run(&executor, request(&format!("d{i}"), kind, 0)).await;
+        assert_eq!(
+            outcome(&result),
+            Outcome::Refused,
+            "{host}: {}",
+            result.message
+        );
+        assert_eq!(result.refused_by, "policy.health_targets");
+    }
+    let metadata = health(Check::Http(v1::HttpCheck {
+        url: "http://169.254.169.254/latest/meta-data/iam/".into(),
+        expect_status: 0,
+    }));
+    let (result, _) = run(&executor, request("meta", metadata, 0)).await;
+    assert_eq!(result.refused_by, "policy.health_targets");
 }

@@ -133,6 +133,54 @@ async fn signal_unit_sends_the_signal_number_to_main_or_all() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_unit_sends_only_the_signals_the_policy_allows() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "active").await;
+    let signal = |name: &str| {
+        Kind::SignalUnit(v1::SignalUnit {
+            unit: UNIT.into(),
+            signal: name.into(),
+            target: v1::SignalTarget::All as i32,
+        })
+    };
+    // The default list: drain, reload and stop signals, not SIGKILL or SIGSTOP.
+    let executor = agent_on(&fake).await.open();
+    for (i, name) in ["SIGKILL", "STOP", "SIGSEGV"].iter().enumerate() {
+        let (result, _) = run(&executor, request(&format!("s{i}"), signal(name), 0)).await;
+        assert_eq!(
+            outcome(&result),
+            Outcome::Refused,
+            "{name}: {}",
+            result.message
+        );
+        assert_eq!(result.refused_by, "policy.signals");
+        assert!(
+            result.message.contains("SIGUSR1"),
+            "the message lists what is allowed: {}",
+            result.message
+        );
+    }
+    assert!(
+        fake.state.lock().unwrap().kills.is_empty(),
+        "no signal may reach systemd"
+    );
+    drop(executor);
+
+    // A host that allows SIGKILL (and only that) sends it, and nothing else.
+    let mut agent = agent_on(&fake).await;
+    agent.config.policy.signals = vec!["SIGKILL".into()];
+    let executor = agent.open();
+    let (kill, _) = run(&executor, request("k-kill", signal("KILL"), 0)).await;
+    assert_eq!(outcome(&kill), Outcome::Succeeded, "{}", kill.message);
+    let (usr1, _) = run(&executor, request("k-usr1", signal("SIGUSR1"), 0)).await;
+    assert_eq!(usr1.refused_by, "policy.signals");
+    assert_eq!(
+        fake.state.lock().unwrap().kills,
+        vec![(UNIT.to_owned(), "all".to_owned(), libc_signal("SIGKILL"))]
+    );
+}
+
 fn libc_signal(name: &str) -> i32 {
     use std::str::FromStr;
     nix::sys::signal::Signal::from_str(name).unwrap() as i32

@@ -8,9 +8,11 @@
 //! Two views of the same `[policy]` table: [`LocalPolicy`] is all of it, what the agent
 //! enforces; [`Policy`] is the part the coordinator's planner has read from facts since the
 //! first version (units, paths, switches, argv prefixes). [`LocalPolicy::check`] applies
-//! [`Policy::check`] and then the rules only it carries (exec environment names).
+//! [`Policy::check`] and then the rules only it carries: exec environment names, where health
+//! checks may connect, which signals may be sent.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 
 use globset::Glob;
@@ -51,9 +53,11 @@ fn refuse(rule: &str, message: impl Into<String>) -> Refusal {
     }
 }
 
-/// The whole `[policy]` table of the agent's configuration. Every default refuses: no units, no
-/// removal, no patch, no reboot, no `/dev/shm` fix, no exec, no environment variables.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The whole `[policy]` table of the agent's configuration. Every default refuses what can
+/// change the host: no units, no removal, no patch, no reboot, no `/dev/shm` fix, no exec, no
+/// environment variables. Health checks may reach loopback only, and `signal_unit` may send
+/// the signals services are asked to drain, reload or stop with ([`DEFAULT_SIGNALS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalPolicy {
     /// Globs of systemd unit names that may be controlled, e.g. `dcos-mesos-slave*.service`.
@@ -66,6 +70,255 @@ pub struct LocalPolicy {
     /// Allowed argv prefixes for `exec` and for health command checks, each with the
     /// environment variable names a request for it may set.
     pub exec: Vec<ExecRule>,
+    /// Where tcp and http health checks may connect (see [`TargetPattern`]); a root agent must
+    /// not become a probe of metadata services or admin endpoints. Default: loopback.
+    pub health_targets: Vec<String>,
+    /// Signals `signal_unit` may send to an allowed unit. Default: [`DEFAULT_SIGNALS`].
+    pub signals: Vec<String>,
+}
+
+/// Where health checks may connect unless the policy says otherwise: this host's loopback.
+pub const DEFAULT_HEALTH_TARGETS: &[&str] = &["127.0.0.0/8", "::1"];
+
+/// The signals `signal_unit` may send unless the policy says otherwise: what runbooks ask of a
+/// service (drain with SIGUSR1/SIGUSR2, reload with SIGHUP, stop with SIGTERM/SIGINT). Not
+/// SIGKILL or SIGSTOP, which give the service no say.
+pub const DEFAULT_SIGNALS: &[&str] = &["SIGHUP", "SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"];
+
+impl Default for LocalPolicy {
+    fn default() -> Self {
+        LocalPolicy {
+            units: Vec::new(),
+            remove_paths: Vec::new(),
+            allow_patch: false,
+            allow_reboot: false,
+            allow_dedupe_shm: false,
+            exec: Vec::new(),
+            health_targets: DEFAULT_HEALTH_TARGETS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            signals: DEFAULT_SIGNALS.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}
+
+/// The signal names Linux has, as `signal_unit` and the policy spell them.
+const SIGNALS: &[&str] = &[
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
+];
+
+/// "SIGUSR1", "USR1" or "usr1" as "SIGUSR1"; refused when Linux has no such signal.
+pub fn signal_name(name: &str) -> Result<&'static str, Refusal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    SIGNALS
+        .iter()
+        .find(|known| **known == full)
+        .copied()
+        .ok_or_else(|| {
+            refuse(
+                "signal",
+                format!("{name:?} is not a signal name (e.g. SIGUSR1 or USR1)"),
+            )
+        })
+}
+
+/// One entry of `policy.health_targets`: an address or a CIDR block, and a port range.
+///
+/// Written `ADDR[/LEN][:PORTS]`, with an IPv6 address in brackets when a port is given
+/// (`[fd00::/8]:8080`); without a port any port matches. PORTS is `*`, `N` or `N-M`. Names are
+/// not patterns: a check that names a host is matched by the addresses it resolves to, so a
+/// name cannot be pointed somewhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetPattern {
+    network: IpAddr,
+    prefix: u8,
+    ports: (u16, u16),
+}
+
+impl TargetPattern {
+    /// Parses an entry, saying what is wrong with it.
+    pub fn parse(entry: &str) -> Result<TargetPattern, String> {
+        let bad = |why: &str| format!("{entry:?} is not a health target ({why})");
+        let entry = entry.trim();
+        let (address, ports) = if let Some(rest) = entry.strip_prefix('[') {
+            let (inside, after) = rest.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            match after {
+                "" => (inside, None),
+                _ => (
+                    inside,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| bad("expected ':' and ports after ']'"))?,
+                    ),
+                ),
+            }
+        } else if entry.matches(':').count() > 1 {
+            // An IPv6 address without brackets: no port.
+            (entry, None)
+        } else {
+            match entry.split_once(':') {
+                Some((address, ports)) => (address, Some(ports)),
+                None => (entry, None),
+            }
+        };
+        let (network, prefix) = match address.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (address, None),
+        };
+        let network: IpAddr = network
+            .parse()
+            .map_err(|_| bad("expected an IP address or a CIDR block; names are not patterns"))?;
+        let network = canonical(network);
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(len) => len
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| bad(&format!("the prefix length must be 0 to {max}")))?,
+            None => max,
+        };
+        let ports = match ports {
+            None | Some("*") => (0, u16::MAX),
+            Some(p) => {
+                let port = |s: &str| s.parse::<u16>().map_err(|_| bad("bad port"));
+                match p.split_once('-') {
+                    Some((low, high)) => (port(low)?, port(high)?),
+                    None => (port(p)?, port(p)?),
+                }
+            }
+        };
+        if ports.0 > ports.1 {
+            return Err(bad("the port range is backwards"));
+        }
+        Ok(TargetPattern {
+            network,
+            prefix,
+            ports,
+        })
+    }
+
+    /// Whether `address` lies in this block and port range.
+    pub fn matches(&self, address: SocketAddr) -> bool {
+        let port = address.port();
+        if port < self.ports.0 || port > self.ports.1 {
+            return false;
+        }
+        match (canonical(address.ip()), self.network) {
+            (IpAddr::V4(ip), IpAddr::V4(network)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(ip) & mask == u32::from(network) & mask
+            }
+            (IpAddr::V6(ip), IpAddr::V6(network)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(ip) & mask == u128::from(network) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The parts of an `http://` health check URL a GET needs (and the policy checks).
+#[derive(Debug, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub host: String,
+    pub port: u16,
+    /// Path and query, starting with '/'.
+    pub path: String,
+}
+
+/// Parses `http://host[:port][/path]`. IPv6 hosts are written in brackets.
+pub fn parse_http_url(url: &str) -> Result<HttpTarget, String> {
+    if url.starts_with("https://") {
+        return Err(
+            "https:// health checks are not supported; use a tcp check or a command check (e.g. curl) instead"
+                .into(),
+        );
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_owned()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_owned()),
+    };
+    if authority.contains('@') {
+        return Err(format!("{url:?}: credentials in URLs are not supported"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed '[' in the host"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+            None if after.is_empty() => 80,
+            None => return Err(format!("{url:?}: unexpected {after:?} after the host")),
+        };
+        (host.to_owned(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, p)) => (
+                host.to_owned(),
+                p.parse().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+            ),
+            None => (authority.to_owned(), 80),
+        }
+    };
+    if host.is_empty() || path.contains(['\r', '\n', ' ']) || host.contains(['\r', '\n', ' ']) {
+        return Err(format!("{url:?} is not a usable URL"));
+    }
+    Ok(HttpTarget { host, port, path })
+}
+
+/// An IPv4 address written as IPv6 (`::ffff:169.254.169.254`) is the IPv4 address: it must not
+/// slip past an IPv4 rule.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
 }
 
 /// One entry of `policy.exec`: an argv prefix, and the names of the environment variables a
@@ -289,6 +542,9 @@ impl Policy {
                     env: Vec::new(),
                 })
                 .collect(),
+            // Not part of this view: see LocalPolicy::to_proto.
+            health_targets: Vec::new(),
+            signals: Vec::new(),
         }
     }
 
@@ -455,6 +711,7 @@ impl From<Policy> for LocalPolicy {
             allow_reboot: p.allow_reboot,
             allow_dedupe_shm: p.allow_dedupe_shm,
             exec: p.exec.into_iter().map(ExecRule::from).collect(),
+            ..LocalPolicy::default()
         }
     }
 }
@@ -483,6 +740,8 @@ impl LocalPolicy {
                 env: a.env.clone(),
             })
             .collect();
+        policy.health_targets = p.health_targets.clone();
+        policy.signals = p.signals.clone();
         policy
     }
 
@@ -497,6 +756,8 @@ impl LocalPolicy {
                 env: rule.env.clone(),
             })
             .collect();
+        p.health_targets = self.health_targets.clone();
+        p.signals = self.signals.clone();
         p
     }
 
@@ -513,7 +774,90 @@ impl LocalPolicy {
                 })?;
             }
         }
+        for entry in &self.health_targets {
+            TargetPattern::parse(entry).map_err(|e| {
+                format!(
+                    "policy.health_targets: {e}; write ADDR[/LEN][:PORTS], e.g. \"10.0.0.0/8:8080\" or \"[::1]:*\""
+                )
+            })?;
+        }
+        for name in &self.signals {
+            signal_name(name).map_err(|r| format!("policy.signals: {}", r.message))?;
+        }
         Ok(())
+    }
+
+    /// Whether a tcp or http health check may connect to `address`.
+    pub fn health_target_allowed(&self, address: SocketAddr) -> bool {
+        self.health_targets
+            .iter()
+            .filter_map(|entry| TargetPattern::parse(entry).ok())
+            .any(|pattern| pattern.matches(address))
+    }
+
+    /// The refusal of a health check to `host:port`, which resolved to `addresses` (none of
+    /// them allowed).
+    pub fn health_target_refusal(
+        &self,
+        host: &str,
+        port: u16,
+        addresses: &[SocketAddr],
+    ) -> Refusal {
+        let resolved = match addresses {
+            [only] if only.ip().to_string() == host.trim_matches(['[', ']']) => String::new(),
+            _ => format!(
+                " (resolves to {})",
+                addresses
+                    .iter()
+                    .map(|a| a.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        refuse(
+            "policy.health_targets",
+            format!(
+                "a health check may not connect to {host}:{port}{resolved}: policy.health_targets allows only [{}]; add the address there if this check is meant",
+                self.health_targets.join(", ")
+            ),
+        )
+    }
+
+    /// The lexical part of the health target rule: a host written as an IP address is checked
+    /// here; a name is checked by the agent against the addresses it resolves to.
+    fn health_literal_allowed(&self, host: &str, port: u32) -> Result<(), Refusal> {
+        let (Ok(ip), Ok(port)) = (
+            host.trim_matches(['[', ']']).parse::<IpAddr>(),
+            u16::try_from(port),
+        ) else {
+            return Ok(());
+        };
+        let address = SocketAddr::new(ip, port);
+        if self.health_target_allowed(address) {
+            Ok(())
+        } else {
+            Err(self.health_target_refusal(host, port, &[address]))
+        }
+    }
+
+    /// Checks a signal name against `policy.signals`, returning its canonical name.
+    pub fn signal_allowed(&self, signal: &str) -> Result<&'static str, Refusal> {
+        let name = signal_name(signal)?;
+        let allowed = self
+            .signals
+            .iter()
+            .any(|entry| signal_name(entry).is_ok_and(|e| e == name));
+        if allowed {
+            Ok(name)
+        } else {
+            Err(refuse(
+                "policy.signals",
+                format!(
+                    "{name} may not be sent: policy.signals allows only [{}]; add it there if units on this host are meant to receive it",
+                    self.signals.join(", ")
+                ),
+            ))
+        }
     }
 
     /// Checks that `path` may be removed; see [`Policy::removal_allowed`].
@@ -578,6 +922,24 @@ impl LocalPolicy {
     pub fn check(&self, action: &v1::Action) -> Result<(), Refusal> {
         match &action.kind {
             Some(Kind::Exec(e)) => self.exec_allowed(e),
+            Some(Kind::SignalUnit(s)) => {
+                self.rules().check(action)?;
+                self.signal_allowed(&s.signal).map(|_| ())
+            }
+            Some(Kind::Health(h)) => {
+                self.rules().check(action)?;
+                match &h.check {
+                    Some(Check::Tcp(tcp)) => self.health_literal_allowed(&tcp.host, tcp.port),
+                    Some(Check::Http(http)) => match parse_http_url(&http.url) {
+                        Ok(target) => {
+                            self.health_literal_allowed(&target.host, u32::from(target.port))
+                        }
+                        // The check itself reports a URL it cannot use.
+                        Err(_) => Ok(()),
+                    },
+                    _ => Ok(()),
+                }
+            }
             _ => self.rules().check(action),
         }
     }
@@ -833,5 +1195,132 @@ mod tests {
         let proto = p.to_proto();
         assert_eq!(LocalPolicy::from_proto(&proto), p);
         assert_eq!(Policy::from_proto(&proto), p.rules());
+    }
+
+    fn tcp(host: &str, port: u32) -> v1::Action {
+        v1::Action {
+            kind: Some(Kind::Health(v1::Health {
+                check: Some(Check::Tcp(v1::TcpCheck {
+                    host: host.into(),
+                    port,
+                })),
+            })),
+        }
+    }
+
+    fn http(url: &str) -> v1::Action {
+        v1::Action {
+            kind: Some(Kind::Health(v1::Health {
+                check: Some(Check::Http(v1::HttpCheck {
+                    url: url.into(),
+                    expect_status: 0,
+                })),
+            })),
+        }
+    }
+
+    fn signal(name: &str) -> v1::Action {
+        v1::Action {
+            kind: Some(Kind::SignalUnit(v1::SignalUnit {
+                unit: "dcos-mesos-slave.service".into(),
+                signal: name.into(),
+                target: 0,
+            })),
+        }
+    }
+
+    #[test]
+    fn target_patterns_parse_and_match() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let p = |s: &str| TargetPattern::parse(s).unwrap();
+        assert!(p("127.0.0.0/8").matches(at("127.1.2.3:9")));
+        assert!(!p("127.0.0.0/8").matches(at("128.0.0.1:9")));
+        assert!(p("::1").matches(at("[::1]:80")));
+        assert!(!p("::1").matches(at("127.0.0.1:80")));
+        assert!(p("10.0.0.5:8080").matches(at("10.0.0.5:8080")));
+        assert!(!p("10.0.0.5:8080").matches(at("10.0.0.5:8081")));
+        assert!(p("10.0.0.0/16:8000-8099").matches(at("10.0.3.4:8050")));
+        assert!(!p("10.0.0.0/16:8000-8099").matches(at("10.1.3.4:8050")));
+        assert!(p("[fd00::/8]:*").matches(at("[fd12::1]:1")));
+        assert!(p("0.0.0.0/0").matches(at("8.8.8.8:53")));
+        // An IPv4 address in IPv6 clothing is still that IPv4 address.
+        assert!(!p("::/0").matches(at("[::ffff:169.254.169.254]:80")));
+        assert!(p("169.254.0.0/16").matches(at("[::ffff:169.254.169.254]:80")));
+        for bad in [
+            "localhost",
+            "10.0.0.0/33",
+            "10.0.0.1:http",
+            "10.0.0.1:9-1",
+            "[::1",
+            "[::1]x",
+            "",
+        ] {
+            assert!(TargetPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn health_checks_reach_only_the_allowed_targets() {
+        let p = LocalPolicy::default();
+        assert!(p.check(&tcp("127.0.0.1", 8080)).is_ok());
+        assert!(p.check(&tcp("::1", 22)).is_ok());
+        assert!(p.check(&http("http://127.0.0.1:9/health")).is_ok());
+        assert!(p.check(&http("http://[::1]/")).is_ok());
+        // Names are judged by what they resolve to, in the agent.
+        assert!(p.check(&tcp("localhost", 80)).is_ok());
+        for refused in [
+            tcp("169.254.169.254", 80),
+            tcp("10.0.0.1", 2379),
+            tcp("::ffff:169.254.169.254", 80),
+            http("http://169.254.169.254/latest/meta-data/"),
+            http("http://[fd00::1]:8080/admin"),
+        ] {
+            let refusal = p.check(&refused).unwrap_err();
+            assert_eq!(refusal.rule, "policy.health_targets", "{refused:?}");
+            assert!(
+                refusal.message.contains("127.0.0.0/8"),
+                "{}",
+                refusal.message
+            );
+        }
+        let mut wider = LocalPolicy::default();
+        wider.health_targets.push("10.0.0.0/8:2379".into());
+        assert!(wider.check(&tcp("10.0.0.1", 2379)).is_ok());
+        assert!(wider.check(&tcp("10.0.0.1", 22)).is_err());
+        wider.health_targets.push("metadata.internal".into());
+        assert!(
+            wider
+                .validate()
+                .unwrap_err()
+                .contains("policy.health_targets")
+        );
+    }
+
+    #[test]
+    fn only_the_allowed_signals_may_be_sent() {
+        let mut p = LocalPolicy::from(policy());
+        for ok in ["SIGUSR1", "USR2", "hup", "SIGTERM", "int"] {
+            assert!(p.check(&signal(ok)).is_ok(), "{ok}");
+        }
+        for (name, rule) in [
+            ("SIGKILL", "policy.signals"),
+            ("STOP", "policy.signals"),
+            ("SIGSEGV", "policy.signals"),
+            ("SIGNOPE", "signal"),
+            ("9", "signal"),
+        ] {
+            assert_eq!(p.check(&signal(name)).unwrap_err().rule, rule, "{name}");
+        }
+        // The unit rule still comes first.
+        let mut other = signal("SIGUSR1");
+        if let Some(Kind::SignalUnit(s)) = other.kind.as_mut() {
+            s.unit = "sshd.service".into();
+        }
+        assert_eq!(p.check(&other).unwrap_err().rule, "policy.units");
+        p.signals = vec!["SIGKILL".into()];
+        assert!(p.check(&signal("KILL")).is_ok());
+        assert!(p.check(&signal("SIGUSR1")).is_err());
+        p.signals.push("SIGWHATEVER".into());
+        assert!(p.validate().unwrap_err().contains("policy.signals"));
     }
 }

@@ -4,7 +4,16 @@
 //! HTTP is plain `http://` over a minimal HTTP/1.1 client (one GET, status line only): health
 //! endpoints are local and plain, and this keeps a TLS client stack out of the agent. An
 //! `https://` URL fails with a message saying to use a tcp or command check instead.
+//!
+//! tcp and http checks connect only where `policy.health_targets` allows (loopback by
+//! default): a root agent must not become the coordinator's probe of metadata services or
+//! admin endpoints. A host name is resolved once, and only the resolved addresses the policy
+//! allows are connected to, so a name cannot be pointed elsewhere between check and connect.
 
+use std::net::SocketAddr;
+
+use pitcrew_proto::policy::LocalPolicy;
+pub use pitcrew_proto::policy::{HttpTarget, parse_http_url};
 use pitcrew_proto::v1;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -12,59 +21,6 @@ use tokio::net::TcpStream;
 use super::command::{self, CommandSpec, RunError};
 use super::{Ctx, Report};
 use crate::systemd::Systemd;
-
-/// The parts of an `http://` URL a GET needs.
-#[derive(Debug, PartialEq, Eq)]
-pub struct HttpTarget {
-    pub host: String,
-    pub port: u16,
-    /// Path and query, starting with '/'.
-    pub path: String,
-}
-
-/// Parses `http://host[:port][/path]`. IPv6 hosts are written in brackets.
-pub fn parse_http_url(url: &str) -> Result<HttpTarget, String> {
-    if url.starts_with("https://") {
-        return Err(
-            "https:// health checks are not supported; use a tcp check or a command check (e.g. curl) instead"
-                .into(),
-        );
-    }
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_owned()),
-        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-        None => (rest, "/".to_owned()),
-    };
-    if authority.contains('@') {
-        return Err(format!("{url:?}: credentials in URLs are not supported"));
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{url:?}: unclosed '[' in the host"))?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-            None if after.is_empty() => 80,
-            None => return Err(format!("{url:?}: unexpected {after:?} after the host")),
-        };
-        (host.to_owned(), port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, p)) => (
-                host.to_owned(),
-                p.parse().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-            ),
-            None => (authority.to_owned(), 80),
-        }
-    };
-    if host.is_empty() || path.contains(['\r', '\n', ' ']) || host.contains(['\r', '\n', ' ']) {
-        return Err(format!("{url:?} is not a usable URL"));
-    }
-    Ok(HttpTarget { host, port, path })
-}
 
 /// Reads the status code from the first line of an HTTP response.
 pub fn parse_status_line(head: &[u8]) -> Result<u16, String> {
@@ -79,10 +35,50 @@ pub fn parse_status_line(head: &[u8]) -> Result<u16, String> {
     }
 }
 
-async fn http_get(target: &HttpTarget) -> Result<u16, String> {
-    let mut stream = TcpStream::connect((target.host.as_str(), target.port))
+/// The addresses of `host:port` a health check may connect to: refused (with the rule) when it
+/// resolves only to addresses the policy does not allow.
+async fn allowed_addresses(
+    policy: &LocalPolicy,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, Report> {
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| format!("cannot connect to {}:{}: {e}", target.host, target.port))?;
+        .map_err(|e| Report::failed(format!("cannot resolve {host}: {e}")))?
+        .collect();
+    let allowed: Vec<SocketAddr> = resolved
+        .iter()
+        .copied()
+        .filter(|address| policy.health_target_allowed(*address))
+        .collect();
+    if allowed.is_empty() {
+        if resolved.is_empty() {
+            return Err(Report::failed(format!("{host} resolves to no address")));
+        }
+        return Err(Report::refused(
+            policy.health_target_refusal(host, port, &resolved),
+        ));
+    }
+    Ok(allowed)
+}
+
+/// Connects to the first of `addresses` that accepts.
+async fn connect(addresses: &[SocketAddr], shown: &str) -> Result<TcpStream, String> {
+    let mut last = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => format!("cannot connect to {shown}: {e}"),
+        None => format!("cannot connect to {shown}: no address"),
+    })
+}
+
+async fn http_get(target: &HttpTarget, addresses: &[SocketAddr]) -> Result<u16, String> {
+    let mut stream = connect(addresses, &format!("{}:{}", target.host, target.port)).await?;
     let host_header = if target.host.contains(':') {
         format!("[{}]:{}", target.host, target.port)
     } else {
@@ -113,8 +109,13 @@ async fn http_get(target: &HttpTarget) -> Result<u16, String> {
     parse_status_line(&head)
 }
 
-/// Runs one health check.
-pub async fn run(ctx: &Ctx, bus: Option<&str>, request: &v1::Health) -> Report {
+/// Runs one health check, as far as `policy` allows.
+pub async fn run(
+    ctx: &Ctx,
+    bus: Option<&str>,
+    policy: &LocalPolicy,
+    request: &v1::Health,
+) -> Report {
     use v1::health::Check;
     let check = async {
         match &request.check {
@@ -140,9 +141,13 @@ pub async fn run(ctx: &Ctx, bus: Option<&str>, request: &v1::Health) -> Report {
                 let Ok(port) = u16::try_from(tcp.port) else {
                     return Report::failed(format!("port {} is out of range", tcp.port));
                 };
-                match TcpStream::connect((tcp.host.as_str(), port)).await {
+                let addresses = match allowed_addresses(policy, &tcp.host, port).await {
+                    Ok(addresses) => addresses,
+                    Err(report) => return report,
+                };
+                match connect(&addresses, &format!("{}:{port}", tcp.host)).await {
                     Ok(_) => Report::succeeded(format!("{}:{port} accepts connections", tcp.host)),
-                    Err(e) => Report::failed(format!("cannot connect to {}:{port}: {e}", tcp.host)),
+                    Err(message) => Report::failed(message),
                 }
             }
             Some(Check::Http(http)) => {
@@ -155,7 +160,11 @@ pub async fn run(ctx: &Ctx, bus: Option<&str>, request: &v1::Health) -> Report {
                     Ok(t) => t,
                     Err(message) => return Report::failed(message),
                 };
-                match http_get(&target).await {
+                let addresses = match allowed_addresses(policy, &target.host, target.port).await {
+                    Ok(addresses) => addresses,
+                    Err(report) => return report,
+                };
+                match http_get(&target, &addresses).await {
                     Ok(status) if u32::from(status) == expect => {
                         Report::succeeded(format!("GET {} answered {status}", http.url))
                             .with_detail("status", status.to_string())

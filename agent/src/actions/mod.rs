@@ -486,10 +486,10 @@ impl Executor {
             Kind::RemovePath(r) => remove_path::run(ctx, &self.policy, &r).await,
             Kind::DedupeShm(_) => dedupe_shm::run(ctx).await,
             Kind::Unit(u) => unit::unit(ctx, bus, &u).await,
-            Kind::SignalUnit(s) => unit::signal(ctx, bus, &s).await,
+            Kind::SignalUnit(s) => unit::signal(ctx, bus, &self.policy, &s).await,
             Kind::WaitUnit(w) => unit::wait(ctx, bus, &w).await,
             Kind::DaemonReload(_) => unit::daemon_reload(ctx, bus).await,
-            Kind::Health(h) => health::run(ctx, bus, &h).await,
+            Kind::Health(h) => health::run(ctx, bus, &self.policy, &h).await,
             Kind::Patch(p) => {
                 let tools = self
                     .options

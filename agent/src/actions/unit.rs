@@ -6,7 +6,7 @@
 use std::str::FromStr;
 
 use nix::sys::signal::Signal;
-use pitcrew_proto::policy::{Refusal, validate_unit_name};
+use pitcrew_proto::policy::{LocalPolicy, Refusal, signal_name, validate_unit_name};
 use pitcrew_proto::v1;
 
 use super::{Ctx, Report};
@@ -14,15 +14,14 @@ use crate::systemd::{JobOp, Systemd, SystemdError};
 
 /// Parses "SIGUSR1", "USR1" or "sigusr1" into a signal.
 pub fn parse_signal(name: &str) -> Result<Signal, Refusal> {
-    let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    Signal::from_str(&full).map_err(|_| Refusal {
+    to_signal(signal_name(name)?)
+}
+
+/// The signal of a canonical name ("SIGUSR1").
+fn to_signal(name: &str) -> Result<Signal, Refusal> {
+    Signal::from_str(name).map_err(|_| Refusal {
         rule: "signal".into(),
-        message: format!("{name:?} is not a signal name (e.g. SIGUSR1 or USR1)"),
+        message: format!("{name} is not a signal this system can send"),
     })
 }
 
@@ -100,12 +99,18 @@ pub async fn unit(ctx: &Ctx, bus: Option<&str>, request: &v1::UnitAction) -> Rep
     }
 }
 
-/// `systemctl kill -s SIGNAL [--kill-whom=main|all] UNIT`.
-pub async fn signal(_ctx: &Ctx, bus: Option<&str>, request: &v1::SignalUnit) -> Report {
+/// `systemctl kill -s SIGNAL [--kill-whom=main|all] UNIT`, for a signal `policy.signals`
+/// allows (checked again here so this is safe to call on its own).
+pub async fn signal(
+    _ctx: &Ctx,
+    bus: Option<&str>,
+    policy: &LocalPolicy,
+    request: &v1::SignalUnit,
+) -> Report {
     if let Err(refusal) = validate_unit_name(&request.unit) {
         return Report::refused(refusal);
     }
-    let signal = match parse_signal(&request.signal) {
+    let signal = match policy.signal_allowed(&request.signal).and_then(to_signal) {
         Ok(s) => s,
         Err(refusal) => return Report::refused(refusal),
     };
