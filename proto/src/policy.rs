@@ -21,8 +21,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::v1::{self, action::Kind, health::Check};
 
-/// The `[policy]` table of the agent's configuration. Every default refuses: no units, no
-/// removal, no patch, no reboot, no `/dev/shm` fix, no exec.
+/// The planner's view of a host's `[policy]` table, as facts report it: the keys every agent
+/// version has. Every default refuses: no units, no removal, no patch, no reboot, no
+/// `/dev/shm` fix, no exec. Its shape is kept as it was so that existing callers keep
+/// building; what the agent enforces is [`LocalPolicy`], a superset of it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
@@ -729,7 +731,9 @@ impl LocalPolicy {
         }
     }
 
-    /// Builds a policy from the form reported in facts.
+    /// Builds a policy from the form reported in facts. Agents report their effective lists;
+    /// one older than `health_targets` and `signals` reports them empty, which reads as
+    /// "none allowed" here although that agent allowed any.
     pub fn from_proto(p: &v1::Policy) -> LocalPolicy {
         let mut policy = LocalPolicy::from(Policy::from_proto(p));
         policy.exec = p
