@@ -1,11 +1,12 @@
 //! The event log: each host's log (steps, results, output excerpts) and the audit trail (who
-//! did what), appended to the store and broadcast to `pitcrew events --follow`.
+//! did what), appended through the store's writer and broadcast to `pitcrew events --follow`
+//! once durable.
 
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use crate::store::{EventRecord, Store, StoreError};
+use crate::store::{EventRecord, Store, events};
 
 /// Appends events and tells followers.
 pub struct EventLog {
@@ -16,40 +17,57 @@ pub struct EventLog {
 /// The longest message kept in one event (output excerpts are cut to this, keeping the end).
 pub const MAX_EVENT_MESSAGE: usize = 4096;
 
+/// Cuts a message to [`MAX_EVENT_MESSAGE`] bytes, keeping its end (where errors are).
+pub(crate) fn bounded(message: String) -> String {
+    if message.len() <= MAX_EVENT_MESSAGE {
+        return message;
+    }
+    let mut cut = message.len() - MAX_EVENT_MESSAGE;
+    while !message.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!("…{}", &message[cut..])
+}
+
 impl EventLog {
     pub fn new(store: Arc<Store>) -> EventLog {
         EventLog {
             store,
-            tx: broadcast::channel(1024).0,
+            tx: broadcast::channel(4096).0,
         }
     }
 
-    /// Appends one event; returns it with its id and time filled in.
-    pub fn append(&self, mut event: EventRecord) -> Result<EventRecord, StoreError> {
+    /// Appends one event without waiting; followers see it once it is durable.
+    pub fn append(&self, mut event: EventRecord) {
         if event.at_ms == 0 {
             event.at_ms = pitcrew_proto::now_ms();
         }
-        if event.message.len() > MAX_EVENT_MESSAGE {
-            let mut cut = event.message.len() - MAX_EVENT_MESSAGE;
-            while !event.message.is_char_boundary(cut) {
-                cut += 1;
-            }
-            event.message = format!("…{}", &event.message[cut..]);
+        event.message = bounded(event.message);
+        let tx = self.tx.clone();
+        let submitted = self.store.submit(
+            move |c| {
+                let id = events::append(c, &event)?;
+                Ok(EventRecord { id, ..event })
+            },
+            move |stored| match stored {
+                Ok(event) => {
+                    let _ = tx.send(event);
+                }
+                Err(error) => tracing::error!(message = "cannot write the event log", %error),
+            },
+        );
+        if let Err(error) = submitted {
+            tracing::error!(message = "cannot write the event log", %error);
         }
-        event.id = self.store.append_event(&event)?;
-        let _ = self.tx.send(event.clone());
-        Ok(event)
+    }
+
+    /// Tells followers about an event another writer (the engine's turn) made durable.
+    pub fn publish(&self, event: EventRecord) {
+        let _ = self.tx.send(event);
     }
 
     /// A host log line.
-    pub fn host(
-        &self,
-        host_id: &str,
-        campaign_id: &str,
-        step: &str,
-        result: &str,
-        message: &str,
-    ) -> Result<EventRecord, StoreError> {
+    pub fn host(&self, host_id: &str, campaign_id: &str, step: &str, result: &str, message: &str) {
         self.append(EventRecord {
             kind: "host".into(),
             host_id: host_id.into(),
@@ -62,13 +80,7 @@ impl EventLog {
     }
 
     /// An audit record: `actor` did `message`.
-    pub fn audit(
-        &self,
-        actor: &str,
-        host_id: &str,
-        campaign_id: &str,
-        message: &str,
-    ) -> Result<EventRecord, StoreError> {
+    pub fn audit(&self, actor: &str, host_id: &str, campaign_id: &str, message: &str) {
         self.append(EventRecord {
             kind: "audit".into(),
             host_id: host_id.into(),

@@ -3,10 +3,11 @@
 //! the operators' Admin API over mTLS, and runs campaigns with the scheduler.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod ca;
-pub mod campaigns;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod events;
 pub mod init;
 pub mod registry;

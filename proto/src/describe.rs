@@ -84,6 +84,19 @@ pub fn action(action: Option<&v1::Action>) -> String {
     }
 }
 
+/// The one word an operator sees for an action's outcome, in the event log and the CLI.
+pub fn outcome(outcome: i32) -> &'static str {
+    match v1::Outcome::try_from(outcome).unwrap_or(v1::Outcome::Unspecified) {
+        v1::Outcome::Succeeded => "succeeded",
+        v1::Outcome::Failed => "failed",
+        v1::Outcome::Refused => "refused",
+        v1::Outcome::TimedOut => "timed out",
+        v1::Outcome::Cancelled => "cancelled",
+        v1::Outcome::Interrupted => "interrupted",
+        v1::Outcome::Unspecified => "unknown",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

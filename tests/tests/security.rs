@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pitcrew_coordinator::ca::{Ca, make_csr};
-use pitcrew_coordinator::store::{Store, TokenRecord};
+use pitcrew_coordinator::store::{Store, TokenRecord, tokens};
 use pitcrew_proto::tls;
 use pitcrew_proto::v1::{
     self, admin_client::AdminClient, agent_session_client::AgentSessionClient,
@@ -156,7 +156,10 @@ fn no_certificate_is_refused_by_admin_and_sessions() {
     let rt = runtime();
     rt.block_on(async {
         let mut admin = AdminClient::new(channel(&coordinator, None).await);
-        let error = admin.list_hosts(v1::ListHostsRequest {}).await.unwrap_err();
+        let error = admin
+            .list_hosts(v1::ListHostsRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), tonic::Code::Unauthenticated, "{error:?}");
         let mut session = AgentSessionClient::new(channel(&coordinator, None).await);
         let error = session
@@ -233,19 +236,20 @@ fn expired_revoked_and_used_up_tokens_are_refused_saying_which() {
     // so a second writer is safe): expiry is checked against the clock, not trusted to cleanup.
     let expired_secret = "pcj_deadbeef_expired";
     let store = Store::open(&coordinator.dir.join("pitcrew.db")).unwrap();
+    let record = TokenRecord {
+        id: "deadbeef".into(),
+        hash: pitcrew_coordinator::tokens::hash(expired_secret),
+        role: "worker".into(),
+        labels: Default::default(),
+        uses_left: 1,
+        uses_total: 1,
+        expires_at_ms: pitcrew_proto::now_ms() - 1000,
+        revoked: false,
+        created_at_ms: 0,
+        created_by: "test".into(),
+    };
     store
-        .insert_token(&TokenRecord {
-            id: "deadbeef".into(),
-            hash: pitcrew_coordinator::tokens::hash(expired_secret),
-            role: "worker".into(),
-            labels: Default::default(),
-            uses_left: 1,
-            uses_total: 1,
-            expires_at_ms: pitcrew_proto::now_ms() - 1000,
-            revoked: false,
-            created_at_ms: 0,
-            created_by: "test".into(),
-        })
+        .write_blocking(move |c| tokens::insert(c, &record))
         .unwrap();
     let revoked = coordinator.token("worker", &[], 1);
     let id = coordinator

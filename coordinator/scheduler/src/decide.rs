@@ -351,7 +351,7 @@ struct Occupancy {
 }
 
 impl Occupancy {
-    fn build(fleet: &Fleet, campaigns: &[CampaignRun]) -> Occupancy {
+    fn build<'a>(fleet: &Fleet, campaigns: impl IntoIterator<Item = &'a CampaignRun>) -> Occupancy {
         let mut occ = Occupancy::default();
         for id in fleet.manual.keys() {
             if let Some(h) = fleet.hosts.get(id) {
@@ -510,10 +510,14 @@ fn resolve_target(
 /// Decides what happens next across every campaign and manual maintenance at `now_ms`.
 ///
 /// Campaigns earlier in `campaigns` get slots first (pass them in creation order). The result
-/// is a pure function of the arguments.
-pub fn decide(fleet: &Fleet, campaigns: &[CampaignRun], now_ms: i64) -> Decisions {
+/// is a pure function of the arguments. `campaigns` is any re-iterable collection (a slice, or
+/// a filter over the runtime's runs) so the caller never copies its runs to decide.
+pub fn decide<'a, I>(fleet: &Fleet, campaigns: I, now_ms: i64) -> Decisions
+where
+    I: IntoIterator<Item = &'a CampaignRun> + Clone,
+{
     let mut out = Decisions::default();
-    let mut occ = Occupancy::build(fleet, campaigns);
+    let mut occ = Occupancy::build(fleet, campaigns.clone());
 
     for run in campaigns {
         if run.state == CampaignState::Completed {

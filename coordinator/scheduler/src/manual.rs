@@ -35,13 +35,16 @@ pub enum ManualError {
 /// Running → Entering: checks the host is free, and for a manager that its cluster's manager
 /// slot is free and every other manager is connected and healthy. Returns the host id and
 /// the state to store in [`Fleet::manual`].
-pub fn manual_enable(
+pub fn manual_enable<'a, I>(
     fleet: &Fleet,
-    campaigns: &[CampaignRun],
+    campaigns: I,
     host: &str,
     by: &str,
     now_ms: i64,
-) -> Result<(String, ManualState), ManualError> {
+) -> Result<(String, ManualState), ManualError>
+where
+    I: IntoIterator<Item = &'a CampaignRun> + Clone,
+{
     let view = fleet
         .find(host)
         .ok_or_else(|| ManualError::UnknownHost(host.to_owned()))?;
@@ -51,7 +54,7 @@ pub fn manual_enable(
             phase: m.phase,
         });
     }
-    for run in campaigns {
+    for run in campaigns.clone() {
         if let Some(h) = run.host(&view.id)
             && h.state.holds_slot()
         {

@@ -55,7 +55,7 @@ impl fmt::Display for CampaignState {
 
 /// A host's state within one campaign. Entering, Maintenance and Leaving follow the
 /// hyper-converged runbook's node states; Failed keeps the slot (DESIGN.md invariant 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HostState {
     Pending,

@@ -93,15 +93,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
     let dir = DataDir::new(&data_dir);
-    let coordinator = Coordinator::open(&dir)?;
+    let (coordinator, engine) = Coordinator::open(&dir).await?;
     let address = listen.unwrap_or_else(|| coordinator.config.listen.clone());
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     tracing::info!(message = "pitcrew coordinator serving", address = %listener.local_addr()?, data_dir = %data_dir.display());
-    pitcrew_coordinator::campaigns::start(coordinator.clone());
+    // Ready only now: the campaigns are loaded and the engine runs.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    server::serve(coordinator, &dir, listener, shutdown_signal()).await?;
+    tokio::select! {
+        served = server::serve(coordinator, &dir, listener, shutdown_signal()) => served?,
+        // The engine owns every campaign: a coordinator without it must not go on serving.
+        ended = engine => {
+            match ended {
+                Ok(Ok(())) => anyhow::bail!("the campaign engine stopped"),
+                Ok(Err(error)) => anyhow::bail!("the campaign engine stopped: {error}"),
+                Err(error) => anyhow::bail!("the campaign engine failed: {error}"),
+            }
+        }
+    }
     tracing::info!(message = "pitcrew coordinator stopped");
     Ok(())
 }

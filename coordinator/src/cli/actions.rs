@@ -234,8 +234,7 @@ pub async fn run(connect: &ConnectArgs, format: Format, args: DoArgs) -> anyhow:
     if format == Format::Json {
         output::json(&result)?;
     } else {
-        let outcome = v1::Outcome::try_from(result.outcome).unwrap_or(v1::Outcome::Unspecified);
-        let word = crate::server::session::outcome_word(outcome);
+        let word = pitcrew_proto::describe::outcome(result.outcome);
         if !result.output.is_empty() {
             print!("{}", result.output);
             if !result.output.ends_with('\n') {
@@ -256,9 +255,7 @@ pub async fn run(connect: &ConnectArgs, format: Format, args: DoArgs) -> anyhow:
         anyhow::bail!(
             "action {} {}",
             result.action_id,
-            crate::server::session::outcome_word(
-                v1::Outcome::try_from(result.outcome).unwrap_or(v1::Outcome::Unspecified)
-            )
+            pitcrew_proto::describe::outcome(result.outcome)
         );
     }
     Ok(())

@@ -148,16 +148,12 @@ pub async fn campaign(
                 "started",
             ]);
             for c in list {
-                let done = c
-                    .hosts
-                    .iter()
-                    .filter(|h| matches!(h.state.as_str(), "done" | "skipped"))
-                    .count();
+                let count = |state: &str| c.host_counts.get(state).copied().unwrap_or(0);
                 table.add_row(vec![
                     c.id,
                     c.name,
                     c.state,
-                    format!("{done}/{}", c.hosts.len()),
+                    format!("{}/{}", count("done") + count("skipped"), c.hosts_total),
                     format!("{}/{}", c.failures, c.max_failures),
                     c.blocker,
                     output::clock(c.created_at_ms),
@@ -167,11 +163,7 @@ pub async fn campaign(
             Ok(())
         }
         CampaignCommand::Show { id } => {
-            let info = client
-                .get_campaign(v1::GetCampaignRequest { id })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let info = campaign_with_every_host(&mut client, id).await?;
             if format == Format::Json {
                 return output::json(&info);
             }
@@ -209,6 +201,36 @@ pub async fn campaign(
             Ok(())
         }
     }
+}
+
+/// A campaign with all its hosts, following the coordinator's pages.
+async fn campaign_with_every_host(
+    client: &mut v1::admin_client::AdminClient<tonic::transport::Channel>,
+    id: String,
+) -> anyhow::Result<v1::CampaignInfo> {
+    let mut info = client
+        .get_campaign(v1::GetCampaignRequest {
+            id: id.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    while !info.next_page_token.is_empty() {
+        let page = client
+            .get_campaign(v1::GetCampaignRequest {
+                id: id.clone(),
+                page_size: 0,
+                page_token: std::mem::take(&mut info.next_page_token),
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        info.hosts.extend(page.hosts);
+        info.next_page_token = page.next_page_token;
+    }
+    Ok(info)
 }
 
 async fn control(
@@ -265,7 +287,11 @@ pub fn print_campaign(info: &v1::CampaignInfo) {
 pub async fn watch(connect: &ConnectArgs, format: Format, id: &str) -> anyhow::Result<()> {
     let mut client = admin(connect).await?;
     let mut stream = client
-        .watch_campaign(v1::GetCampaignRequest { id: id.to_owned() })
+        .watch_campaign(v1::GetCampaignRequest {
+            id: id.to_owned(),
+            page_size: 0,
+            page_token: String::new(),
+        })
         .await
         .map_err(status)?
         .into_inner();
@@ -394,17 +420,9 @@ pub async fn events(connect: &ConnectArgs, format: Format, args: EventsArgs) -> 
     let request = v1::ListEventsRequest {
         host: args.host.unwrap_or_default(),
         campaign_id: args.campaign.unwrap_or_default(),
-        limit: args.limit,
+        limit: args.limit.min(EVENTS_PAGE),
+        before_id: 0,
     };
-    let hosts: BTreeMap<String, String> = client
-        .list_hosts(v1::ListHostsRequest {})
-        .await
-        .map_err(status)?
-        .into_inner()
-        .hosts
-        .into_iter()
-        .map(|h| (h.host_id, h.hostname))
-        .collect();
     let print = |e: &v1::Event| -> anyhow::Result<()> {
         if format == Format::Json {
             println!("{}", serde_json::to_string(e)?);
@@ -413,10 +431,11 @@ pub async fn events(connect: &ConnectArgs, format: Format, args: EventsArgs) -> 
         let who = if e.kind == "audit" {
             format!("audit by {}", e.actor)
         } else {
-            hosts
-                .get(&e.host_id)
-                .cloned()
-                .unwrap_or_else(|| e.host_id.clone())
+            if e.hostname.is_empty() {
+                e.host_id.clone()
+            } else {
+                e.hostname.clone()
+            }
         };
         let campaign = if e.campaign_id.is_empty() {
             String::new()
@@ -451,12 +470,7 @@ pub async fn events(connect: &ConnectArgs, format: Format, args: EventsArgs) -> 
         }
         return Ok(());
     }
-    let events = client
-        .list_events(request)
-        .await
-        .map_err(status)?
-        .into_inner()
-        .events;
+    let events = newest_events(&mut client, request, args.limit).await?;
     if format == Format::Json {
         return output::json(&events);
     }
@@ -464,4 +478,42 @@ pub async fn events(connect: &ConnectArgs, format: Format, args: EventsArgs) -> 
         print(e)?;
     }
     Ok(())
+}
+
+/// The largest page of events one call asks for.
+const EVENTS_PAGE: u32 = 1000;
+
+/// The newest `limit` matching events (0: all), oldest first, paging backwards.
+async fn newest_events(
+    client: &mut v1::admin_client::AdminClient<tonic::transport::Channel>,
+    mut request: v1::ListEventsRequest,
+    limit: u32,
+) -> anyhow::Result<Vec<v1::Event>> {
+    let mut pages: Vec<Vec<v1::Event>> = Vec::new();
+    let mut taken: u32 = 0;
+    loop {
+        let want = if limit == 0 {
+            EVENTS_PAGE
+        } else {
+            (limit - taken).min(EVENTS_PAGE)
+        };
+        request.limit = want;
+        let page = client
+            .list_events(request.clone())
+            .await
+            .map_err(status)?
+            .into_inner()
+            .events;
+        let got = u32::try_from(page.len()).unwrap_or(u32::MAX);
+        let oldest = page.first().map(|e| e.id);
+        pages.push(page);
+        taken = taken.saturating_add(got);
+        match oldest {
+            Some(oldest) if got == want && (limit == 0 || taken < limit) => {
+                request.before_id = oldest;
+            }
+            _ => break,
+        }
+    }
+    Ok(pages.into_iter().rev().flatten().collect())
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use pitcrew_proto::v1;
 
 use super::connect::{ConnectArgs, admin, status};
@@ -10,8 +10,8 @@ use super::output::{self, Format};
 
 #[derive(Subcommand)]
 pub enum HostsCommand {
-    /// List every host (the default).
-    Ls,
+    /// List hosts (the default: every host), page by page from the coordinator.
+    Ls(HostsFilter),
     /// Show one host (id or hostname) with all its facts.
     Show { host: String },
 }
@@ -38,6 +38,64 @@ pub enum TokenCommand {
     Revoke { id: String },
 }
 
+/// Which hosts `pitcrew hosts ls` lists; the coordinator applies the filters.
+#[derive(Args, Default)]
+pub struct HostsFilter {
+    /// Only hosts of this role.
+    #[arg(long, value_parser = ["worker", "manager"])]
+    role: Option<String>,
+    /// Only hosts with this label, as key=value.
+    #[arg(long, value_parser = parse_label)]
+    label: Option<(String, String)>,
+    /// Only hosts in this maintenance state.
+    #[arg(long, value_parser = ["running", "entering", "maintenance", "leaving", "failed"])]
+    state: Option<String>,
+    /// Only connected hosts.
+    #[arg(long, conflicts_with = "disconnected")]
+    connected: bool,
+    /// Only disconnected hosts.
+    #[arg(long)]
+    disconnected: bool,
+}
+
+/// Every host matching the filter, following the coordinator's pages.
+async fn list_all(
+    client: &mut v1::admin_client::AdminClient<tonic::transport::Channel>,
+    filter: &HostsFilter,
+) -> anyhow::Result<Vec<v1::HostInfo>> {
+    let mut hosts = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_hosts(v1::ListHostsRequest {
+                page_size: 0,
+                page_token,
+                role: filter.role.clone().unwrap_or_default(),
+                label: filter
+                    .label
+                    .as_ref()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .unwrap_or_default(),
+                state: filter.state.clone().unwrap_or_default(),
+                connected: if filter.connected {
+                    v1::ConnectedFilter::Connected as i32
+                } else if filter.disconnected {
+                    v1::ConnectedFilter::Disconnected as i32
+                } else {
+                    v1::ConnectedFilter::Any as i32
+                },
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        hosts.extend(page.hosts);
+        if page.next_page_token.is_empty() {
+            return Ok(hosts);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -51,14 +109,9 @@ pub async fn hosts(
     command: Option<HostsCommand>,
 ) -> anyhow::Result<()> {
     let mut client = admin(connect).await?;
-    match command.unwrap_or(HostsCommand::Ls) {
-        HostsCommand::Ls => {
-            let hosts = client
-                .list_hosts(v1::ListHostsRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .hosts;
+    match command.unwrap_or(HostsCommand::Ls(HostsFilter::default())) {
+        HostsCommand::Ls(filter) => {
+            let hosts = list_all(&mut client, &filter).await?;
             if format == Format::Json {
                 return output::json(&hosts);
             }

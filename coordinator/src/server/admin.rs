@@ -1,6 +1,9 @@
 //! `Admin`: the operator's API (hosts, tokens, one-off actions, campaigns, maintenance, events).
 //! Every call needs an operator certificate; agents are refused. Every change is audited with
 //! the operator's name from the certificate.
+//!
+//! This layer checks and maps requests and answers; campaign state is the engine's, host and
+//! event listings are read page by page from the store, and nothing here recomputes the fleet.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -9,13 +12,17 @@ use std::sync::Arc;
 use futures::Stream;
 use pitcrew_proto::identity::require_operator;
 use pitcrew_proto::v1::{self, admin_server::Admin};
+use pitcrew_scheduler::{CampaignRun, CampaignSpec, CampaignState};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::Coordinator;
-use crate::store::{ActionRecord, EventFilter, EventRecord, HostRecord, TokenRecord};
+use super::convert::{self, page_size};
+use crate::engine::{CampaignControl, HostControl, HostPage};
+use crate::store::{ActionRecord, EventFilter, HostFilter, HostRecord, TokenRecord};
+use crate::store::{actions, events, hosts, tokens as token_store};
 use crate::tokens;
 
 /// Longest accepted token lifetime: a join token is for installing, not a standing credential.
@@ -33,12 +40,25 @@ impl AdminService {
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Finds a host by id or by unique hostname.
-pub fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Status> {
-    if let Some(host) = c.store.host(name)? {
+/// Finds a host by id or by unique hostname (one indexed lookup each).
+pub async fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Status> {
+    let wanted = name.to_owned();
+    let (by_id, by_name) = c
+        .store
+        .read(move |conn| {
+            let by_id = hosts::get(conn, &wanted)?;
+            let by_name = if by_id.is_none() {
+                hosts::by_hostname(conn, &wanted)?
+            } else {
+                Vec::new()
+            };
+            Ok((by_id, by_name))
+        })
+        .await?;
+    if let Some(host) = by_id {
         return Ok(host);
     }
-    let mut matches = c.store.hosts()?.into_iter().filter(|h| h.hostname == name);
+    let mut matches = by_name.into_iter();
     match (matches.next(), matches.next()) {
         (Some(host), None) => Ok(host),
         (None, _) => Err(Status::not_found(format!(
@@ -50,56 +70,22 @@ pub fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Status> {
     }
 }
 
-/// The operator's view of a host.
-pub fn host_info(c: &Coordinator, host: HostRecord) -> v1::HostInfo {
-    let facts = if host.facts.is_empty() {
-        None
-    } else {
-        v1::Facts::decode(host.facts.as_slice()).ok()
-    };
-    let connected = c.registry.is_connected(&host.host_id);
-    let (maintenance_state, held_by) = crate::campaigns::host_hold(c, &host.host_id);
-    v1::HostInfo {
-        host_id: host.host_id,
-        hostname: host.hostname,
-        role: host.role,
-        labels: host.labels.into_iter().collect(),
-        connected,
-        last_seen_ms: host.last_seen_ms,
-        facts,
-        cert_serial: host.cert_serial,
-        maintenance_state,
-        held_by,
-        enrolled_at_ms: host.enrolled_at_ms,
-    }
-}
-
-fn token_info(t: TokenRecord) -> v1::TokenInfo {
-    v1::TokenInfo {
-        id: t.id,
-        role: t.role,
-        labels: t.labels.into_iter().collect(),
-        uses_left: t.uses_left,
-        uses_total: t.uses_total,
-        expires_at_ms: t.expires_at_ms,
-        revoked: t.revoked,
-        created_at_ms: t.created_at_ms,
-        created_by: t.created_by,
-    }
-}
-
-pub fn event_proto(e: EventRecord) -> v1::Event {
-    v1::Event {
-        id: e.id,
-        at_ms: e.at_ms,
-        kind: e.kind,
-        host_id: e.host_id,
-        campaign_id: e.campaign_id,
-        step: e.step,
-        result: e.result,
-        message: e.message,
-        actor: e.actor,
-    }
+/// The operator's view of some hosts (live session and holder included).
+async fn host_infos(
+    c: &Coordinator,
+    records: Vec<HostRecord>,
+) -> Result<Vec<v1::HostInfo>, Status> {
+    let ids = records.iter().map(|h| h.host_id.clone()).collect();
+    let holds = c.engine.holds(ids).await?;
+    Ok(records
+        .into_iter()
+        .zip(holds)
+        .map(|(host, hold)| {
+            let connected = c.registry.is_connected(&host.host_id);
+            let seen = c.registry.last_seen(&host.host_id);
+            convert::host_info(host, connected, seen, hold)
+        })
+        .collect())
 }
 
 /// Validates a role name given by an operator.
@@ -143,6 +129,65 @@ fn valid_action_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
 }
 
+fn parse_spec(text: &str, source: &str) -> Result<CampaignSpec, Status> {
+    let source = if source.is_empty() {
+        "campaign.toml"
+    } else {
+        source
+    };
+    CampaignSpec::parse(text, source).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn new_campaign_id() -> String {
+    format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// The filters of a host listing that the store applies.
+fn host_filter(r: &v1::ListHostsRequest, limit: usize) -> Result<HostFilter, Status> {
+    let role = if r.role.is_empty() {
+        None
+    } else {
+        Some(parse_role(&r.role)?)
+    };
+    let label = if r.label.is_empty() {
+        None
+    } else {
+        let (k, v) = r.label.split_once('=').ok_or_else(|| {
+            Status::invalid_argument(format!("label filter {:?} is not key=value", r.label))
+        })?;
+        Some((k.to_owned(), v.to_owned()))
+    };
+    let after = if r.page_token.is_empty() {
+        None
+    } else {
+        Some(
+            convert::parse_host_page_token(&r.page_token).ok_or_else(|| {
+                Status::invalid_argument("the page token is not one this coordinator gave")
+            })?,
+        )
+    };
+    Ok(HostFilter {
+        role,
+        label,
+        after,
+        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+    })
+}
+
+fn campaign_page(r: &v1::GetCampaignRequest) -> Result<HostPage, Status> {
+    let offset = if r.page_token.is_empty() {
+        0
+    } else {
+        r.page_token.parse().map_err(|_| {
+            Status::invalid_argument("the page token is not one this coordinator gave")
+        })?
+    };
+    Ok(HostPage::Range {
+        offset,
+        limit: page_size(r.page_size),
+    })
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn list_hosts(
@@ -151,13 +196,48 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::ListHostsResponse>, Status> {
         require_operator(&request)?;
         let c = &self.coordinator;
-        let hosts = c
-            .store
-            .hosts()?
-            .into_iter()
-            .map(|h| host_info(c, h))
-            .collect();
-        Ok(Response::new(v1::ListHostsResponse { hosts }))
+        let r = request.into_inner();
+        let want = page_size(r.page_size);
+        let mut filter = host_filter(&r, want)?;
+        let connected = v1::ConnectedFilter::try_from(r.connected).unwrap_or_default();
+        // Filters the store cannot apply (live session, holder) may thin a page: read on
+        // until the page is full or the fleet ends.
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut exhausted = false;
+        while out.len() < want && !exhausted {
+            let page_filter = filter.clone();
+            let page = c
+                .store
+                .read(move |conn| hosts::list(conn, &page_filter))
+                .await?;
+            exhausted = page.len() < want;
+            let Some(tail) = page.last() else { break };
+            filter.after = Some((tail.hostname.clone(), tail.host_id.clone()));
+            for info in host_infos(c, page).await? {
+                if out.len() == want {
+                    exhausted = false;
+                    break;
+                }
+                last = Some((info.hostname.clone(), info.host_id.clone()));
+                let live_ok = match connected {
+                    v1::ConnectedFilter::Any => true,
+                    v1::ConnectedFilter::Connected => info.connected,
+                    v1::ConnectedFilter::Disconnected => !info.connected,
+                };
+                if live_ok && (r.state.is_empty() || info.maintenance_state == r.state) {
+                    out.push(info);
+                }
+            }
+        }
+        let next_page_token = match (exhausted, last) {
+            (false, Some((name, id))) => convert::host_page_token(&name, &id),
+            _ => String::new(),
+        };
+        Ok(Response::new(v1::ListHostsResponse {
+            hosts: out,
+            next_page_token,
+        }))
     }
 
     async fn get_host(
@@ -166,8 +246,10 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::HostInfo>, Status> {
         require_operator(&request)?;
         let c = &self.coordinator;
-        let host = resolve_host(c, &request.get_ref().host)?;
-        Ok(Response::new(host_info(c, host)))
+        let host = resolve_host(c, &request.get_ref().host).await?;
+        let info = host_infos(c, vec![host]).await?.pop();
+        info.map(Response::new)
+            .ok_or_else(|| Status::internal("the host vanished while being read"))
     }
 
     async fn create_token(
@@ -204,7 +286,10 @@ impl Admin for AdminService {
             created_at_ms: now,
             created_by: operator.clone(),
         };
-        c.store.insert_token(&record)?;
+        let stored = record.clone();
+        c.store
+            .write(move |conn| token_store::insert(conn, &stored))
+            .await?;
         c.events.audit(
             &operator,
             "",
@@ -213,10 +298,10 @@ impl Admin for AdminService {
                 "created join token {} for role {} ({} uses, {} s)",
                 record.id, record.role, uses, ttl
             ),
-        )?;
+        );
         Ok(Response::new(v1::CreateTokenResponse {
             token: new.secret,
-            info: Some(token_info(record)),
+            info: Some(convert::token_info(record)),
         }))
     }
 
@@ -228,9 +313,10 @@ impl Admin for AdminService {
         let tokens = self
             .coordinator
             .store
-            .tokens()?
+            .read(token_store::list)
+            .await?
             .into_iter()
-            .map(token_info)
+            .map(convert::token_info)
             .collect();
         Ok(Response::new(v1::ListTokensResponse { tokens }))
     }
@@ -241,14 +327,16 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::TokenInfo>, Status> {
         let (operator, _) = require_operator(&request)?;
         let c = &self.coordinator;
-        let id = &request.get_ref().id;
+        let id = request.into_inner().id;
+        let wanted = id.clone();
         let token = c
             .store
-            .revoke_token(id)?
+            .write(move |conn| token_store::revoke(conn, &wanted))
+            .await?
             .ok_or_else(|| Status::not_found(format!("no join token has the id {id:?}")))?;
         c.events
-            .audit(&operator, "", "", &format!("revoked join token {id}"))?;
-        Ok(Response::new(token_info(token)))
+            .audit(&operator, "", "", &format!("revoked join token {id}"));
+        Ok(Response::new(convert::token_info(token)))
     }
 
     type RunActionStream = EventStream<v1::ActionEvent>;
@@ -260,7 +348,7 @@ impl Admin for AdminService {
         let (operator, _) = require_operator(&request)?;
         let c = self.coordinator.clone();
         let r = request.into_inner();
-        let host = resolve_host(&c, &r.host)?;
+        let host = resolve_host(&c, &r.host).await?;
         let mut action = r
             .request
             .ok_or_else(|| Status::invalid_argument("no action given"))?;
@@ -279,14 +367,6 @@ impl Admin for AdminService {
                 "an action id is 1 to 128 of [A-Za-z0-9._:-]",
             ));
         }
-        if let Some(existing) = c.store.action(&action.action_id)?
-            && existing.host_id != host.host_id
-        {
-            return Err(Status::already_exists(format!(
-                "action id {} was used for another host",
-                action.action_id
-            )));
-        }
         if !c.registry.is_connected(&host.host_id) {
             return Err(Status::failed_precondition(format!(
                 "host {} is not connected",
@@ -300,15 +380,30 @@ impl Admin for AdminService {
         );
         let id = action.action_id.clone();
         // Subscribe before sending, so no event can be missed.
-        let mut events = c.registry.watch_action(&id);
-        c.store.insert_action(&ActionRecord {
+        let mut events = c.registry.watch_action(&id, &host.host_id);
+        let record = ActionRecord {
             action_id: id.clone(),
             host_id: host.host_id.clone(),
             campaign_id: String::new(),
             request: action.encode_to_vec(),
             result: None,
             created_at_ms: pitcrew_proto::now_ms(),
-        })?;
+        };
+        let owner = c
+            .store
+            .write(move |conn| {
+                if let Some(existing) = actions::get(conn, &record.action_id)? {
+                    return Ok(Some(existing.host_id));
+                }
+                actions::insert(conn, &record)?;
+                Ok(None)
+            })
+            .await?;
+        if owner.is_some_and(|owner| owner != host.host_id) {
+            return Err(Status::already_exists(format!(
+                "action id {id} was used for another host"
+            )));
+        }
         c.events.audit(
             &operator,
             &host.host_id,
@@ -318,16 +413,13 @@ impl Admin for AdminService {
                 pitcrew_proto::describe::action(action.action.as_ref()),
                 host.hostname
             ),
-        )?;
-        let sent = c
-            .registry
-            .send(
-                &host.host_id,
-                v1::CoordinatorMessage {
-                    msg: Some(v1::coordinator_message::Msg::Action(action)),
-                },
-            )
-            .await;
+        );
+        let sent = c.registry.try_send(
+            &host.host_id,
+            v1::CoordinatorMessage {
+                msg: Some(v1::coordinator_message::Msg::Action(action)),
+            },
+        );
         if !sent {
             return Err(Status::unavailable(format!(
                 "host {} disconnected before the action was sent",
@@ -335,7 +427,7 @@ impl Admin for AdminService {
             )));
         }
         let (tx, rx) = mpsc::channel(64);
-        let mut changes = c.registry.subscribe_changes();
+        let mut sessions = c.registry.subscribe_sessions();
         tokio::spawn(async move {
             let mut announced = false;
             loop {
@@ -350,7 +442,7 @@ impl Admin for AdminService {
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },
-                    changed = changes.changed() => {
+                    changed = sessions.changed() => {
                         if changed.is_err() {
                             return;
                         }
@@ -381,8 +473,8 @@ impl Admin for AdminService {
                         let cancel = v1::CoordinatorMessage {
                             msg: Some(v1::coordinator_message::Msg::Cancel(v1::CancelAction { action_id: id.clone() })),
                         };
-                        c.registry.send(&host.host_id, cancel).await;
-                        let _ = c.events.audit(&operator, &host.host_id, "", &format!("interrupted {id}: cancel sent to {}", host.hostname));
+                        c.registry.try_send(&host.host_id, cancel);
+                        c.events.audit(&operator, &host.host_id, "", &format!("interrupted {id}: cancel sent to {}", host.hostname));
                         return;
                     }
                 }
@@ -398,7 +490,17 @@ impl Admin for AdminService {
         request: Request<v1::PlanCampaignRequest>,
     ) -> Result<Response<v1::CampaignPlan>, Status> {
         require_operator(&request)?;
-        crate::campaigns::plan(&self.coordinator, request.get_ref()).map(Response::new)
+        let r = request.into_inner();
+        let spec = parse_spec(&r.spec_toml, &r.source_name)?;
+        let hosts = self.coordinator.engine.hosts().await?;
+        // Planning simulates the whole run: it runs off the async workers and the engine.
+        let plan = tokio::task::spawn_blocking(move || {
+            pitcrew_scheduler::plan(&spec, "(plan)", &hosts, pitcrew_proto::now_ms())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("planning failed: {e}")))?
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(convert::plan(&plan)))
     }
 
     async fn create_campaign(
@@ -406,7 +508,22 @@ impl Admin for AdminService {
         request: Request<v1::CreateCampaignRequest>,
     ) -> Result<Response<v1::CampaignInfo>, Status> {
         let (operator, _) = require_operator(&request)?;
-        crate::campaigns::create(&self.coordinator, &operator, request.get_ref()).map(Response::new)
+        let c = &self.coordinator;
+        let r = request.into_inner();
+        let spec = parse_spec(&r.spec_toml, &r.source_name)?;
+        let hosts = c.engine.hosts().await?;
+        let id = new_campaign_id();
+        let run = tokio::task::spawn_blocking(move || {
+            let now = pitcrew_proto::now_ms();
+            // The same refusals as `plan`: nothing that cannot run is started.
+            pitcrew_scheduler::plan(&spec, &id, &hosts, now)?;
+            CampaignRun::new(&id, &spec, &hosts, now)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("planning failed: {e}")))?
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let view = c.engine.insert_run(run, r.spec_toml, operator).await?;
+        Ok(Response::new(convert::campaign_info(view)))
     }
 
     async fn list_campaigns(
@@ -414,7 +531,15 @@ impl Admin for AdminService {
         request: Request<v1::ListCampaignsRequest>,
     ) -> Result<Response<v1::ListCampaignsResponse>, Status> {
         require_operator(&request)?;
-        crate::campaigns::list(&self.coordinator).map(Response::new)
+        let campaigns = self
+            .coordinator
+            .engine
+            .list()
+            .await?
+            .into_iter()
+            .map(convert::campaign_info)
+            .collect();
+        Ok(Response::new(v1::ListCampaignsResponse { campaigns }))
     }
 
     async fn get_campaign(
@@ -422,7 +547,10 @@ impl Admin for AdminService {
         request: Request<v1::GetCampaignRequest>,
     ) -> Result<Response<v1::CampaignInfo>, Status> {
         require_operator(&request)?;
-        crate::campaigns::get(&self.coordinator, &request.get_ref().id).map(Response::new)
+        let r = request.into_inner();
+        let page = campaign_page(&r)?;
+        let view = self.coordinator.engine.view(r.id, page).await?;
+        Ok(Response::new(convert::campaign_info(view)))
     }
 
     type WatchCampaignStream = EventStream<v1::CampaignInfo>;
@@ -433,35 +561,48 @@ impl Admin for AdminService {
     ) -> Result<Response<Self::WatchCampaignStream>, Status> {
         require_operator(&request)?;
         let c = self.coordinator.clone();
-        let id = request.get_ref().id.clone();
-        let first = crate::campaigns::get(&c, &id)?;
+        let r = request.into_inner();
+        let page = HostPage::Active {
+            limit: page_size(r.page_size),
+        };
+        let id = r.id;
+        let mut changes = c.engine.subscribe();
+        let first = c.engine.view(id.clone(), page).await?;
         let (tx, rx) = mpsc::channel(16);
-        let mut changes = c.registry.subscribe_changes();
-        let mut campaign_changes = c.registry.subscribe_campaigns();
         tokio::spawn(async move {
             let mut last = first;
-            if tx.send(Ok(last.clone())).await.is_err() {
+            if tx
+                .send(Ok(convert::campaign_info(last.clone())))
+                .await
+                .is_err()
+            {
                 return;
             }
             loop {
-                if crate::campaigns::is_final(&last.state) {
+                if matches!(
+                    last.state,
+                    CampaignState::Completed | CampaignState::Cancelled
+                ) {
                     return;
                 }
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
-                    changed = campaign_changes.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
                 }
-                match crate::campaigns::get(&c, &id) {
-                    Ok(info) if info != last => {
-                        last = info;
-                        if tx.send(Ok(last.clone())).await.is_err() {
+                match c.engine.view(id.clone(), page).await {
+                    Ok(view) if view != last => {
+                        last = view;
+                        if tx
+                            .send(Ok(convert::campaign_info(last.clone())))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
                     Ok(_) => {}
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                    Err(error) => {
+                        let _ = tx.send(Err(error.into())).await;
                         return;
                     }
                 }
@@ -477,8 +618,23 @@ impl Admin for AdminService {
         request: Request<v1::ControlCampaignRequest>,
     ) -> Result<Response<v1::CampaignInfo>, Status> {
         let (operator, _) = require_operator(&request)?;
-        crate::campaigns::control(&self.coordinator, &operator, request.get_ref())
-            .map(Response::new)
+        let r = request.into_inner();
+        let control = match v1::CampaignControl::try_from(r.control) {
+            Ok(v1::CampaignControl::Pause) => CampaignControl::Pause,
+            Ok(v1::CampaignControl::Resume) => CampaignControl::Resume,
+            Ok(v1::CampaignControl::Cancel) => CampaignControl::Cancel,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "control must be pause, resume or cancel",
+                ));
+            }
+        };
+        let view = self
+            .coordinator
+            .engine
+            .control(operator, r.id, control)
+            .await?;
+        Ok(Response::new(convert::campaign_info(view)))
     }
 
     async fn control_host(
@@ -486,8 +642,24 @@ impl Admin for AdminService {
         request: Request<v1::ControlHostRequest>,
     ) -> Result<Response<v1::CampaignInfo>, Status> {
         let (operator, _) = require_operator(&request)?;
-        crate::campaigns::control_host(&self.coordinator, &operator, request.get_ref())
-            .map(Response::new)
+        let c = &self.coordinator;
+        let r = request.into_inner();
+        let control = match v1::HostControl::try_from(r.control) {
+            Ok(v1::HostControl::Retry) => HostControl::Retry,
+            Ok(v1::HostControl::Skip) => HostControl::Skip,
+            Ok(v1::HostControl::Release) => HostControl::Release,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "control must be retry, skip or release",
+                ));
+            }
+        };
+        let host = resolve_host(c, &r.host).await?;
+        let view = c
+            .engine
+            .control_host(operator, r.campaign_id, host.host_id, control)
+            .await?;
+        Ok(Response::new(convert::campaign_info(view)))
     }
 
     async fn set_maintenance(
@@ -496,10 +668,17 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::HostInfo>, Status> {
         let (operator, _) = require_operator(&request)?;
         let c = &self.coordinator;
-        let host = resolve_host(c, &request.get_ref().host)?;
-        crate::campaigns::set_maintenance(c, &operator, &host.host_id, request.get_ref().enable)?;
-        let host = resolve_host(c, &host.host_id)?;
-        Ok(Response::new(host_info(c, host)))
+        let r = request.into_inner();
+        let host = resolve_host(c, &r.host).await?;
+        let hold = c
+            .engine
+            .set_maintenance(operator, host.host_id.clone(), r.enable)
+            .await?;
+        let connected = c.registry.is_connected(&host.host_id);
+        let seen = c.registry.last_seen(&host.host_id);
+        Ok(Response::new(convert::host_info(
+            host, connected, seen, hold,
+        )))
     }
 
     async fn list_events(
@@ -507,13 +686,14 @@ impl Admin for AdminService {
         request: Request<v1::ListEventsRequest>,
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
         require_operator(&request)?;
-        let filter = event_filter(&self.coordinator, request.get_ref())?;
+        let filter = event_filter(&self.coordinator, request.get_ref()).await?;
         let events = self
             .coordinator
             .store
-            .events(&filter)?
+            .read(move |conn| events::list(conn, &filter))
+            .await?
             .into_iter()
-            .map(event_proto)
+            .map(convert::event)
             .collect();
         Ok(Response::new(v1::ListEventsResponse { events }))
     }
@@ -526,15 +706,19 @@ impl Admin for AdminService {
     ) -> Result<Response<Self::FollowEventsStream>, Status> {
         require_operator(&request)?;
         let c = self.coordinator.clone();
-        let filter = event_filter(&c, request.get_ref())?;
+        let filter = event_filter(&c, request.get_ref()).await?;
         // Subscribe first, then read the backlog, then skip live events already in it.
         let mut live = c.events.subscribe();
-        let backlog = c.store.events(&filter)?;
+        let backlog_filter = filter.clone();
+        let backlog = c
+            .store
+            .read(move |conn| events::list(conn, &backlog_filter))
+            .await?;
         let mut last_id = backlog.last().map(|e| e.id).unwrap_or(0);
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             for event in backlog {
-                if tx.send(Ok(event_proto(event))).await.is_err() {
+                if tx.send(Ok(convert::event(event))).await.is_err() {
                     return;
                 }
             }
@@ -542,12 +726,9 @@ impl Admin for AdminService {
                 tokio::select! {
                     event = live.recv() => match event {
                         Ok(event) => {
-                            let wanted = event.id > last_id
-                                && filter.host_id.as_ref().is_none_or(|h| *h == event.host_id)
-                                && filter.campaign_id.as_ref().is_none_or(|id| *id == event.campaign_id);
-                            if wanted {
+                            if event.id > last_id && filter.matches(&event) {
                                 last_id = event.id;
-                                if tx.send(Ok(event_proto(event))).await.is_err() {
+                                if tx.send(Ok(convert::event(event))).await.is_err() {
                                     return;
                                 }
                             }
@@ -568,11 +749,11 @@ impl Admin for AdminService {
     }
 }
 
-fn event_filter(c: &Coordinator, r: &v1::ListEventsRequest) -> Result<EventFilter, Status> {
+async fn event_filter(c: &Coordinator, r: &v1::ListEventsRequest) -> Result<EventFilter, Status> {
     let host_id = if r.host.is_empty() {
         None
     } else {
-        Some(resolve_host(c, &r.host)?.host_id)
+        Some(resolve_host(c, &r.host).await?.host_id)
     };
     let campaign_id = if r.campaign_id.is_empty() {
         None
@@ -583,6 +764,7 @@ fn event_filter(c: &Coordinator, r: &v1::ListEventsRequest) -> Result<EventFilte
         host_id,
         campaign_id,
         after_id: 0,
-        limit: r.limit,
+        before_id: r.before_id,
+        limit: u32::try_from(page_size(r.limit)).unwrap_or(u32::MAX),
     })
 }

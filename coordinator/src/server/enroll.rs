@@ -11,7 +11,7 @@ use pitcrew_proto::v1::{EnrollRequest, EnrollResponse, enrollment_server::Enroll
 use tonic::{Request, Response, Status};
 
 use super::Coordinator;
-use crate::store::HostRecord;
+use crate::store::{HostRecord, hosts, tokens as token_store};
 use crate::tokens;
 
 pub struct EnrollmentService {
@@ -51,7 +51,17 @@ impl Enrollment for EnrollmentService {
             tracing::warn!(message = "refused an enrollment with a bad CSR", %peer, host_id = %request.host_id, %error);
             return Err(Status::invalid_argument(error.to_string()));
         }
-        let token = match c.store.redeem_token(&tokens::hash(&request.token), now)? {
+        let (hash, host_id) = (tokens::hash(&request.token), request.host_id.clone());
+        let (redeemed, existing) = c
+            .store
+            .write(move |conn| {
+                Ok((
+                    token_store::redeem(conn, &hash, now)?,
+                    hosts::get(conn, &host_id)?.is_some(),
+                ))
+            })
+            .await?;
+        let token = match redeemed {
             Ok(token) => token,
             Err(refusal) => {
                 // Never log the token itself.
@@ -61,7 +71,7 @@ impl Enrollment for EnrollmentService {
                     &request.host_id,
                     "",
                     &format!("enrollment from {peer} refused: {refusal}"),
-                )?;
+                );
                 return Err(Status::permission_denied(refusal.to_string()));
             }
         };
@@ -72,8 +82,7 @@ impl Enrollment for EnrollmentService {
                 c.config.host_cert_lifetime,
             )
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let existing = c.store.host(&request.host_id)?;
-        c.store.upsert_enrolled_host(&HostRecord {
+        let record = HostRecord {
             host_id: request.host_id.clone(),
             hostname: if hostname.is_empty() {
                 request.host_id.clone()
@@ -86,13 +95,18 @@ impl Enrollment for EnrollmentService {
             enrolled_at_ms: now,
             last_seen_ms: 0,
             facts: Vec::new(),
-        })?;
-        let verb = if existing.is_some() {
+        };
+        let stored = record.clone();
+        c.store
+            .write(move |conn| hosts::upsert_enrolled(conn, &stored))
+            .await?;
+        c.engine.host_enrolled(record);
+        let verb = if existing {
             "re-enrolled (its previous certificate is no longer accepted)"
         } else {
             "enrolled"
         };
-        tracing::info!(message = "host enrolled", host_id = %request.host_id, %hostname, role = %token.role, token = %token.id, reenrolled = existing.is_some());
+        tracing::info!(message = "host enrolled", host_id = %request.host_id, %hostname, role = %token.role, token = %token.id, reenrolled = existing);
         c.events.audit(
             &format!("token {}", token.id),
             &request.host_id,
@@ -101,8 +115,7 @@ impl Enrollment for EnrollmentService {
                 "host {hostname} {verb} as {} with token {}",
                 token.role, token.id
             ),
-        )?;
-        c.registry.changed();
+        );
         Ok(Response::new(EnrollResponse {
             certificate_pem: issued.cert_pem,
             ca_pem: c.ca.cert_pem().to_owned(),

@@ -3,6 +3,7 @@
 //! certificate and `Admin` an operator certificate (checked per call from the verified peer).
 
 pub mod admin;
+mod convert;
 pub mod enroll;
 pub mod session;
 
@@ -15,25 +16,13 @@ use pitcrew_proto::v1::{
 use tokio::net::TcpListener;
 use tonic::Status;
 
-use crate::ca::Ca;
-use crate::config::{CoordinatorConfig, DataDir};
-use crate::events::EventLog;
-use crate::registry::Registry;
-use crate::store::{Store, StoreError};
+pub use crate::app::Coordinator;
+use crate::config::DataDir;
+use crate::engine::EngineError;
+use crate::store::StoreError;
 
 /// How long open streams (operators watching, agents) get to end at shutdown.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Everything the services share.
-pub struct Coordinator {
-    pub store: Arc<Store>,
-    pub registry: Arc<Registry>,
-    pub events: Arc<EventLog>,
-    pub ca: Ca,
-    pub config: CoordinatorConfig,
-    /// Campaigns and manual maintenance: one writer, committed before acted on.
-    pub engine: crate::campaigns::Engine,
-}
 
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Status {
@@ -42,21 +31,25 @@ impl From<StoreError> for Status {
     }
 }
 
-impl Coordinator {
-    /// Opens the data dir: CA, config and store.
-    pub fn open(data_dir: &DataDir) -> anyhow::Result<Arc<Coordinator>> {
-        use anyhow::Context;
-        let config = CoordinatorConfig::load(&data_dir.config())?;
-        let ca = Ca::load(&data_dir.root)?;
-        let store = Arc::new(Store::open(&data_dir.store()).context("opening the store")?);
-        Ok(Arc::new(Coordinator {
-            events: Arc::new(EventLog::new(store.clone())),
-            store,
-            registry: Arc::new(Registry::default()),
-            ca,
-            config,
-            engine: Default::default(),
-        }))
+/// The one mapping from the engine's errors to gRPC: the message is the operator's sentence,
+/// the code says whether retrying or fixing the request helps.
+impl From<EngineError> for Status {
+    fn from(error: EngineError) -> Status {
+        let message = error.to_string();
+        match &error {
+            EngineError::Spec(_) => Status::invalid_argument(message),
+            EngineError::UnknownCampaign(_) | EngineError::UnknownHost(_) => {
+                Status::not_found(message)
+            }
+            EngineError::Plan(_) | EngineError::Apply(_) | EngineError::Manual(_) => {
+                Status::failed_precondition(message)
+            }
+            EngineError::Stopped => Status::unavailable(message),
+            EngineError::Store(_) => {
+                tracing::error!(message = "store failure", %error);
+                Status::internal(message)
+            }
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Who the agent is comes from its verified certificate; the certificate must be the newest one
 //! issued to that host (a rebuilt host's old certificate is refused), and the hello's host id
-//! must match it. Work is pushed down the stream; results come back up, are stored once, logged
-//! and acknowledged so the agent can forget them.
+//! must match it. Work is pushed down the stream without waiting (see the registry); results
+//! come back up, are made durable by the engine together with what they change, and only then
+//! acknowledged so the agent can forget them. Heartbeats touch memory only.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Coordinator;
+use crate::registry::{OUTBOUND_CAPACITY, SessionShared};
+use crate::store::{HostRecord, actions, hosts};
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,12 +39,13 @@ impl SessionService {
 }
 
 /// Checks that the presented certificate is the one the registry accepts for this host.
-fn check_current_certificate(
+async fn check_current_certificate(
     c: &Coordinator,
     host_id: &str,
     serial: &str,
-) -> Result<crate::store::HostRecord, Status> {
-    let Some(host) = c.store.host(host_id)? else {
+) -> Result<HostRecord, Status> {
+    let id = host_id.to_owned();
+    let Some(host) = c.store.read(move |conn| hosts::get(conn, &id)).await? else {
         tracing::warn!(message = "refused a session from a host that is not enrolled", %host_id);
         return Err(Status::permission_denied(format!(
             "host {host_id} is not enrolled"
@@ -49,7 +53,7 @@ fn check_current_certificate(
     };
     if host.cert_serial != serial {
         tracing::warn!(message = "refused a replaced certificate", %host_id, presented = %serial, current = %host.cert_serial);
-        let _ = c.events.audit(
+        c.events.audit(
             "session",
             host_id,
             "",
@@ -64,6 +68,13 @@ fn check_current_certificate(
 
 type ConnectStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
 
+/// One live session's identity, for the tasks that serve it.
+struct Live {
+    host_id: String,
+    generation: u64,
+    shared: Arc<SessionShared>,
+}
+
 #[tonic::async_trait]
 impl AgentSession for SessionService {
     type ConnectStream = ConnectStream;
@@ -74,7 +85,7 @@ impl AgentSession for SessionService {
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let (host_id, serial) = require_host(&request)?;
         let c = self.coordinator.clone();
-        check_current_certificate(&c, &host_id, &serial)?;
+        let record = check_current_certificate(&c, &host_id, &serial).await?;
         let mut inbound = request.into_inner();
 
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -99,19 +110,25 @@ impl AgentSession for SessionService {
                     "refused a session: the certificate names {host_id} but the hello claims {}",
                     facts.host_id
                 ),
-            )?;
+            );
             return Err(Status::permission_denied(format!(
                 "the hello claims host {} but the certificate names {host_id}",
                 facts.host_id
             )));
         }
 
-        let (tx, rx) = mpsc::channel(64);
-        let generation = c.registry.connect(&host_id, tx.clone());
+        let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let now = pitcrew_proto::now_ms();
-        c.store
-            .set_facts(&host_id, &facts.hostname, &facts.encode_to_vec(), now)?;
-        tracing::info!(message = "agent connected", %host_id, hostname = %facts.hostname, boot_id = %facts.boot_id, version = %hello.agent_version);
+        let (generation, shared) = c.registry.connect(&host_id, tx.clone(), now);
+        let live = Live {
+            host_id: host_id.clone(),
+            generation,
+            shared,
+        };
+        store_facts(&c, &host_id, &facts, now);
+        c.engine
+            .session_changed(&host_id, generation, Some(facts.clone()));
+        tracing::info!(message = "agent connected", %host_id, hostname = %record.hostname, boot_id = %facts.boot_id, version = %hello.agent_version);
         c.events.host(
             &host_id,
             "",
@@ -123,51 +140,42 @@ impl AgentSession for SessionService {
                 facts.boot_id,
                 hello.unacknowledged.len()
             ),
-        )?;
+        );
 
         let welcome = CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Welcome(v1::Welcome {
                 heartbeat_seconds: c.config.heartbeat_seconds,
             })),
         };
-        let _ = tx.send(Ok(welcome)).await;
+        c.registry.try_send(&host_id, welcome);
 
-        // Results that finished while we were apart come first: they may complete actions we
-        // would otherwise re-send.
-        let mut acks = Vec::new();
-        for result in hello.unacknowledged {
-            acks.push(result.action_id.clone());
-            record_result(&c, &host_id, result)?;
-        }
-        if !acks.is_empty() {
-            let _ = tx.send(Ok(ack(acks))).await;
-        }
-        // Re-send what we sent before but never got a result for. The agent answers ids it has
-        // already run from its journal, so this never runs anything twice.
-        for record in c.store.unfinished_actions(&host_id)? {
-            match v1::ActionRequest::decode(record.request.as_slice()) {
-                Ok(request) => {
-                    let message = CoordinatorMessage {
-                        msg: Some(coordinator_message::Msg::Action(request)),
-                    };
-                    let _ = tx.send(Ok(message)).await;
-                }
-                Err(error) => {
-                    tracing::error!(message = "a stored action request is unreadable", action_id = %record.action_id, %error)
+        let unacknowledged = hello.unacknowledged;
+        tokio::spawn(async move {
+            // Results that finished while we were apart come first: they may complete actions
+            // we would otherwise re-send.
+            let mut acks = Vec::new();
+            for result in unacknowledged {
+                let id = result.action_id.clone();
+                if record_result(&c, &live.host_id, result).await {
+                    acks.push(id);
                 }
             }
-        }
-        c.registry.changed();
-
-        let timeout = Duration::from_secs(u64::from(c.config.heartbeat_timeout_seconds));
-        tokio::spawn(async move {
-            let reason = run_inbound(&c, &host_id, &tx, &mut inbound, timeout).await;
-            if c.registry.disconnect(&host_id, generation) {
-                tracing::info!(message = "agent disconnected", %host_id, %reason);
-                let _ = c.store.set_last_seen(&host_id, pitcrew_proto::now_ms());
-                let _ = c
-                    .events
-                    .host(&host_id, "", "session", "disconnected", &reason);
+            if !acks.is_empty() {
+                c.registry.try_send(&live.host_id, ack(acks));
+            }
+            resend_unfinished(&c, &live.host_id).await;
+            let reason = run_inbound(&c, &live, &mut inbound).await;
+            if c.registry.disconnect(&live.host_id, live.generation) {
+                tracing::info!(message = "agent disconnected", host_id = %live.host_id, %reason);
+                c.engine
+                    .session_changed(&live.host_id, live.generation, None);
+                let seen = vec![(live.host_id.clone(), live.shared.last_seen_ms())];
+                let _ = c.store.submit(
+                    move |conn| hosts::set_last_seen(conn, &seen),
+                    |_: Result<(), _>| {},
+                );
+                c.events
+                    .host(&live.host_id, "", "session", "disconnected", &reason);
             }
         });
         Ok(Response::new(
@@ -181,7 +189,7 @@ impl AgentSession for SessionService {
     ) -> Result<Response<RenewResponse>, Status> {
         let (host_id, serial) = require_host(&request)?;
         let c = &self.coordinator;
-        check_current_certificate(c, &host_id, &serial)?;
+        check_current_certificate(c, &host_id, &serial).await?;
         let issued =
             c.ca.sign_host_csr(
                 &request.get_ref().csr_der,
@@ -189,17 +197,68 @@ impl AgentSession for SessionService {
                 c.config.host_cert_lifetime,
             )
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        c.store.set_cert_serial(&host_id, &issued.serial)?;
+        let (id, new_serial) = (host_id.clone(), issued.serial.clone());
+        c.store
+            .write(move |conn| hosts::set_cert_serial(conn, &id, &new_serial))
+            .await?;
         c.events.audit(
             "session",
             &host_id,
             "",
             &format!("certificate renewed (serial {})", issued.serial),
-        )?;
+        );
         Ok(Response::new(RenewResponse {
             certificate_pem: issued.cert_pem,
             ca_pem: c.ca.cert_pem().to_owned(),
         }))
+    }
+}
+
+/// Keeps the host's latest facts for listings (no one waits on it).
+fn store_facts(c: &Coordinator, host_id: &str, facts: &v1::Facts, now_ms: i64) {
+    let (id, bytes) = (host_id.to_owned(), facts.encode_to_vec());
+    let submitted = c.store.submit(
+        move |conn| hosts::set_facts(conn, &id, &bytes, now_ms),
+        |stored: Result<(), _>| {
+            if let Err(error) = stored {
+                tracing::warn!(message = "cannot store a host's facts", %error);
+            }
+        },
+    );
+    if let Err(error) = submitted {
+        tracing::warn!(message = "cannot store a host's facts", %error);
+    }
+}
+
+/// Re-sends what was sent before but never got a result. The agent answers ids it has already
+/// run from its journal, so this never runs anything twice.
+async fn resend_unfinished(c: &Coordinator, host_id: &str) {
+    let id = host_id.to_owned();
+    let unfinished = match c
+        .store
+        .read(move |conn| actions::unfinished(conn, &id))
+        .await
+    {
+        Ok(unfinished) => unfinished,
+        Err(error) => {
+            tracing::error!(message = "cannot read the actions to re-send", %host_id, %error);
+            return;
+        }
+    };
+    for record in unfinished {
+        match v1::ActionRequest::decode(record.request.as_slice()) {
+            Ok(request) => {
+                let message = CoordinatorMessage {
+                    msg: Some(coordinator_message::Msg::Action(request)),
+                };
+                if !c.registry.try_send(host_id, message) {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::error!(message = "a stored action request is unreadable", action_id = %record.action_id, %error)
+            }
+        }
     }
 }
 
@@ -211,60 +270,49 @@ fn ack(ids: Vec<String>) -> CoordinatorMessage {
     }
 }
 
-/// Reads the agent's messages until the stream ends, fails, or goes silent past the heartbeat
-/// timeout. Returns why it ended.
+/// Reads the agent's messages until the stream ends or fails, the registry closes the session
+/// (silent past the heartbeat timeout, not reading, replaced), or the coordinator shuts down.
+/// Returns why it ended.
 async fn run_inbound(
     c: &Coordinator,
-    host_id: &str,
-    tx: &crate::registry::Outbound,
+    live: &Live,
     inbound: &mut Streaming<AgentMessage>,
-    timeout: Duration,
 ) -> String {
     let mut closing = c.registry.closing();
+    let host_id = live.host_id.as_str();
     loop {
         let next = tokio::select! {
-            next = tokio::time::timeout(timeout, inbound.message()) => next,
+            next = inbound.message() => next,
+            reason = live.shared.closed() => return reason,
             _ = closing.wait_for(|closing| *closing) => return "the coordinator is shutting down".to_owned(),
         };
         let message = match next {
-            Err(_) => return format!("no message for {} s (heartbeat timeout)", timeout.as_secs()),
-            Ok(Err(status)) => return format!("stream failed: {}", status.message()),
-            Ok(Ok(None)) => return "the agent closed its session".to_owned(),
-            Ok(Ok(Some(message))) => message,
+            Err(status) => return format!("stream failed: {}", status.message()),
+            Ok(None) => return "the agent closed its session".to_owned(),
+            Ok(Some(message)) => message,
         };
         let now = pitcrew_proto::now_ms();
+        live.shared.seen(now);
         match message.msg {
-            Some(Msg::Heartbeat(_)) => {
-                let _ = c.store.set_last_seen(host_id, now);
-            }
+            Some(Msg::Heartbeat(_)) => {}
             Some(Msg::Facts(facts)) => {
                 if facts.host_id != host_id {
                     tracing::warn!(message = "ignored facts claiming another host's id", %host_id, claimed = %facts.host_id);
                     continue;
                 }
-                let _ = c
-                    .store
-                    .set_facts(host_id, &facts.hostname, &facts.encode_to_vec(), now);
-                c.registry.changed();
+                store_facts(c, host_id, &facts, now);
+                c.engine.facts_changed(host_id, live.generation, facts);
             }
-            Some(Msg::Event(event)) => {
-                let _ = c.store.set_last_seen(host_id, now);
-                match event.event {
-                    Some(v1::action_event::Event::Result(result)) => {
-                        let id = result.action_id.clone();
-                        if let Err(error) = record_result(c, host_id, result) {
-                            tracing::error!(message = "could not record an action result", %host_id, %error);
-                            continue;
-                        }
-                        let _ = tx.send(Ok(ack(vec![id]))).await;
+            Some(Msg::Event(event)) => match event.event {
+                Some(v1::action_event::Event::Result(result)) => {
+                    let id = result.action_id.clone();
+                    if record_result(c, host_id, result).await {
+                        c.registry.try_send(host_id, ack(vec![id]));
                     }
-                    Some(_) if belongs_to(c, host_id, &event.action_id) => {
-                        c.registry.publish_action_event(event);
-                    }
-                    Some(_) => {}
-                    None => {}
                 }
-            }
+                Some(_) => c.registry.publish_action_event(host_id, event),
+                None => {}
+            },
             Some(Msg::Hello(_)) => {
                 tracing::warn!(message = "ignored a second hello on one session", %host_id);
             }
@@ -273,75 +321,41 @@ async fn run_inbound(
     }
 }
 
-/// Whether an action id was sent to this host (a host cannot report on another's actions).
-fn belongs_to(c: &Coordinator, host_id: &str, action_id: &str) -> bool {
-    matches!(c.store.action(action_id), Ok(Some(record)) if record.host_id == host_id)
-}
-
-/// Stores a final result once, logs it to the host's event log and tells watchers.
-pub fn record_result(
-    c: &Coordinator,
-    host_id: &str,
-    result: v1::ActionResult,
-) -> Result<(), Status> {
-    let Some(record) = c.store.action(&result.action_id)? else {
-        tracing::warn!(message = "ignored a result for an action this coordinator never sent", %host_id, action_id = %result.action_id);
-        return Ok(());
+/// Makes a final result durable (with what it changes in its campaign) and tells watchers.
+/// Returns whether it may be acknowledged: results for actions this coordinator never sent to
+/// this host are ignored and not acknowledged.
+async fn record_result(c: &Coordinator, host_id: &str, result: v1::ActionResult) -> bool {
+    let id = result.action_id.clone();
+    let record = match c.store.read(move |conn| actions::get(conn, &id)).await {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            tracing::warn!(message = "ignored a result for an action this coordinator never sent", %host_id, action_id = %result.action_id);
+            return false;
+        }
+        Err(error) => {
+            tracing::error!(message = "cannot read an action record", %host_id, %error);
+            return false;
+        }
     };
     if record.host_id != host_id {
         tracing::warn!(message = "ignored a result reported by the wrong host", %host_id, owner = %record.host_id, action_id = %result.action_id);
-        return Ok(());
+        return false;
     }
-    if c.store
-        .finish_action(&result.action_id, &result.encode_to_vec())?
+    let first_report = record.result.is_none();
+    if let Err(error) = c
+        .engine
+        .result(host_id.to_owned(), record, result.clone(), first_report)
+        .await
     {
-        let outcome = v1::Outcome::try_from(result.outcome).unwrap_or(v1::Outcome::Unspecified);
-        let outcome = outcome_word(outcome);
-        let mut message = result.message.clone();
-        if !result.refused_by.is_empty() {
-            message = format!("{message} (rule {})", result.refused_by);
-        }
-        if !result.output.is_empty() {
-            message = format!("{message}\n{}", result.output.trim_end());
-        }
-        // A campaign step run on another host (a drain on a manager) belongs to the log of the
-        // host being serviced; say where it ran.
-        let serviced = crate::campaigns::serviced_host(c, &record.campaign_id, &result.action_id)
-            .unwrap_or_else(|| host_id.to_owned());
-        if serviced != host_id {
-            let ran_on = c
-                .store
-                .host(host_id)?
-                .map(|h| h.hostname)
-                .unwrap_or_else(|| host_id.to_owned());
-            message = format!("(ran on {ran_on}) {message}");
-        }
-        c.events.host(
-            &serviced,
-            &record.campaign_id,
-            &result.action_id,
-            outcome,
-            &message,
-        )?;
+        tracing::error!(message = "could not record an action result", %host_id, %error);
+        return false;
     }
-    crate::campaigns::on_result(c, &record.campaign_id, host_id, &result);
-    c.registry.publish_action_event(v1::ActionEvent {
-        action_id: result.action_id.clone(),
-        event: Some(v1::action_event::Event::Result(result)),
-    });
-    c.registry.changed();
-    Ok(())
-}
-
-/// The one word an operator sees for an outcome.
-pub fn outcome_word(outcome: v1::Outcome) -> &'static str {
-    match outcome {
-        v1::Outcome::Succeeded => "succeeded",
-        v1::Outcome::Failed => "failed",
-        v1::Outcome::Refused => "refused",
-        v1::Outcome::TimedOut => "timed-out",
-        v1::Outcome::Cancelled => "cancelled",
-        v1::Outcome::Interrupted => "interrupted",
-        v1::Outcome::Unspecified => "unknown",
-    }
+    c.registry.publish_action_event(
+        host_id,
+        v1::ActionEvent {
+            action_id: result.action_id.clone(),
+            event: Some(v1::action_event::Event::Result(result)),
+        },
+    );
+    true
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pitcrew_coordinator::store::{CampaignRecord, Store};
+use pitcrew_coordinator::store::{CampaignHostRow, Store, campaigns};
 use pitcrew_scheduler::{CampaignRun, CampaignSpec, Fleet, HostView, Role, decide};
 use pitcrew_tests::{Agent, Coordinator, wait_connected};
 
@@ -87,33 +87,37 @@ fn bench_decide() {
 
 fn bench_store() {
     println!(
-        "store: one write-ahead commit of a campaign (SQLite WAL, synchronous=FULL, median of 51):"
+        "store: the write-ahead commit of one host-step (one host row; SQLite WAL, synchronous=FULL, median of 51):"
     );
     let dir = tempfile::tempdir().expect("a temp dir");
     let store = Store::open(&dir.path().join("bench.db")).expect("a store");
     let spec = CampaignSpec::parse(CAMPAIGN, "bench.toml").expect("bench campaign parses");
-    for size in [100usize, 1000] {
-        let run = CampaignRun::new("c-bench", &spec, &fleet(size - 9, 9, 3), 0).expect("a run");
-        let state_json = serde_json::to_string(&run).expect("serialises");
+    for size in [100usize, 1000, 10_000] {
+        let id = format!("c-bench-{size}");
+        let run = CampaignRun::new(&id, &spec, &fleet(size - 9, 9, 3), 0).expect("a run");
+        let inserted = run.clone();
+        store
+            .write_blocking(move |c| campaigns::insert_run(c, &inserted, CAMPAIGN, "bench"))
+            .expect("the run is stored");
+        let host = run.hosts[size / 2].clone();
+        let progress = campaigns::host_progress_json(&host).expect("serialises");
+        let bytes = progress.len();
         let samples: Vec<Duration> = (0..51)
             .map(|_| {
+                let row = CampaignHostRow {
+                    campaign_id: id.clone(),
+                    host_id: host.host_id.clone(),
+                    progress_json: progress.clone(),
+                };
                 let start = Instant::now();
                 store
-                    .put_campaign(&CampaignRecord {
-                        id: "c-bench".into(),
-                        name: "bench".into(),
-                        spec_toml: CAMPAIGN.into(),
-                        state_json: state_json.clone(),
-                        created_at_ms: 0,
-                        created_by: "bench".into(),
-                    })
+                    .write_blocking(move |c| campaigns::put_host(c, &row))
                     .expect("a commit");
                 start.elapsed()
             })
             .collect();
         println!(
-            "  {size:>5}-host campaign ({} KiB of state): {:>10.3?}",
-            state_json.len() / 1024,
+            "  {size:>5}-host campaign ({bytes} bytes written): {:>10.3?}",
             median(samples)
         );
     }

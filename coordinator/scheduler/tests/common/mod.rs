@@ -79,7 +79,7 @@ pub fn run(id: &str, text: &str, fleet: &Fleet) -> CampaignRun {
 
 /// Decides and applies every decision (as the runtime does), returning what was decided.
 pub fn tick(fleet: &Fleet, runs: &mut [CampaignRun], now: i64) -> Decisions {
-    let d = decide(fleet, runs, now);
+    let d = decide(fleet, &*runs, now);
     for decision in &d.decisions {
         let run = runs
             .iter_mut()

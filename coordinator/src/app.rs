@@ -1,0 +1,101 @@
+//! The coordinator's parts, opened together: config, CA, store, event log, live sessions and
+//! the campaign engine, plus the background duties that keep liveness out of the store.
+//!
+//! Layering: `server` (gRPC) → `app` → `engine` → {`store`, `scheduler`}; nothing points back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::ca::Ca;
+use crate::config::{CoordinatorConfig, DataDir};
+use crate::engine::{Engine, EngineSettings, EngineTask};
+use crate::events::EventLog;
+use crate::registry::Registry;
+use crate::store::{Store, hosts};
+
+/// How often last-seen times reach the store (nothing after a restart depends on their
+/// precision; the live value is in memory).
+const LAST_SEEN_FLUSH: Duration = Duration::from_secs(10);
+/// How often silent sessions are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Everything the services share.
+pub struct Coordinator {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub events: Arc<EventLog>,
+    pub ca: Ca,
+    pub config: CoordinatorConfig,
+    /// Campaigns and manual maintenance: one owner, committed before acted on.
+    pub engine: Engine,
+}
+
+impl Coordinator {
+    /// Opens the data dir (CA, config, store), loads the engine and starts the background
+    /// duties. The returned task is the engine's loop: the caller must treat its end as
+    /// fatal.
+    pub async fn open(data_dir: &DataDir) -> anyhow::Result<(Arc<Coordinator>, EngineTask)> {
+        let config = CoordinatorConfig::load(&data_dir.config())?;
+        let ca = Ca::load(&data_dir.root)?;
+        let path = data_dir.store();
+        let store = Arc::new(
+            tokio::task::spawn_blocking(move || Store::open(&path))
+                .await
+                .context("opening the store")?
+                .context("opening the store")?,
+        );
+        let events = Arc::new(EventLog::new(store.clone()));
+        let registry = Arc::new(Registry::default());
+        let settings = EngineSettings {
+            reconnect_grace: Duration::from_secs(u64::from(config.heartbeat_timeout_seconds) * 2),
+        };
+        let (engine, task) =
+            Engine::start(store.clone(), events.clone(), registry.clone(), settings)
+                .await
+                .context("loading the campaigns")?;
+        let coordinator = Arc::new(Coordinator {
+            store,
+            registry,
+            events,
+            ca,
+            config,
+            engine,
+        });
+        tokio::spawn(sweep_silent_sessions(coordinator.clone()));
+        tokio::spawn(flush_last_seen(coordinator.clone()));
+        Ok((coordinator, task))
+    }
+}
+
+/// Closes sessions silent past the heartbeat timeout.
+async fn sweep_silent_sessions(c: Arc<Coordinator>) {
+    let timeout_ms = i64::from(c.config.heartbeat_timeout_seconds) * 1000;
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        c.registry.close_silent(pitcrew_proto::now_ms(), timeout_ms);
+    }
+}
+
+/// Writes the last-seen times that changed, all in one job.
+async fn flush_last_seen(c: Arc<Coordinator>) {
+    let mut tick = tokio::time::interval(LAST_SEEN_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let changes = c.registry.last_seen_changes();
+        if changes.is_empty() {
+            continue;
+        }
+        if let Err(error) = c
+            .store
+            .write(move |conn| hosts::set_last_seen(conn, &changes))
+            .await
+        {
+            tracing::warn!(message = "cannot record when hosts were last seen", %error);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! What can go wrong in the campaign engine, with a stable kind for each. The Admin layer maps
+//! these to gRPC status codes in one place; nothing in the engine knows about gRPC.
+
+use pitcrew_scheduler::{ApplyError, ManualError, PlanError, SpecError};
+
+use crate::store::StoreError;
+
+/// Errors of the engine's commands.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The campaign file is not valid (the text names file, line and field).
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    /// The campaign cannot run on the fleet as it is.
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    /// An operator command does not fit the campaign's or host's state.
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+    /// Manual maintenance cannot change as asked.
+    #[error("{0}")]
+    Manual(#[from] ManualError),
+    #[error("no campaign has the id {0:?}")]
+    UnknownCampaign(String),
+    #[error("no host has the id {0:?}")]
+    UnknownHost(String),
+    /// The store failed; the engine stops and the coordinator exits, so a restart reloads
+    /// exactly what was committed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The engine's loop has ended (the coordinator is stopping or failed).
+    #[error("the campaign engine is not running")]
+    Stopped,
+}
+
+impl EngineError {
+    /// A stable machine-readable kind, sent to clients with the message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineError::Spec(_) => "invalid_spec",
+            EngineError::Plan(e) => e.kind(),
+            EngineError::Apply(e) => e.kind(),
+            EngineError::Manual(_) => "maintenance_refused",
+            EngineError::UnknownCampaign(_) => "unknown_campaign",
+            EngineError::UnknownHost(_) => "unknown_host",
+            EngineError::Store(_) => "store_failed",
+            EngineError::Stopped => "engine_stopped",
+        }
+    }
+}

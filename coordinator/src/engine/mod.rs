@@ -1,0 +1,382 @@
+//! The campaign engine: the one owner of campaign state, in memory, around the pure scheduler.
+//!
+//! One task owns the fleet view, every run and manual maintenance. Everything that changes
+//! them arrives as an input on its queue: results from agents, sessions going up and down,
+//! enrollments, operator commands. Each turn it takes every waiting input, applies them,
+//! decides and applies until nothing more can be decided, then **commits the turn's writes in
+//! one transaction and only after that sends anything** (the write-ahead invariant) and
+//! answers the commands and results of the turn. It never re-reads the store (the state was
+//! read once at start) and never waits on an agent: sends go through the [`Outbox`] without
+//! waiting.
+//!
+//! Layering: the server calls the engine; the engine knows the store, the scheduler and the
+//! [`Outbox`] trait, and nothing of gRPC (its errors are [`EngineError`]).
+
+mod error;
+mod outbox;
+mod state;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pitcrew_proto::v1;
+use pitcrew_scheduler::{CampaignRun, HostView};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use error::EngineError;
+pub use outbox::Outbox;
+pub use state::{CampaignControl, Hold, HostControl};
+use state::{EngineState, Turn};
+pub use view::{CampaignView, HostPage, HostStatus};
+
+use crate::events::EventLog;
+use crate::store::{ActionRecord, HostRecord, Store};
+
+/// The longest the loop sleeps without a reason (a safety net; inputs wake it).
+const IDLE_WAKE: Duration = Duration::from_secs(30);
+/// The most inputs one turn takes, so a flood of results still lets decisions through.
+const MAX_INPUTS_PER_TURN: usize = 4096;
+
+/// What a command does with the state; returns what to answer once the turn is durable.
+type Reply = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
+type Command = Box<dyn FnOnce(&mut EngineState, &mut Turn, i64) -> Reply + Send>;
+
+enum Input {
+    Command(Command),
+    /// A session started (with the hello's facts) or ended (None).
+    Session {
+        host: String,
+        generation: u64,
+        facts: Option<v1::Facts>,
+    },
+    Facts {
+        host: String,
+        generation: u64,
+        facts: v1::Facts,
+    },
+    Enrolled(HostRecord),
+}
+
+/// A handle on the engine, shared by the services.
+#[derive(Clone)]
+pub struct Engine {
+    inbox: mpsc::UnboundedSender<Input>,
+    changes: watch::Receiver<u64>,
+}
+
+/// The engine's loop, to be supervised: it ends only with the error that stopped it, or
+/// `Ok` when every handle is gone.
+pub type EngineTask = JoinHandle<Result<(), EngineError>>;
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// After a restart, how long to wait for agents running in-flight actions to reconnect
+    /// and replay their results before deciding (so an outage longer than a step's deadline
+    /// does not fail hosts whose work actually finished).
+    pub reconnect_grace: Duration,
+}
+
+impl Engine {
+    /// Loads the state from the store (reads only), then starts the loop.
+    pub async fn start(
+        store: Arc<Store>,
+        events: Arc<EventLog>,
+        outbox: Arc<dyn Outbox>,
+        settings: EngineSettings,
+    ) -> Result<(Engine, EngineTask), EngineError> {
+        let (state, turn) = store.read(EngineState::load).await?;
+        let (inbox, inputs) = mpsc::unbounded_channel();
+        let (changes_tx, changes) = watch::channel(0u64);
+        let waiting_for = state.in_flight_targets();
+        if !waiting_for.is_empty() {
+            tracing::info!(
+                message = "waiting for agents with in-flight actions to reconnect",
+                hosts = waiting_for.len(),
+                grace_s = settings.reconnect_grace.as_secs()
+            );
+        }
+        let runner = Runner {
+            state,
+            store,
+            events,
+            outbox,
+            inputs,
+            changes: changes_tx,
+            grace: Some((
+                tokio::time::Instant::now() + settings.reconnect_grace,
+                waiting_for,
+            )),
+        };
+        let task = tokio::spawn(runner.run(turn));
+        Ok((Engine { inbox, changes }, task))
+    }
+
+    /// Runs `f` on the state in the next turn; answers once the turn is durable.
+    async fn call<T, F>(&self, f: F) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut EngineState, &mut Turn, i64) -> Result<T, EngineError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let command: Command = Box::new(move |state, turn, now| {
+            let result = f(state, turn, now);
+            Box::new(move |committed: Result<(), EngineError>| {
+                let _ = tx.send(committed.and(result));
+            })
+        });
+        self.inbox
+            .send(Input::Command(command))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// A receiver that changes whenever a committed turn changed a campaign.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    /// The hosts as the engine sees them now (for planning off the engine's loop).
+    pub async fn hosts(&self) -> Result<Vec<HostView>, EngineError> {
+        self.call(|state, _, _| Ok(state.hosts())).await
+    }
+
+    /// Adds a run planned and built by the caller from [`Engine::hosts`]; audited.
+    pub async fn insert_run(
+        &self,
+        run: CampaignRun,
+        spec_toml: String,
+        operator: String,
+    ) -> Result<CampaignView, EngineError> {
+        self.call(move |state, turn, _| Ok(state.insert_run(run, spec_toml, &operator, turn)))
+            .await
+    }
+
+    pub async fn view(&self, id: String, page: HostPage) -> Result<CampaignView, EngineError> {
+        self.call(move |state, _, _| state.view(&id, page)).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<CampaignView>, EngineError> {
+        self.call(|state, _, _| Ok(state.list())).await
+    }
+
+    pub async fn control(
+        &self,
+        operator: String,
+        id: String,
+        control: CampaignControl,
+    ) -> Result<CampaignView, EngineError> {
+        self.call(move |state, turn, now| state.control(&operator, &id, control, now, turn))
+            .await
+    }
+
+    pub async fn control_host(
+        &self,
+        operator: String,
+        id: String,
+        host_id: String,
+        control: HostControl,
+    ) -> Result<CampaignView, EngineError> {
+        self.call(move |state, turn, now| {
+            state.control_host(&operator, &id, &host_id, control, now, turn)
+        })
+        .await
+    }
+
+    /// Manual maintenance on or off; returns the host's hold as the command left it.
+    pub async fn set_maintenance(
+        &self,
+        operator: String,
+        host_id: String,
+        enable: bool,
+    ) -> Result<Hold, EngineError> {
+        self.call(move |state, turn, now| {
+            state.set_maintenance(&operator, &host_id, enable, now, turn)
+        })
+        .await
+    }
+
+    /// Who holds each of these hosts out of service (in the same order).
+    pub async fn holds(&self, host_ids: Vec<String>) -> Result<Vec<Hold>, EngineError> {
+        self.call(move |state, _, _| Ok(state.holds(&host_ids)))
+            .await
+    }
+
+    /// An agent's final result for an action it was sent; returns once the result (and what
+    /// it changed in its campaign) is durable, so the caller may then acknowledge it.
+    pub async fn result(
+        &self,
+        reporting_host: String,
+        record: ActionRecord,
+        result: v1::ActionResult,
+        first_report: bool,
+    ) -> Result<(), EngineError> {
+        self.call(move |state, turn, now| {
+            state.on_result(&reporting_host, &record, &result, first_report, now, turn);
+            Ok(())
+        })
+        .await
+    }
+
+    /// A session of `host` started (with the hello's facts) or ended (`None`).
+    pub fn session_changed(&self, host: &str, generation: u64, facts: Option<v1::Facts>) {
+        let _ = self.inbox.send(Input::Session {
+            host: host.to_owned(),
+            generation,
+            facts,
+        });
+    }
+
+    /// A live session reported new facts.
+    pub fn facts_changed(&self, host: &str, generation: u64, facts: v1::Facts) {
+        let _ = self.inbox.send(Input::Facts {
+            host: host.to_owned(),
+            generation,
+            facts,
+        });
+    }
+
+    /// A host enrolled or re-enrolled.
+    pub fn host_enrolled(&self, record: HostRecord) {
+        let _ = self.inbox.send(Input::Enrolled(record));
+    }
+}
+
+/// The loop's own state.
+struct Runner {
+    state: EngineState,
+    store: Arc<Store>,
+    events: Arc<EventLog>,
+    outbox: Arc<dyn Outbox>,
+    inputs: mpsc::UnboundedReceiver<Input>,
+    changes: watch::Sender<u64>,
+    /// Until when, and for which hosts, deciding waits after a restart.
+    grace: Option<(tokio::time::Instant, Vec<String>)>,
+}
+
+impl Runner {
+    async fn run(mut self, mut turn: Turn) -> Result<(), EngineError> {
+        let mut replies: Vec<Reply> = Vec::new();
+        loop {
+            let now = pitcrew_proto::now_ms();
+            let mut wake = None;
+            if self.grace_over() {
+                wake = self.state.decide_and_apply(now, &mut turn);
+            }
+            self.commit(turn, std::mem::take(&mut replies)).await?;
+            turn = Turn::default();
+
+            let sleep = match (&self.grace, wake) {
+                (Some((until, _)), _) => {
+                    until.saturating_duration_since(tokio::time::Instant::now())
+                }
+                (None, Some(at)) => {
+                    Duration::from_millis(u64::try_from(at - pitcrew_proto::now_ms()).unwrap_or(0))
+                }
+                (None, None) => IDLE_WAKE,
+            }
+            .min(IDLE_WAKE);
+            let first = if sleep.is_zero() {
+                self.inputs.try_recv().ok()
+            } else {
+                tokio::select! {
+                    input = self.inputs.recv() => match input {
+                        Some(input) => Some(input),
+                        None => return Ok(()),
+                    },
+                    _ = tokio::time::sleep(sleep) => None,
+                }
+            };
+            let now = pitcrew_proto::now_ms();
+            let mut taken = 0;
+            let mut next = first;
+            while let Some(input) = next {
+                self.handle(input, &mut turn, &mut replies, now);
+                taken += 1;
+                next = if taken < MAX_INPUTS_PER_TURN {
+                    self.inputs.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+        }
+    }
+
+    /// Whether deciding may go on: the post-restart grace is over, or every agent it waits
+    /// for is back.
+    fn grace_over(&mut self) -> bool {
+        let Some((until, hosts)) = &self.grace else {
+            return true;
+        };
+        let back = hosts
+            .iter()
+            .all(|h| self.state.fleet.hosts.get(h).is_none_or(|v| v.connected));
+        if back || tokio::time::Instant::now() >= *until {
+            self.grace = None;
+            return true;
+        }
+        false
+    }
+
+    fn handle(&mut self, input: Input, turn: &mut Turn, replies: &mut Vec<Reply>, now: i64) {
+        match input {
+            Input::Command(command) => replies.push(command(&mut self.state, turn, now)),
+            Input::Session {
+                host,
+                generation,
+                facts,
+            } => self.state.session_changed(&host, generation, facts),
+            Input::Facts {
+                host,
+                generation,
+                facts,
+            } => self.state.facts_changed(&host, generation, facts),
+            Input::Enrolled(record) => self.state.host_enrolled(&record),
+        }
+    }
+
+    /// Commits the turn's writes, then (and only then) sends, publishes and answers.
+    async fn commit(&mut self, mut turn: Turn, replies: Vec<Reply>) -> Result<(), EngineError> {
+        let writes = match self.state.writes(&mut turn) {
+            Ok(writes) => writes,
+            Err(error) => return Err(fail(replies, error.into())),
+        };
+        let logged = if writes.is_empty() {
+            Vec::new()
+        } else {
+            match self.store.write(move |c| writes.apply(c)).await {
+                Ok(logged) => logged,
+                Err(error) => return Err(fail(replies, error.into())),
+            }
+        };
+        for event in logged {
+            self.events.publish(event);
+        }
+        for (host, message) in turn.sends {
+            // Not connected or not reading: the action stays recorded and in flight, and is
+            // re-sent when the agent's next session starts.
+            self.outbox.send(&host, message);
+        }
+        for reply in replies {
+            reply(Ok(()));
+        }
+        if turn.campaigns_changed {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(())
+    }
+}
+
+/// Answers every waiting command with the error that stops the engine, and returns it.
+fn fail(replies: Vec<Reply>, error: EngineError) -> EngineError {
+    tracing::error!(message = "the campaign engine cannot commit; stopping", %error);
+    for reply in replies {
+        reply(Err(error.clone()));
+    }
+    error
+}

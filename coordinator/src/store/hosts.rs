@@ -1,0 +1,263 @@
+//! The durable host registry: enrollment (role, labels, accepted certificate), the latest
+//! facts and when the host was last seen.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, Row, params};
+
+use super::{StoreError, from_json, to_json};
+
+/// A host as the registry knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRecord {
+    pub host_id: String,
+    pub hostname: String,
+    pub role: String,
+    pub labels: BTreeMap<String, String>,
+    /// The only certificate serial accepted for this host (re-enrollment replaces it).
+    pub cert_serial: String,
+    pub enrolled_at_ms: i64,
+    pub last_seen_ms: i64,
+    /// prost-encoded `v1::Facts`, empty before the first hello.
+    pub facts: Vec<u8>,
+}
+
+/// Which hosts to list, and from where: pages are ordered by (hostname, host_id) and continue
+/// after the last host of the previous page, so a page costs the same however big the fleet.
+#[derive(Debug, Clone, Default)]
+pub struct HostFilter {
+    pub role: Option<String>,
+    /// `key=value`: only hosts carrying this label.
+    pub label: Option<(String, String)>,
+    /// Continue after this (hostname, host_id).
+    pub after: Option<(String, String)>,
+    pub limit: u32,
+}
+
+const COLUMNS: &str =
+    "host_id, hostname, role, labels, cert_serial, enrolled_at_ms, last_seen_ms, facts";
+
+fn from_row(row: &Row<'_>) -> Result<HostRecord, StoreError> {
+    let labels: String = row.get("labels")?;
+    Ok(HostRecord {
+        host_id: row.get("host_id")?,
+        hostname: row.get("hostname")?,
+        role: row.get("role")?,
+        labels: from_json("host labels", &labels)?,
+        cert_serial: row.get("cert_serial")?,
+        enrolled_at_ms: row.get("enrolled_at_ms")?,
+        last_seen_ms: row.get("last_seen_ms")?,
+        facts: row.get("facts")?,
+    })
+}
+
+/// Records a (re-)enrolled host. Re-enrollment replaces the accepted certificate serial, so
+/// the old certificate of a rebuilt host stops working.
+pub fn upsert_enrolled(conn: &Connection, host: &HostRecord) -> Result<(), StoreError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO hosts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT(host_id) DO UPDATE SET hostname = excluded.hostname, role = excluded.role,
+                labels = excluded.labels, cert_serial = excluded.cert_serial,
+                enrolled_at_ms = excluded.enrolled_at_ms"
+        ),
+        params![
+            host.host_id,
+            host.hostname,
+            host.role,
+            to_json("host labels", &host.labels)?,
+            host.cert_serial,
+            host.enrolled_at_ms,
+            host.last_seen_ms,
+            host.facts
+        ],
+    )?;
+    Ok(())
+}
+
+/// Replaces the accepted certificate serial (certificate renewal).
+pub fn set_cert_serial(conn: &Connection, host_id: &str, serial: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE hosts SET cert_serial = ?2 WHERE host_id = ?1",
+        params![host_id, serial],
+    )?;
+    Ok(())
+}
+
+pub fn get(conn: &Connection, host_id: &str) -> Result<Option<HostRecord>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM hosts WHERE host_id = ?1"))?;
+    let mut rows = stmt.query(params![host_id])?;
+    rows.next()?.map(from_row).transpose()
+}
+
+/// Hosts with this hostname (at most a few; the index makes it one lookup).
+pub fn by_hostname(conn: &Connection, hostname: &str) -> Result<Vec<HostRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM hosts WHERE hostname = ?1 LIMIT 2"
+    ))?;
+    let mut rows = stmt.query(params![hostname])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(from_row(row)?);
+    }
+    Ok(out)
+}
+
+/// One page of hosts in (hostname, host_id) order. A limit of 0 means every host (start-up
+/// only: request paths always pass a limit).
+pub fn list(conn: &Connection, filter: &HostFilter) -> Result<Vec<HostRecord>, StoreError> {
+    let (after_name, after_id) = filter.after.clone().unwrap_or_default();
+    let has_after = filter.after.is_some();
+    let (label_key, label_value) = match &filter.label {
+        Some((k, v)) => (
+            Some(format!("$.\"{}\"", k.replace('"', ""))),
+            Some(v.clone()),
+        ),
+        None => (None, None),
+    };
+    let limit = if filter.limit == 0 {
+        i64::MAX
+    } else {
+        i64::from(filter.limit)
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM hosts
+         WHERE (?1 = 0 OR (hostname, host_id) > (?2, ?3))
+           AND (?4 IS NULL OR role = ?4)
+           AND (?5 IS NULL OR json_extract(labels, ?5) = ?6)
+         ORDER BY hostname, host_id LIMIT ?7"
+    ))?;
+    let mut rows = stmt.query(params![
+        has_after,
+        after_name,
+        after_id,
+        filter.role,
+        label_key,
+        label_value,
+        limit
+    ])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(from_row(row)?);
+    }
+    Ok(out)
+}
+
+/// Stores a host's latest facts. The hostname is fixed at enrollment: facts never rename a
+/// host.
+pub fn set_facts(
+    conn: &Connection,
+    host_id: &str,
+    facts: &[u8],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE hosts SET facts = ?2, last_seen_ms = ?3 WHERE host_id = ?1",
+        params![host_id, facts, now_ms],
+    )?;
+    Ok(())
+}
+
+/// Records when hosts were last seen, many at once (the periodic flush of heartbeats).
+pub fn set_last_seen(conn: &Connection, seen: &[(String, i64)]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE hosts SET last_seen_ms = max(last_seen_ms, ?2) WHERE host_id = ?1",
+    )?;
+    for (host_id, at_ms) in seen {
+        stmt.execute(params![host_id, at_ms])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn host(id: &str, name: &str, role: &str, cluster: &str) -> HostRecord {
+        HostRecord {
+            host_id: id.into(),
+            hostname: name.into(),
+            role: role.into(),
+            labels: BTreeMap::from([("cluster".into(), cluster.into())]),
+            cert_serial: "01".into(),
+            enrolled_at_ms: 1,
+            last_seen_ms: 0,
+            facts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn hosts_are_listed_in_pages_with_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .write_blocking(|c| {
+                for i in 0..25 {
+                    let role = if i % 5 == 0 { "manager" } else { "worker" };
+                    let cluster = if i % 2 == 0 { "a" } else { "b" };
+                    upsert_enrolled(
+                        c,
+                        &host(&format!("id{i:02}"), &format!("h{i:02}"), role, cluster),
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut filter = HostFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        loop {
+            let page = store.read_blocking(|c| list(c, &filter)).unwrap();
+            assert!(page.len() <= 10);
+            let Some(last) = page.last() else { break };
+            filter.after = Some((last.hostname.clone(), last.host_id.clone()));
+            seen.extend(page.into_iter().map(|h| h.hostname));
+        }
+        assert_eq!(seen.len(), 25);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+        let managers = store
+            .read_blocking(|c| {
+                list(
+                    c,
+                    &HostFilter {
+                        role: Some("manager".into()),
+                        label: Some(("cluster".into(), "a".into())),
+                        ..Default::default()
+                    },
+                )
+            })
+            .unwrap();
+        let names: Vec<_> = managers.iter().map(|h| h.hostname.as_str()).collect();
+        assert_eq!(names, vec!["h00", "h10", "h20"]);
+    }
+
+    #[test]
+    fn facts_never_rename_a_host_and_last_seen_only_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .write_blocking(|c| {
+                upsert_enrolled(c, &host("id1", "web-1", "worker", "a"))?;
+                set_facts(c, "id1", &[1, 2], 50)?;
+                set_last_seen(c, &[("id1".into(), 40)])?;
+                set_last_seen(c, &[("id1".into(), 70)])
+            })
+            .unwrap();
+        let h = store.read_blocking(|c| get(c, "id1")).unwrap().unwrap();
+        assert_eq!(h.hostname, "web-1");
+        assert_eq!(h.facts, vec![1, 2]);
+        assert_eq!(h.last_seen_ms, 70);
+        assert_eq!(
+            store
+                .read_blocking(|c| by_hostname(c, "web-1"))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! Schema versions of the store, applied in order at open and recorded in `PRAGMA user_version`.
+//!
+//! Version 1 is the first released layout (a campaign stored as one JSON document). Version 2
+//! stores a campaign as a header row plus one row per host, so that a host's step rewrites that
+//! host's row only; it converts any campaign and manual-maintenance data written by version 1.
+
+use std::collections::BTreeMap;
+
+use pitcrew_scheduler::{CampaignRun, ManualState};
+use rusqlite::{Connection, params};
+
+use super::{StoreError, campaigns, from_json};
+
+const V1: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    uses_left INTEGER NOT NULL,
+    uses_total INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    host_id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    role TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    cert_serial TEXT NOT NULL,
+    enrolled_at_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL DEFAULT 0,
+    facts BLOB NOT NULL DEFAULT x''
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    campaign_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    result TEXT NOT NULL,
+    message TEXT NOT NULL,
+    actor TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_host ON events(host_id, id);
+CREATE INDEX IF NOT EXISTS events_campaign ON events(campaign_id, id);
+CREATE TABLE IF NOT EXISTS actions (
+    action_id TEXT PRIMARY KEY,
+    host_id TEXT NOT NULL,
+    campaign_id TEXT NOT NULL,
+    request BLOB NOT NULL,
+    result BLOB,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS campaigns (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec_toml TEXT NOT NULL,
+    state_json TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+const V2: &str = "
+CREATE TABLE campaign_runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec_toml TEXT NOT NULL,
+    -- The parsed spec the run was created from: written once.
+    spec_json TEXT NOT NULL,
+    -- The run without its hosts: state, failures, release times. Rewritten only when one of
+    -- those changes.
+    header_json TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE campaign_hosts (
+    campaign_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    host_id TEXT NOT NULL,
+    -- The host's rendered steps: written once, when the run is created.
+    steps_json TEXT NOT NULL,
+    -- The host's progress: the one row a host-step rewrites.
+    progress_json TEXT NOT NULL,
+    PRIMARY KEY (campaign_id, host_id)
+);
+CREATE TABLE manual_maintenance (
+    host_id TEXT PRIMARY KEY,
+    state_json TEXT NOT NULL
+);
+CREATE INDEX hosts_by_name ON hosts(hostname, host_id);
+CREATE INDEX actions_unfinished ON actions(host_id) WHERE result IS NULL;
+";
+
+/// The key version 1 kept manual maintenance under.
+const V1_MANUAL_KEY: &str = "manual_maintenance";
+
+/// Brings the schema to the newest version, one version per transaction.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version < 1 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(V1)?;
+        tx.pragma_update(None, "user_version", 1)?;
+        tx.commit()?;
+    }
+    if version < 2 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(V2)?;
+        convert_v1_campaigns(&tx)?;
+        tx.pragma_update(None, "user_version", 2)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Splits each version-1 campaign document into a header and host rows, and moves manual
+/// maintenance out of the key-value table.
+fn convert_v1_campaigns(conn: &Connection) -> Result<(), StoreError> {
+    let old: Vec<(String, String, String, i64, String)> = {
+        let mut stmt = conn.prepare(
+            "SELECT id, spec_toml, state_json, created_at_ms, created_by FROM campaigns",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (id, spec_toml, state_json, _created_at_ms, created_by) in old {
+        let run: CampaignRun = from_json(&format!("campaign {id}"), &state_json)?;
+        campaigns::insert_run(conn, &run, &spec_toml, &created_by)?;
+    }
+    conn.execute_batch("DROP TABLE campaigns")?;
+    let manual: Option<String> = conn
+        .query_row(
+            "SELECT value FROM kv WHERE key = ?1",
+            params![V1_MANUAL_KEY],
+            |r| r.get(0),
+        )
+        .ok();
+    if let Some(text) = manual {
+        let manual: BTreeMap<String, ManualState> = from_json("manual maintenance", &text)?;
+        for (host, state) in &manual {
+            campaigns::put_manual(conn, host, Some(state))?;
+        }
+        conn.execute("DELETE FROM kv WHERE key = ?1", params![V1_MANUAL_KEY])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pitcrew_scheduler::{CampaignSpec, HostView, Role};
+
+    #[test]
+    fn a_version_1_campaign_is_converted_to_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let spec = CampaignSpec::parse(
+            "name = \"old\"\n[[steps]]\nname = \"noop\"\naction = \"exec\"\nargv = [\"/bin/true\"]\n",
+            "old.toml",
+        )
+        .unwrap();
+        let hosts = vec![HostView {
+            id: "h1".into(),
+            hostname: "one".into(),
+            role: Role::Worker,
+            labels: Default::default(),
+            connected: true,
+            healthy: true,
+            boot_id: String::new(),
+            policy: None,
+        }];
+        let run = CampaignRun::new("c-old", &spec, &hosts, 5).unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(V1).unwrap();
+            conn.execute(
+                "INSERT INTO campaigns VALUES ('c-old', 'old', 'x', ?1, 5, 'admin')",
+                params![serde_json::to_string(&run).unwrap()],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO kv VALUES ('manual_maintenance', '{\"h2\":{\"phase\":\"maintenance\",\"since_ms\":1,\"by\":\"admin\"}}')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        let loaded = campaigns::load_all(&conn).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].run, run);
+        assert_eq!(loaded[0].created_by, "admin");
+        let manual = campaigns::load_manual(&conn).unwrap();
+        assert_eq!(manual["h2"].by, "admin");
+        // Opening again is a no-op.
+        migrate(&mut conn).unwrap();
+    }
+}
