@@ -1,8 +1,9 @@
 #!/bin/bash
 # Build pitcrew's packages into $CARGO_TARGET_DIR/packages (default target/packages):
-#   pitcrew-agent_<v>-1_<arch>.deb, pitcrew-coordinator_<v>-1_<arch>.deb (cargo-deb) and
-#   pitcrew-agent-<v>-1.<arch>.rpm and pitcrew-coordinator-<v>-1.<arch>.rpm (rpmbuild, from
-#   packaging/rpm/*.spec).
+#   pitcrew-{agent,coordinator,cli}_<v>-1_<arch>.deb (cargo-deb) and
+#   pitcrew-{agent,coordinator,cli}-<v>-1.<arch>.rpm (rpmbuild, from packaging/rpm/*.spec).
+# pitcrew-cli holds the operator's `pitcrew` command alone, for workstations; the coordinator's
+# packages recommend it.
 # Release binaries are built first. cargo-deb and rpm are installed only when missing.
 # Idempotent: running it again rebuilds the packages in place.
 #   --no-build   package the binaries already in the target dir
@@ -41,7 +42,7 @@ ensure_tools() {
 build_binaries() {
     if [ "$BUILD" = 1 ]; then
         log "cargo build --release (target dir $TARGET_DIR)"
-        (cd "$REPO" && cargo build --release -p pitcrew-agent -p pitcrew-coordinator)
+        (cd "$REPO" && cargo build --release -p pitcrew-agent -p pitcrew-coordinator -p pitcrew-cli)
     fi
     local bin
     for bin in pitcrew-agent pitcrew-coordinator pitcrew; do
@@ -56,7 +57,7 @@ workspace_version() {
 
 build_debs() {
     local pkg
-    for pkg in pitcrew-agent pitcrew-coordinator; do
+    for pkg in pitcrew-agent pitcrew-coordinator pitcrew-cli; do
         log "cargo deb -p $pkg"
         (cd "$REPO" && cargo deb --no-build --quiet -p "$pkg" --output "$OUT/")
     done
@@ -66,7 +67,7 @@ build_rpm() {
     local version top arch pkg
     version=$(workspace_version)
     arch=$(rpm --eval '%{_arch}')
-    for pkg in pitcrew-agent pitcrew-coordinator; do
+    for pkg in pitcrew-agent pitcrew-coordinator pitcrew-cli; do
         top=$(mktemp -d)
         log "rpmbuild $pkg $version"
         rpmbuild -bb --quiet \

@@ -5,7 +5,6 @@
 
 pub mod app;
 pub mod ca;
-pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod events;

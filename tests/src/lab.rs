@@ -300,6 +300,12 @@ impl Lab {
             AgentPackage::Rpm => ("pitcrew-agent-", ".rpm"),
             AgentPackage::None => bail!("no agent package requested"),
         };
+        self.package_path(prefix, suffix)
+    }
+
+    /// The newest built package named `<prefix>*<suffix>` in the packages dir, e.g.
+    /// `("pitcrew-cli_", ".deb")` or `("pitcrew-coordinator-", ".rpm")`.
+    pub fn package_path(&self, prefix: &str, suffix: &str) -> Result<PathBuf> {
         let mut found: Vec<PathBuf> = fs::read_dir(&self.packages_dir)
             .with_context(|| {
                 format!(

@@ -638,39 +638,48 @@ fn the_coordinator_installs_from_deb_and_rpm_and_serves_under_systemd() {
         .host(HostSpec::new("c2"))
         .up()
         .expect("lab up");
-    let packages = lab
-        .agent_package_path(AgentPackage::Deb)
-        .expect("packages built")
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let find = |prefix: &str, suffix: &str| {
-        std::fs::read_dir(&packages)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
-            })
-            .unwrap_or_else(|| panic!("no {prefix}*{suffix} in {}", packages.display()))
-    };
+    let package = |prefix: &str, suffix: &str| lab.package_path(prefix, suffix).unwrap();
+    // (host, coordinator package, CLI package, installer, which package owns a file)
     let installs = [
-        ("c1", find("pitcrew-coordinator_", ".deb"), "dpkg -i"),
+        (
+            "c1",
+            package("pitcrew-coordinator_", ".deb"),
+            package("pitcrew-cli_", ".deb"),
+            "dpkg -i",
+            "dpkg-query -S",
+        ),
         (
             "c2",
-            find("pitcrew-coordinator-", ".rpm"),
+            package("pitcrew-coordinator-", ".rpm"),
+            package("pitcrew-cli-", ".rpm"),
             "rpm -U --nodeps",
+            "rpm -q --qf '%{NAME}\\n' -f",
         ),
     ];
-    for (host, package, installer) in &installs {
-        lab.copy_in(host, package, "/var/tmp/coordinator.pkg")
+    for (host, coordinator, cli, installer, owner) in &installs {
+        lab.copy_in(host, coordinator, "/var/tmp/coordinator.pkg")
             .unwrap();
         let out = lab
             .sh(host, &format!("{installer} /var/tmp/coordinator.pkg 2>&1"))
             .unwrap();
         // Not initialised yet: installed and enabled, not started, and it says what to do.
         assert!(out.contains("pitcrew-coordinator init"), "{host}: {out}");
+        // The operator CLI is its own package: the coordinator's does not ship it.
+        assert_eq!(
+            lab.sh(host, "command -v pitcrew || echo none")
+                .unwrap()
+                .trim(),
+            "none",
+            "{host}: the coordinator package ships no pitcrew CLI"
+        );
+        lab.copy_in(host, cli, "/var/tmp/cli.pkg").unwrap();
+        lab.sh(host, &format!("{installer} /var/tmp/cli.pkg 2>&1"))
+            .unwrap();
+        let owned = lab.sh(host, &format!("{owner} /usr/bin/pitcrew")).unwrap();
+        assert!(
+            owned.trim().starts_with("pitcrew-cli"),
+            "{host}: /usr/bin/pitcrew comes from pitcrew-cli: {owned}"
+        );
         lab.sh(host, "pitcrew-coordinator init --data-dir /var/lib/pitcrew-coordinator --san 127.0.0.1 >/dev/null").unwrap();
         lab.sh(host, "systemctl start pitcrew-coordinator").unwrap();
         assert_eq!(

@@ -1,5 +1,9 @@
 //! The `pitcrew` command line: what an operator types. Each command maps to one Admin call (or
 //! a stream of them) and prints a table, or JSON with `-o json`.
+//!
+//! This crate knows only the wire (`pitcrew-proto`): it is what an operator's workstation
+//! installs (the `pitcrew-cli` package), without the coordinator.
+#![forbid(unsafe_code)]
 
 pub mod actions;
 pub mod campaigns;

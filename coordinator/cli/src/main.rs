@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     pitcrew_proto::tls::install_crypto_provider();
-    let cli = pitcrew_coordinator::cli::Cli::parse();
+    let cli = pitcrew_cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -15,7 +15,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(pitcrew_coordinator::cli::run(cli)) {
+    match runtime.block_on(pitcrew_cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("pitcrew: {error:#}");
