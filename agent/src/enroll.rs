@@ -124,9 +124,8 @@ pub async fn enroll(config: &AgentConfig, token: &str) -> Result<Enrolled, Enrol
     // A new key under a temporary name: the current identity stays intact until the new one works.
     let pending_key = config.state_dir.join("host.key.new");
     let csr = new_key_and_csr(&pending_key)?;
-    let hostname = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // The name the host enrolls under is fixed at enrollment: the configured one, if any.
+    let hostname = config.host.hostname();
     let tls_config = Arc::new(
         tls::pinned_client_config(&pin).map_err(|e| EnrollError::Identity(e.to_string()))?,
     );

@@ -1,8 +1,8 @@
 //! The action journal: the agent's on-disk memory of every action id it has accepted.
 //!
-//! DESIGN.md invariant 9 (at-most-once actions) rests on it: an action is written here, and the
-//! write made durable, *before* the agent acts, and its final result is written before the
-//! agent answers. A repeated id is answered from here and never run again.
+//! The *At-most-once actions* invariant (ARCHITECTURE.md) rests on it: an action is written
+//! here, and the write made durable, *before* the agent acts, and its final result is written
+//! before the agent answers. A repeated id is answered from here and never run again.
 //!
 //! One JSON file per action under `state_dir/journal/<id>.json`, replaced atomically (temp
 //! file, fsync, rename) so a crash leaves either the old or the new record, never half of one.

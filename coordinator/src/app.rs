@@ -13,13 +13,15 @@ use crate::config::{CoordinatorConfig, DataDir};
 use crate::engine::{Engine, EngineSettings, EngineTask};
 use crate::events::EventLog;
 use crate::registry::Registry;
-use crate::store::{Store, hosts};
+use crate::store::{Store, events, hosts};
 
 /// How often last-seen times reach the store (nothing after a restart depends on their
 /// precision; the live value is in memory).
 const LAST_SEEN_FLUSH: Duration = Duration::from_secs(10);
 /// How often silent sessions are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the event log is cut to its retention.
+const PRUNE_EVENTS_EVERY: Duration = Duration::from_secs(3600);
 
 /// Everything the services share.
 pub struct Coordinator {
@@ -65,6 +67,7 @@ impl Coordinator {
         });
         tokio::spawn(sweep_silent_sessions(coordinator.clone()));
         tokio::spawn(flush_last_seen(coordinator.clone()));
+        tokio::spawn(prune_events(coordinator.clone()));
         Ok((coordinator, task))
     }
 }
@@ -77,6 +80,27 @@ async fn sweep_silent_sessions(c: Arc<Coordinator>) {
     loop {
         tick.tick().await;
         c.registry.close_silent(pitcrew_proto::now_ms(), timeout_ms);
+    }
+}
+
+/// Keeps the event log within its retention (`[events]` of coordinator.toml).
+async fn prune_events(c: Arc<Coordinator>) {
+    let mut tick = tokio::time::interval(PRUNE_EVENTS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let max_age_ms = i64::try_from(c.config.events.max_age.as_millis()).unwrap_or(i64::MAX);
+        let before = pitcrew_proto::now_ms().saturating_sub(max_age_ms);
+        let keep = c.config.events.max_events;
+        match c
+            .store
+            .write(move |conn| events::prune(conn, before, keep))
+            .await
+        {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(message = "pruned the event log", deleted),
+            Err(error) => tracing::warn!(message = "cannot prune the event log", %error),
+        }
     }
 }
 

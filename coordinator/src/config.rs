@@ -4,6 +4,7 @@
 //! first operator's certificate and the config. Errors name the file and the field.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,24 +22,85 @@ pub struct CoordinatorConfig {
     #[serde(default = "default_heartbeat_timeout")]
     pub heartbeat_timeout_seconds: u32,
     /// Lifetime of host certificates (agents renew at 70 % of it), e.g. "30d".
-    #[serde(
-        default = "default_host_cert_lifetime",
-        with = "humantime_serde_compat"
-    )]
+    #[serde(default = "default_host_cert_lifetime", with = "humantime_serde")]
     pub host_cert_lifetime: std::time::Duration,
+    /// What one peer may take of the coordinator (`[limits]`).
+    #[serde(default)]
+    pub limits: Limits,
+    /// How long the event log is kept (`[events]`).
+    #[serde(default)]
+    pub events: EventRetention,
 }
 
-/// (De)serialises a duration as humantime text ("30d", "12h").
-mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
+/// Limits that keep one misbehaving peer from taking the coordinator down for everyone. The
+/// defaults hold a fleet of tens of thousands of agents; see the example coordinator.toml.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections in all (each is a file descriptor; the unit's LimitNOFILE is higher).
+    pub max_connections: usize,
+    /// Connections without a client certificate (only enrollment is open to them), in all.
+    pub max_anonymous_connections: usize,
+    /// Connections without a client certificate from one source address.
+    pub max_anonymous_per_source: usize,
+    /// Connections with one certificate's identity (a host needs one, an operator a few).
+    pub max_connections_per_identity: usize,
+    /// A connection without a client certificate is closed this long after its handshake
+    /// (enrolling takes well under a second).
+    #[serde(with = "humantime_serde")]
+    pub anonymous_connection_lifetime: Duration,
+    /// A TLS handshake not finished by then is dropped.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Concurrent requests (HTTP/2 streams) on one connection.
+    pub max_concurrent_streams: u32,
+    /// The largest enrollment request (a token, a CSR and names).
+    pub enroll_max_message_bytes: usize,
+    /// HTTP/2 pings this often find connections whose peer is gone.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Refused enrollments from one source address within a minute before further attempts
+    /// from it are turned away without a look at the store (and counted, not logged each).
+    pub refused_enrollments_per_minute: u32,
+}
 
-    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 32_768,
+            max_anonymous_connections: 1024,
+            max_anonymous_per_source: 64,
+            max_connections_per_identity: 64,
+            anonymous_connection_lifetime: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 32,
+            enroll_max_message_bytes: 64 * 1024,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            refused_enrollments_per_minute: 10,
+        }
     }
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+/// How much of the event log is kept: older events are deleted hourly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventRetention {
+    /// Events older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// At most this many events are kept (the newest).
+    pub max_events: u64,
+}
+
+impl Default for EventRetention {
+    fn default() -> Self {
+        EventRetention {
+            max_age: Duration::from_secs(90 * 24 * 3600),
+            max_events: 2_000_000,
+        }
     }
 }
 
@@ -63,6 +125,8 @@ impl Default for CoordinatorConfig {
             heartbeat_seconds: default_heartbeat(),
             heartbeat_timeout_seconds: default_heartbeat_timeout(),
             host_cert_lifetime: default_host_cert_lifetime(),
+            limits: Limits::default(),
+            events: EventRetention::default(),
         }
     }
 }

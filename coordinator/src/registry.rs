@@ -145,6 +145,13 @@ impl Registry {
         current
     }
 
+    /// Closes the host's live session, if it has one, saying why.
+    pub fn close_session(&self, host_id: &str, reason: &str) {
+        if let Some(session) = self.sessions.lock().get(host_id) {
+            session.shared.close(reason.to_owned());
+        }
+    }
+
     pub fn is_connected(&self, host_id: &str) -> bool {
         self.sessions.lock().contains_key(host_id)
     }

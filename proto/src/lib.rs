@@ -1,18 +1,27 @@
-//! The pitcrew wire protocol (`pitcrew.v1`) and the helpers every part shares: TLS set-up,
-//! certificate identities, file helpers and time.
+//! The pitcrew wire protocol (`pitcrew.v1`) and the helpers every part shares: the agent's
+//! policy, action wording, time, and — with the `grpc` feature — the services, TLS set-up,
+//! certificate identities, file helpers and logging.
+//!
+//! Without `grpc` this crate pulls in no tonic, tokio or rustls: the pure scheduler depends on
+//! it that way (an architecture invariant CI checks).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "grpc")]
+pub mod accept;
 pub mod describe;
 pub mod files;
+#[cfg(feature = "grpc")]
 pub mod identity;
+#[cfg(feature = "grpc")]
 pub mod logging;
 pub mod policy;
+#[cfg(feature = "grpc")]
 pub mod tls;
 
-/// Generated protobuf messages and gRPC services of package `pitcrew.v1`.
+/// Generated protobuf messages (and, with `grpc`, services) of package `pitcrew.v1`.
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
-    tonic::include_proto!("pitcrew.v1");
+    include!(concat!(env!("OUT_DIR"), "/pitcrew.v1.rs"));
 }
 
 /// Milliseconds since the Unix epoch, the one time unit on the wire and in the store.

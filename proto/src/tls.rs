@@ -2,7 +2,6 @@
 //! acceptor (client certificates optional at the handshake, required per service), the agents'
 //! and operators' connector, and CA pinning by SHA-256 fingerprint for enrollment.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +15,9 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
-
-/// How long a peer may take to finish the TLS handshake before it is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors setting up or loading TLS material; each names the file or the reason.
 #[derive(Debug, thiserror::Error)]
@@ -291,61 +286,6 @@ pub async fn connect(address: &str, config: Arc<ClientConfig>) -> Result<Channel
         .await
         .map_err(|e| fail(error_chain(&e)))?;
     Ok(channel)
-}
-
-/// The TLS connections accepted by the coordinator, fed to `serve_with_incoming`.
-pub type Incoming = tokio_stream::wrappers::ReceiverStream<
-    Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>,
->;
-
-/// Accepts TCP connections on `listener` and completes TLS handshakes off the accept loop.
-/// A failed handshake (wrong CA, expired certificate, garbage) is logged with the peer address
-/// and dropped; it never stops the listener.
-pub fn accept(listener: TcpListener, config: Arc<ServerConfig>) -> Incoming {
-    let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, addr) = match listener.accept().await {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(message = "accept failed", %error);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if tx.is_closed() {
-                break;
-            }
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if let Some(stream) = handshake(acceptor, tcp, addr).await {
-                    let _ = tx.send(Ok(stream)).await;
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-async fn handshake(
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    addr: SocketAddr,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let _ = tcp.set_nodelay(true);
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(error)) => {
-            tracing::warn!(message = "refused a TLS connection", peer = %addr, %error);
-            None
-        }
-        Err(_) => {
-            tracing::warn!(message = "dropped a TLS connection that did not finish its handshake", peer = %addr);
-            None
-        }
-    }
 }
 
 /// Renders an error with its sources, so that "transport error" says what actually went wrong.

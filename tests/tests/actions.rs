@@ -359,3 +359,44 @@ fn events_follow_streams_new_host_events_as_they_happen() {
     let _ = follower.kill();
     let _ = follower.wait();
 }
+
+#[test]
+fn escape_sequences_an_agent_sends_never_reach_the_operators_terminal() {
+    let (c, agent, _work) = start(policy);
+    let host = agent.machine_id.clone();
+    // Output that would clear the screen and retitle the terminal if printed raw.
+    let ran = run_do(
+        &c,
+        &host,
+        &[
+            "exec",
+            "--",
+            "/bin/sh",
+            "-c",
+            "printf 'before\\033[2J\\033]0;owned\\007after\\n'",
+        ],
+    );
+    assert!(ran.ok, "{} {}", ran.stdout, ran.stderr);
+    assert!(
+        !ran.stdout.contains('\u{1b}') && !ran.stdout.contains('\u{7}'),
+        "{:?}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout
+            .contains("before\\u{1b}[2J\\u{1b}]0;owned\\u{7}after"),
+        "the output is shown, escaped: {:?}",
+        ran.stdout
+    );
+    // The event log shows it the same way.
+    let out = c.cli(&["events", "--host", &host]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("owned") && !text.contains('\u{1b}'),
+        "{text:?}"
+    );
+    // JSON keeps the exact bytes, escaped the JSON way, for scripts.
+    let json = c.cli(&["events", "--host", &host, "-o", "json"]);
+    let text = String::from_utf8_lossy(&json.stdout);
+    assert!(text.contains("\\u001b[2J"), "{text}");
+}

@@ -247,6 +247,7 @@ fn expired_revoked_and_used_up_tokens_are_refused_saying_which() {
         revoked: false,
         created_at_ms: 0,
         created_by: "test".into(),
+        replace_host: String::new(),
     };
     store
         .write_blocking(move |c| tokens::insert(c, &record))
@@ -363,13 +364,62 @@ fn malformed_and_oversize_enrollments_get_clear_errors_and_the_coordinator_keeps
 }
 
 #[test]
+fn a_join_token_cannot_take_over_an_enrolled_host() {
+    let (coordinator, agent) = fleet_with_one_agent();
+    let before = coordinator.host(&agent.machine_id).unwrap();
+    // Someone who knows the host's machine id (it is not secret) and holds a token for another
+    // cluster and role tries to enroll under it.
+    let token = coordinator.token("manager", &[("cluster", "elsewhere")], 1);
+    let impostor = Agent::new(&coordinator, "impostor", &token, "").unwrap();
+    std::fs::write(
+        impostor.dir.join("machine-id"),
+        format!("{}\n", agent.machine_id),
+    )
+    .unwrap();
+    let (ok, stderr) = enroll(&impostor, &token);
+    assert!(!ok, "the impostor enrolled");
+    assert!(
+        stderr.contains("already enrolled") && stderr.contains("--replace"),
+        "{stderr}"
+    );
+    // The host is untouched: same certificate, role and labels, its session still up.
+    let after = coordinator.host(&agent.machine_id).unwrap();
+    assert_eq!(after["cert_serial"], before["cert_serial"]);
+    assert_eq!(after["role"], before["role"]);
+    assert_eq!(after["labels"], before["labels"]);
+    assert_eq!(after["hostname"], before["hostname"]);
+    assert_eq!(after["connected"], true);
+    // The token is not spent, and the refusal is audited.
+    let tokens = coordinator.cli_json(&["token", "ls"]);
+    assert!(
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["role"] == "manager" && t["uses_left"] == 1),
+        "{tokens}"
+    );
+    let audit = coordinator.cli_json(&["events", "--limit", "0"]);
+    assert!(
+        audit.as_array().unwrap().iter().any(|e| e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already enrolled")),
+        "{audit}"
+    );
+}
+
+#[test]
 fn a_rebuilt_host_reenrolls_and_its_old_certificate_stops_working() {
     let (coordinator, mut agent) = fleet_with_one_agent();
     let (old_cert, old_key) = agent_identity(&agent);
     agent.kill();
-    // The host is rebuilt: same machine id, empty state, a new token.
+    // The host is rebuilt: same machine id, empty state, a token made to re-enroll it.
     std::fs::remove_dir_all(agent.state_dir()).unwrap();
-    let token = coordinator.token("worker", &[], 1);
+    let token = coordinator.cli_json(&["token", "create", "--replace", &agent.machine_id])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (ok, stderr) = enroll(&agent, &token);
     assert!(ok, "{stderr}");
     agent.start().unwrap();

@@ -214,12 +214,14 @@ pub async fn run(connect: &ConnectArgs, format: Format, args: DoArgs) -> anyhow:
     let mut events = Vec::new();
     while let Some(event) = stream.message().await.map_err(status)? {
         match &event.event {
-            Some(Event::Log(line)) if format == Format::Table => println!("{}: {line}", args.host),
+            Some(Event::Log(line)) if format == Format::Table => {
+                crate::say!("{}: {line}", args.host)
+            }
             Some(Event::Progress(p)) if format == Format::Table => {
                 if p.percent >= 0 {
-                    eprintln!("{}: [{:>3}%] {}", args.host, p.percent, p.stage);
+                    crate::say_err!("{}: [{:>3}%] {}", args.host, p.percent, p.stage);
                 } else {
-                    eprintln!("{}: {}", args.host, p.stage);
+                    crate::say_err!("{}: {}", args.host, p.stage);
                 }
             }
             Some(Event::Result(r)) => result = Some(r.clone()),
@@ -236,9 +238,9 @@ pub async fn run(connect: &ConnectArgs, format: Format, args: DoArgs) -> anyhow:
     } else {
         let word = pitcrew_proto::describe::outcome(result.outcome);
         if !result.output.is_empty() {
-            print!("{}", result.output);
+            crate::say_raw!("{}", result.output);
             if !result.output.ends_with('\n') {
-                println!();
+                crate::say!();
             }
         }
         let rule = if result.refused_by.is_empty() {
@@ -246,9 +248,11 @@ pub async fn run(connect: &ConnectArgs, format: Format, args: DoArgs) -> anyhow:
         } else {
             format!(" [rule {}]", result.refused_by)
         };
-        println!(
+        crate::say!(
             "{} {}: {word}: {}{rule}",
-            args.host, result.action_id, result.message
+            args.host,
+            result.action_id,
+            result.message
         );
     }
     if result.outcome != v1::Outcome::Succeeded as i32 {

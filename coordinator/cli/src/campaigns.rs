@@ -94,9 +94,9 @@ pub async fn campaign(
             if format == Format::Json {
                 return output::json(&plan);
             }
-            print!("{}", plan.text);
+            crate::say_raw!("{}", plan.text);
             for warning in &plan.warnings {
-                eprintln!("warning: {warning}");
+                crate::say_err!("warning: {warning}");
             }
             Ok(())
         }
@@ -114,16 +114,18 @@ pub async fn campaign(
                 .map_err(status)?
                 .into_inner();
             if follow {
-                eprintln!("campaign {} ({}) started", info.id, info.name);
+                crate::say_err!("campaign {} ({}) started", info.id, info.name);
                 return watch(connect, format, &info.id).await;
             }
             if format == Format::Json {
                 return output::json(&info);
             }
-            println!("{}", info.id);
-            eprintln!(
+            crate::say!("{}", info.id);
+            crate::say_err!(
                 "campaign {} ({}) started; follow it with: pitcrew campaign watch {}",
-                info.id, info.name, info.id
+                info.id,
+                info.name,
+                info.id
             );
             Ok(())
         }
@@ -159,7 +161,7 @@ pub async fn campaign(
                     output::clock(c.created_at_ms),
                 ]);
             }
-            println!("{table}");
+            crate::say!("{table}");
             Ok(())
         }
         CampaignCommand::Show { id } => {
@@ -250,19 +252,20 @@ async fn control(
     if format == Format::Json {
         return output::json(&info);
     }
-    println!("campaign {} is {}", info.id, info.state);
+    crate::say!("campaign {} is {}", info.id, info.state);
     Ok(())
 }
 
 /// A campaign as a table of hosts, with the campaign's own blocker on top.
 pub fn print_campaign(info: &v1::CampaignInfo) {
-    println!("campaign {} ({}): {}", info.id, info.name, info.state);
+    crate::say!("campaign {} ({}): {}", info.id, info.name, info.state);
     if !info.blocker.is_empty() {
-        println!("waiting: {}", info.blocker);
+        crate::say!("waiting: {}", info.blocker);
     }
-    println!(
+    crate::say!(
         "failures: {} of {} allowed",
-        info.failures, info.max_failures
+        info.failures,
+        info.max_failures
     );
     let mut table = output::table(&["host", "role", "state", "step", "progress", "waiting for"]);
     for h in &info.hosts {
@@ -280,7 +283,7 @@ pub fn print_campaign(info: &v1::CampaignInfo) {
             detail,
         ]);
     }
-    println!("{table}");
+    crate::say!("{table}");
 }
 
 /// Follows a campaign until it completes or is cancelled. Exits non-zero if it ends cancelled.
@@ -308,7 +311,7 @@ pub async fn watch(connect: &ConnectArgs, format: Format, id: &str) -> anyhow::R
         if format == Format::Json {
             println!("{}", serde_json::to_string(&info)?);
         } else if live {
-            header.set_message(format!(
+            let line = format!(
                 "campaign {} ({}): {}{}",
                 info.id,
                 info.name,
@@ -318,17 +321,18 @@ pub async fn watch(connect: &ConnectArgs, format: Format, id: &str) -> anyhow::R
                 } else {
                     format!(" — waiting: {}", info.blocker)
                 }
-            ));
+            );
+            header.set_message(output::clean(&line).into_owned());
             for h in &info.hosts {
                 let bar = host_bars.entry(h.host_id.clone()).or_insert_with(|| {
                     let bar = bars.add(ProgressBar::new(u64::from(h.steps_total.max(1))));
                     bar.set_style(style.clone());
-                    bar.set_prefix(h.hostname.clone());
+                    bar.set_prefix(output::clean(&h.hostname).into_owned());
                     bar
                 });
                 bar.set_length(u64::from(h.steps_total.max(1)));
                 bar.set_position(u64::from(h.steps_done));
-                bar.set_message(host_line(h));
+                bar.set_message(output::clean(&host_line(h)).into_owned());
             }
         } else {
             // Not a terminal: print a line whenever something changes, for logs and CI.
@@ -343,7 +347,7 @@ pub async fn watch(connect: &ConnectArgs, format: Format, id: &str) -> anyhow::R
                 }
             );
             if last_lines.get("").is_none_or(|l| *l != campaign_line) {
-                println!(
+                crate::say!(
                     "[{}] {campaign_line}",
                     output::clock(pitcrew_proto::now_ms())
                 );
@@ -359,7 +363,7 @@ pub async fn watch(connect: &ConnectArgs, format: Format, id: &str) -> anyhow::R
                     host_line(h)
                 );
                 if last_lines.get(&h.host_id).is_none_or(|l| *l != line) {
-                    println!("[{}]   {line}", output::clock(pitcrew_proto::now_ms()));
+                    crate::say!("[{}]   {line}", output::clock(pitcrew_proto::now_ms()));
                     last_lines.insert(h.host_id.clone(), line);
                 }
             }
@@ -411,7 +415,7 @@ pub async fn maintenance(
     if format == Format::Json {
         return output::json(&info);
     }
-    println!("{} is {}", info.hostname, info.maintenance_state);
+    crate::say!("{} is {}", info.hostname, info.maintenance_state);
     Ok(())
 }
 
@@ -452,7 +456,7 @@ pub async fn events(connect: &ConnectArgs, format: Format, args: EventsArgs) -> 
         } else {
             format!(" {}:", e.result)
         };
-        println!(
+        crate::say!(
             "{} {who}{campaign}{step}{result} {}",
             output::clock(e.at_ms),
             e.message

@@ -20,8 +20,9 @@ pub enum HostsCommand {
 pub enum TokenCommand {
     /// Create a join token; it is printed once and stored only as a hash.
     Create {
-        #[arg(long, value_parser = ["worker", "manager"])]
-        role: String,
+        /// The role of hosts enrolled with it.
+        #[arg(long, value_parser = ["worker", "manager"], required_unless_present = "replace")]
+        role: Option<String>,
         /// A label for hosts enrolled with this token, as key=value (repeat).
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
@@ -31,6 +32,10 @@ pub enum TokenCommand {
         /// How long it is valid, e.g. 1h, 30m, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
+        /// A token to re-enroll this existing host (id or hostname), e.g. after a rebuild:
+        /// the only kind that can. The host keeps its role and labels.
+        #[arg(long, conflicts_with_all = ["role", "labels"])]
+        replace: Option<String>,
     },
     /// List join tokens (never their secret).
     Ls,
@@ -154,7 +159,7 @@ pub async fn hosts(
                     },
                 ]);
             }
-            println!("{table}");
+            crate::say!("{table}");
             Ok(())
         }
         HostsCommand::Show { host } => {
@@ -223,7 +228,7 @@ pub async fn hosts(
                     ),
                 ]);
             }
-            println!("{table}");
+            crate::say!("{table}");
             Ok(())
         }
     }
@@ -241,12 +246,14 @@ pub async fn token(
             labels,
             uses,
             ttl,
+            replace,
         } => {
             let request = v1::CreateTokenRequest {
-                role,
+                role: role.unwrap_or_default(),
                 labels: labels.into_iter().collect::<HashMap<_, _>>(),
                 uses,
                 ttl_seconds: ttl.as_secs(),
+                replace_host: replace.unwrap_or_default(),
             };
             let created = client
                 .create_token(request)
@@ -257,11 +264,15 @@ pub async fn token(
                 return output::json(&created);
             }
             let info = created.info.unwrap_or_default();
-            println!("{}", created.token);
-            eprintln!(
-                "join token {} for role {}: {} use(s), expires in {}. It is shown only now.",
+            crate::say!("{}", created.token);
+            let purpose = if info.replace_host.is_empty() {
+                format!("for role {}", info.role)
+            } else {
+                format!("to re-enroll host {}", info.replace_host)
+            };
+            crate::say_err!(
+                "join token {} {purpose}: {} use(s), expires in {}. It is shown only now.",
                 info.id,
-                info.role,
                 info.uses_total,
                 humantime::format_duration(ttl)
             );
@@ -310,7 +321,7 @@ pub async fn token(
                     t.created_by,
                 ]);
             }
-            println!("{table}");
+            crate::say!("{table}");
             Ok(())
         }
         TokenCommand::Revoke { id } => {
@@ -322,7 +333,7 @@ pub async fn token(
             if format == Format::Json {
                 return output::json(&token);
             }
-            println!("revoked join token {}", token.id);
+            crate::say!("revoked join token {}", token.id);
             Ok(())
         }
     }

@@ -18,7 +18,8 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(pitcrew_cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("pitcrew: {error:#}");
+            // Errors may quote what an agent said: shown as safely as everything else.
+            pitcrew_cli::say_err!("pitcrew: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use pitcrew_proto::v1;
 use serde::{Deserialize, Serialize};
 
 use crate::action::StepAction;
@@ -45,17 +44,6 @@ pub struct Dispatch {
     pub step_label: String,
     pub action: StepAction,
     pub timeout_ms: i64,
-}
-
-impl Dispatch {
-    /// The request to send on the target agent's session.
-    pub fn to_request(&self) -> v1::ActionRequest {
-        v1::ActionRequest {
-            action_id: self.action_id.clone(),
-            action: Some(self.action.to_proto()),
-            timeout_seconds: u32::try_from((self.timeout_ms + 999) / 1000).unwrap_or(u32::MAX),
-        }
-    }
 }
 
 /// One thing the runtime should do. Apply it to the run (and persist) before doing it.

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use pitcrew_proto::policy::Policy;
+use pitcrew_proto::policy::LocalPolicy;
 use serde::{Deserialize, Serialize};
 
 /// The two roles pitcrew knows. Managers carry the orchestrator's quorum; workers carry load.
@@ -65,7 +65,7 @@ pub struct HostView {
     pub boot_id: String,
     /// The local policy reported in facts, used by the planner to predict refusals.
     #[serde(default)]
-    pub policy: Option<Policy>,
+    pub policy: Option<LocalPolicy>,
 }
 
 impl HostView {

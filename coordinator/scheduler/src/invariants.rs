@@ -1,6 +1,6 @@
-//! The DESIGN.md invariants that can be read off a state (fleet + persisted runs), as one
-//! checker shared by the model checker, the property tests and (as a debug assertion) the
-//! runtime. Invariants about transitions (quorum guard at the moment of taking a manager,
+//! The campaign invariants (ARCHITECTURE.md) that can be read off a state (fleet + persisted
+//! runs), as one checker shared by the model checker, the property tests and (as a debug
+//! assertion after every turn) the coordinator's engine. Invariants about transitions (quorum guard at the moment of taking a manager,
 //! windows at the moment of starting, at-most-once) are checked where those happen.
 
 use std::collections::BTreeMap;

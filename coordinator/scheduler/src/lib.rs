@@ -4,7 +4,7 @@
 //! Nothing here does I/O, reads a clock or spawns anything: time is the `now_ms` argument, the
 //! fleet and the persisted campaign runs are inputs, and the output is a list of decisions the
 //! coordinator's runtime persists (write-ahead) and then carries out. That is what lets the
-//! invariants of DESIGN.md be model-checked (`tests/model.rs`) and property-tested.
+//! campaign invariants (ARCHITECTURE.md) be model-checked (`tests/model.rs`) and property-tested.
 #![forbid(unsafe_code)]
 
 pub mod action;

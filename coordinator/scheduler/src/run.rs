@@ -54,7 +54,7 @@ impl fmt::Display for CampaignState {
 }
 
 /// A host's state within one campaign. Entering, Maintenance and Leaving follow the
-/// hyper-converged runbook's node states; Failed keeps the slot (DESIGN.md invariant 5).
+/// hyper-converged runbook's node states; Failed keeps the slot (campaign invariant *Gate before release*).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HostState {
@@ -390,19 +390,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Maps the wire `Outcome` (an `i32` in the generated code); unknown values are failures.
-    pub fn from_proto(value: i32) -> Outcome {
-        use pitcrew_proto::v1::Outcome as P;
-        match P::try_from(value) {
-            Ok(P::Succeeded) => Outcome::Succeeded,
-            Ok(P::Refused) => Outcome::Refused,
-            Ok(P::TimedOut) => Outcome::TimedOut,
-            Ok(P::Cancelled) => Outcome::Cancelled,
-            Ok(P::Interrupted) => Outcome::Interrupted,
-            _ => Outcome::Failed,
-        }
-    }
-
     fn as_str(self) -> &'static str {
         match self {
             Outcome::Succeeded => "succeeded",

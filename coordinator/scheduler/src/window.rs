@@ -1,7 +1,7 @@
 //! Maintenance windows: absolute ones (a start and a duration, like a DC/OS maintenance
 //! schedule's `unavailability`) and weekly ones (days, a local start time, a duration and a time
 //! zone). A host may only START inside a window that applies to it; a host in progress finishes
-//! (DESIGN.md invariant 7). No windows at all means always open.
+//! (campaign invariant *Windows*). No windows at all means always open.
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};

@@ -542,9 +542,7 @@ fn action_ids_are_deterministic_and_resent_after_a_restart() {
         decide(&f, &reloaded, 2).decisions.is_empty(),
         "nothing is dispatched twice"
     );
-    let req = resend[0].to_request();
-    assert_eq!(req.action_id, "c1:w1:main-0:a1");
-    assert!(req.action.is_some());
+    assert_eq!(resend[0].action_id, "c1:w1:main-0:a1");
 }
 
 #[test]

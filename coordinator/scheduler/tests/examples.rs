@@ -178,6 +178,25 @@ fn a_step_the_host_policy_refuses_is_named_in_the_plan_error() {
 }
 
 #[test]
+fn the_plan_predicts_refusals_of_the_rules_only_the_agent_s_full_policy_carries() {
+    let text = std::fs::read_to_string(format!(
+        "{}/../../examples/dcos-agent-update.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let spec = CampaignSpec::parse(&text, "dcos-agent-update.toml").unwrap();
+    let mut hosts = sample_fleet("dcos-a");
+    for h in &mut hosts {
+        if let Some(p) = h.policy.as_mut() {
+            p.units = vec!["*".into()];
+            p.signals = vec!["SIGTERM".into()];
+        }
+    }
+    let err = plan(&spec, "c-1", &hosts, NOW).unwrap_err().to_string();
+    assert!(err.contains("policy.signals"), "{err}");
+}
+
+#[test]
 fn the_planner_refuses_what_would_go_wrong() {
     let text = std::fs::read_to_string(format!(
         "{}/../../examples/swarm-patch.toml",

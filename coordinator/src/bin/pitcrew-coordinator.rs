@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 use pitcrew_coordinator::config::DataDir;
 use pitcrew_coordinator::server::{self, Coordinator};
 
+/// Threads for blocking work (store reads, planning) beside the async workers.
+const BLOCKING_THREADS: usize = 8;
+
 #[derive(Parser)]
 #[command(
     name = "pitcrew-coordinator",
@@ -85,7 +88,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { data_dir, listen } => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            // Blocking work is store reads on one connection and planning: a few threads are
+            // plenty, and every extra one costs memory (its stack and allocator arena).
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(BLOCKING_THREADS)
+                .build()
+                .context("starting the async runtime")?;
             runtime.block_on(serve(data_dir, listen))
         }
     }

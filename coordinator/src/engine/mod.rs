@@ -367,6 +367,10 @@ impl Runner {
         }
         if turn.campaigns_changed {
             self.changes.send_modify(|n| *n = n.wrapping_add(1));
+            if cfg!(debug_assertions) {
+                let broken = self.state.broken_invariants();
+                debug_assert!(broken.is_empty(), "campaign invariants broken: {broken:?}");
+            }
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use pitcrew_proto::v1;
 use pitcrew_scheduler::{
     self as scheduler, CampaignRun, CampaignState, Decision, Event, Fleet, HostView, ManualState,
-    Outcome, Role,
+    Role,
 };
 use prost::Message;
 use rusqlite::Connection;
@@ -185,28 +185,16 @@ pub(crate) fn host_view(record: &HostRecord, connected: bool) -> Option<HostView
             .unwrap_or_default(),
         policy: facts
             .and_then(|f| f.policy)
-            .map(|p| pitcrew_proto::policy::Policy::from_proto(&p)),
+            .map(|p| pitcrew_proto::policy::LocalPolicy::from_proto(&p)),
     })
 }
 
 fn finished_event(result: &v1::ActionResult, boot_id: Option<String>) -> Event {
     Event::ActionFinished {
         action_id: result.action_id.clone(),
-        outcome: outcome_of(result.outcome),
+        outcome: crate::wire::outcome(result.outcome),
         message: result.message.clone(),
         boot_id: boot_id.filter(|b| !b.is_empty()),
-    }
-}
-
-/// The scheduler's outcome for a wire outcome; anything unknown is a failure.
-fn outcome_of(value: i32) -> Outcome {
-    match v1::Outcome::try_from(value) {
-        Ok(v1::Outcome::Succeeded) => Outcome::Succeeded,
-        Ok(v1::Outcome::Refused) => Outcome::Refused,
-        Ok(v1::Outcome::TimedOut) => Outcome::TimedOut,
-        Ok(v1::Outcome::Cancelled) => Outcome::Cancelled,
-        Ok(v1::Outcome::Interrupted) => Outcome::Interrupted,
-        _ => Outcome::Failed,
     }
 }
 
@@ -386,7 +374,7 @@ impl EngineState {
                 view.boot_id = facts.boot_id;
                 view.policy = facts
                     .policy
-                    .map(|p| pitcrew_proto::policy::Policy::from_proto(&p));
+                    .map(|p| pitcrew_proto::policy::LocalPolicy::from_proto(&p));
             }
             None => {
                 view.connected = false;
@@ -404,7 +392,7 @@ impl EngineState {
             view.boot_id = facts.boot_id;
             view.policy = facts
                 .policy
-                .map(|p| pitcrew_proto::policy::Policy::from_proto(&p));
+                .map(|p| pitcrew_proto::policy::LocalPolicy::from_proto(&p));
         }
     }
 
@@ -517,7 +505,7 @@ impl EngineState {
                 }
                 applied += 1;
                 if let Decision::Dispatch(d) = decision {
-                    let request = d.to_request();
+                    let request = crate::wire::action_request(d);
                     turn.actions.push(ActionRecord {
                         action_id: d.action_id.clone(),
                         host_id: d.target_host.clone(),
@@ -852,6 +840,12 @@ impl EngineState {
         (0..self.runs.len())
             .map(|ci| self.view_of(ci, HostPage::None))
             .collect()
+    }
+
+    /// The campaign invariants that do not hold in the current state (none, unless there is a
+    /// bug): checked after every turn in debug builds.
+    pub fn broken_invariants(&self) -> Vec<String> {
+        scheduler::invariants::check(&self.fleet, &self.runs)
     }
 
     /// Who holds each of these hosts out of service.

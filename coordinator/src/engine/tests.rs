@@ -96,6 +96,7 @@ fn workers(store: &Store, n: usize) -> Vec<String> {
             role: "worker".into(),
             labels: BTreeMap::new(),
             cert_serial: "01".into(),
+            pending_serial: String::new(),
             enrolled_at_ms: 1,
             last_seen_ms: 0,
             facts: Vec::new(),

@@ -120,13 +120,14 @@ fn validate_labels(
     Ok(out)
 }
 
-/// Checks an action id an operator chose (the agent journals by it).
+/// Checks an action id an operator chose (the agent journals by it). Campaign steps' ids always
+/// hold a `:` and operators' never do, so an operator cannot pre-empt a step's journal entry.
 fn valid_action_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 fn parse_spec(text: &str, source: &str) -> Result<CampaignSpec, Status> {
@@ -259,8 +260,14 @@ impl Admin for AdminService {
         let (operator, _) = require_operator(&request)?;
         let c = &self.coordinator;
         let r = request.into_inner();
-        let role = parse_role(&r.role)?;
-        let labels = validate_labels(&r.labels)?;
+        // A token either enrolls new hosts (with the role and labels it carries) or re-enrolls
+        // one existing host, which keeps its own role and labels.
+        let (role, labels, replaces) = if r.replace_host.is_empty() {
+            (parse_role(&r.role)?, validate_labels(&r.labels)?, None)
+        } else {
+            let host = resolve_host(c, &r.replace_host).await?;
+            (host.role.clone(), host.labels.clone(), Some(host))
+        };
         let uses = if r.uses == 0 { 1 } else { r.uses };
         let ttl = if r.ttl_seconds == 0 {
             3600
@@ -285,6 +292,10 @@ impl Admin for AdminService {
             revoked: false,
             created_at_ms: now,
             created_by: operator.clone(),
+            replace_host: replaces
+                .as_ref()
+                .map(|h| h.host_id.clone())
+                .unwrap_or_default(),
         };
         let stored = record.clone();
         c.store
@@ -294,10 +305,16 @@ impl Admin for AdminService {
             &operator,
             "",
             "",
-            &format!(
-                "created join token {} for role {} ({} uses, {} s)",
-                record.id, record.role, uses, ttl
-            ),
+            &match &replaces {
+                Some(host) => format!(
+                    "created join token {} to re-enroll host {} ({} uses, {} s)",
+                    record.id, host.hostname, uses, ttl
+                ),
+                None => format!(
+                    "created join token {} for role {} ({} uses, {} s)",
+                    record.id, record.role, uses, ttl
+                ),
+            },
         );
         Ok(Response::new(v1::CreateTokenResponse {
             token: new.secret,
@@ -364,7 +381,7 @@ impl Admin for AdminService {
             action.action_id = format!("do-{}", uuid::Uuid::new_v4());
         } else if !valid_action_id(&action.action_id) {
             return Err(Status::invalid_argument(
-                "an action id is 1 to 128 of [A-Za-z0-9._:-]",
+                "an action id is 1 to 128 of [A-Za-z0-9._-] (ids with ':' belong to campaign steps)",
             ));
         }
         if !c.registry.is_connected(&host.host_id) {

@@ -132,6 +132,7 @@ pub fn token_info(t: TokenRecord) -> v1::TokenInfo {
         revoked: t.revoked,
         created_at_ms: t.created_at_ms,
         created_by: t.created_by,
+        replace_host: t.replace_host,
     }
 }
 

@@ -9,12 +9,15 @@ pub mod session;
 
 use std::sync::Arc;
 
+use pitcrew_proto::accept::AcceptLimits;
+use pitcrew_proto::identity::{require_host, require_operator};
 use pitcrew_proto::v1::{
     admin_server::AdminServer, agent_session_server::AgentSessionServer,
     enrollment_server::EnrollmentServer,
 };
 use tokio::net::TcpListener;
 use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
 
 pub use crate::app::Coordinator;
 use crate::config::DataDir;
@@ -68,7 +71,19 @@ pub async fn serve(
     let key = tls::load_key(&data_dir.server_key())?;
     let ca = tls::load_certs(&data_dir.ca_cert())?;
     let config = tls::server_config(chain, key, &ca).context("building the TLS configuration")?;
-    let incoming = tls::accept(listener, Arc::new(config));
+    let limits = &coordinator.config.limits;
+    let incoming = pitcrew_proto::accept::accept(
+        listener,
+        Arc::new(config),
+        AcceptLimits {
+            max_connections: limits.max_connections,
+            max_anonymous: limits.max_anonymous_connections,
+            max_anonymous_per_source: limits.max_anonymous_per_source,
+            max_per_identity: limits.max_connections_per_identity,
+            anonymous_lifetime: limits.anonymous_connection_lifetime,
+            handshake_timeout: limits.handshake_timeout,
+        },
+    );
 
     // At shutdown, end the agents' long-lived sessions so the server can drain; anything still
     // open after a grace period is cut.
@@ -80,13 +95,25 @@ pub async fn serve(
         let _ = stopping_tx.send(true);
     };
     let max = pitcrew_proto::MAX_MESSAGE_BYTES;
+    // Enrollment is the one service open without a certificate: its requests are small.
     let enrollment = EnrollmentServer::new(enroll::EnrollmentService::new(coordinator.clone()))
-        .max_decoding_message_size(max);
-    let session = AgentSessionServer::new(session::SessionService::new(coordinator.clone()))
-        .max_decoding_message_size(max);
-    let admin = AdminServer::new(admin::AdminService::new(coordinator.clone()))
-        .max_decoding_message_size(max);
+        .max_decoding_message_size(limits.enroll_max_message_bytes);
+    // The other services refuse a caller without the right certificate before reading any of
+    // its request (the handlers check again, and read the identity from the same certificate).
+    let session = InterceptedService::new(
+        AgentSessionServer::new(session::SessionService::new(coordinator.clone()))
+            .max_decoding_message_size(max),
+        |request: tonic::Request<()>| require_host(&request).map(|_| request),
+    );
+    let admin = InterceptedService::new(
+        AdminServer::new(admin::AdminService::new(coordinator.clone()))
+            .max_decoding_message_size(max),
+        |request: tonic::Request<()>| require_operator(&request).map(|_| request),
+    );
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .add_service(enrollment)
         .add_service(session)
         .add_service(admin)

@@ -38,19 +38,41 @@ impl SessionService {
     }
 }
 
-/// Checks that the presented certificate is the one the registry accepts for this host.
+/// Checks that the presented certificate is one the registry accepts for this host: its
+/// current one, or a renewed one not used before — whose first use makes it the only one, and
+/// ends any session still open on the old one.
 async fn check_current_certificate(
     c: &Coordinator,
     host_id: &str,
     serial: &str,
 ) -> Result<HostRecord, Status> {
     let id = host_id.to_owned();
-    let Some(host) = c.store.read(move |conn| hosts::get(conn, &id)).await? else {
+    let Some(mut host) = c.store.read(move |conn| hosts::get(conn, &id)).await? else {
         tracing::warn!(message = "refused a session from a host that is not enrolled", %host_id);
         return Err(Status::permission_denied(format!(
             "host {host_id} is not enrolled"
         )));
     };
+    if !host.pending_serial.is_empty() && host.pending_serial == serial {
+        let (id, new) = (host_id.to_owned(), serial.to_owned());
+        if c.store
+            .write(move |conn| hosts::promote_pending_serial(conn, &id, &new))
+            .await?
+        {
+            c.registry
+                .close_session(host_id, "the host now uses its renewed certificate");
+            c.events.audit(
+                "session",
+                host_id,
+                "",
+                &format!(
+                    "renewed certificate {serial} in use; the previous one is no longer accepted"
+                ),
+            );
+        }
+        host.cert_serial = serial.to_owned();
+        host.pending_serial.clear();
+    }
     if host.cert_serial != serial {
         tracing::warn!(message = "refused a replaced certificate", %host_id, presented = %serial, current = %host.cert_serial);
         c.events.audit(
@@ -197,15 +219,20 @@ impl AgentSession for SessionService {
                 c.config.host_cert_lifetime,
             )
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Two-phase: the current certificate stays valid until the new one is first used, so
+        // an answer lost on the way (or a crash while the agent stores it) locks nobody out.
         let (id, new_serial) = (host_id.clone(), issued.serial.clone());
         c.store
-            .write(move |conn| hosts::set_cert_serial(conn, &id, &new_serial))
+            .write(move |conn| hosts::set_pending_serial(conn, &id, &new_serial))
             .await?;
         c.events.audit(
             "session",
             &host_id,
             "",
-            &format!("certificate renewed (serial {})", issued.serial),
+            &format!(
+                "certificate renewed (serial {}; the current one stays valid until it is first used)",
+                issued.serial
+            ),
         );
         Ok(Response::new(RenewResponse {
             certificate_pem: issued.cert_pem,

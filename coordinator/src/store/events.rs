@@ -77,6 +77,18 @@ pub fn append(conn: &Connection, event: &EventRecord) -> Result<i64, StoreError>
     Ok(conn.last_insert_rowid())
 }
 
+/// Deletes events older than `before_ms`, and the oldest beyond the newest `keep`. Returns how
+/// many went.
+pub fn prune(conn: &Connection, before_ms: i64, keep: u64) -> Result<usize, StoreError> {
+    let mut deleted = conn.execute("DELETE FROM events WHERE at_ms < ?1", params![before_ms])?;
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    deleted += conn.execute(
+        "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1",
+        params![keep],
+    )?;
+    Ok(deleted)
+}
+
 /// Events matching the filter, oldest first (see [`EventFilter`]).
 pub fn list(conn: &Connection, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
     let limit = if filter.limit == 0 {
@@ -116,6 +128,36 @@ pub fn list(conn: &Connection, filter: &EventFilter) -> Result<Vec<EventRecord>,
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    #[test]
+    fn old_events_and_those_beyond_the_cap_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .write_blocking(|c| {
+                for i in 0..10 {
+                    append(
+                        c,
+                        &EventRecord {
+                            at_ms: i * 100,
+                            kind: "audit".into(),
+                            message: format!("m{i}"),
+                            ..Default::default()
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        // Older than 300 ms: m0, m1, m2 go; then only the newest 5 stay.
+        let deleted = store.write_blocking(|c| prune(c, 300, 5)).unwrap();
+        assert_eq!(deleted, 5);
+        let left = store
+            .read_blocking(|c| list(c, &EventFilter::default()))
+            .unwrap();
+        let words: Vec<_> = left.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(words, vec!["m5", "m6", "m7", "m8", "m9"]);
+    }
 
     #[test]
     fn events_page_backwards_from_the_newest() {

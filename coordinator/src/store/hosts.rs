@@ -14,8 +14,11 @@ pub struct HostRecord {
     pub hostname: String,
     pub role: String,
     pub labels: BTreeMap<String, String>,
-    /// The only certificate serial accepted for this host (re-enrollment replaces it).
+    /// The certificate serial accepted for this host (re-enrollment replaces it).
     pub cert_serial: String,
+    /// A renewed certificate's serial, also accepted until its first use makes it the only
+    /// one; empty when no renewal is pending.
+    pub pending_serial: String,
     pub enrolled_at_ms: i64,
     pub last_seen_ms: i64,
     /// prost-encoded `v1::Facts`, empty before the first hello.
@@ -34,8 +37,8 @@ pub struct HostFilter {
     pub limit: u32,
 }
 
-const COLUMNS: &str =
-    "host_id, hostname, role, labels, cert_serial, enrolled_at_ms, last_seen_ms, facts";
+const COLUMNS: &str = "host_id, hostname, role, labels, cert_serial, enrolled_at_ms, last_seen_ms, \
+     facts, pending_serial";
 
 fn from_row(row: &Row<'_>) -> Result<HostRecord, StoreError> {
     let labels: String = row.get("labels")?;
@@ -48,6 +51,7 @@ fn from_row(row: &Row<'_>) -> Result<HostRecord, StoreError> {
         enrolled_at_ms: row.get("enrolled_at_ms")?,
         last_seen_ms: row.get("last_seen_ms")?,
         facts: row.get("facts")?,
+        pending_serial: row.get("pending_serial")?,
     })
 }
 
@@ -56,9 +60,9 @@ fn from_row(row: &Row<'_>) -> Result<HostRecord, StoreError> {
 pub fn upsert_enrolled(conn: &Connection, host: &HostRecord) -> Result<(), StoreError> {
     conn.execute(
         &format!(
-            "INSERT INTO hosts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO hosts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '')
              ON CONFLICT(host_id) DO UPDATE SET hostname = excluded.hostname, role = excluded.role,
-                labels = excluded.labels, cert_serial = excluded.cert_serial,
+                labels = excluded.labels, cert_serial = excluded.cert_serial, pending_serial = '',
                 enrolled_at_ms = excluded.enrolled_at_ms"
         ),
         params![
@@ -75,13 +79,32 @@ pub fn upsert_enrolled(conn: &Connection, host: &HostRecord) -> Result<(), Store
     Ok(())
 }
 
-/// Replaces the accepted certificate serial (certificate renewal).
-pub fn set_cert_serial(conn: &Connection, host_id: &str, serial: &str) -> Result<(), StoreError> {
+/// Records a renewed certificate: accepted alongside the current one until first used.
+pub fn set_pending_serial(
+    conn: &Connection,
+    host_id: &str,
+    serial: &str,
+) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE hosts SET cert_serial = ?2 WHERE host_id = ?1",
+        "UPDATE hosts SET pending_serial = ?2 WHERE host_id = ?1",
         params![host_id, serial],
     )?;
     Ok(())
+}
+
+/// The renewed certificate was used: it becomes the only one accepted. Returns false when
+/// `serial` was not (or no longer) the pending one.
+pub fn promote_pending_serial(
+    conn: &Connection,
+    host_id: &str,
+    serial: &str,
+) -> Result<bool, StoreError> {
+    let changed = conn.execute(
+        "UPDATE hosts SET cert_serial = pending_serial, pending_serial = ''
+         WHERE host_id = ?1 AND pending_serial = ?2 AND ?2 != ''",
+        params![host_id, serial],
+    )?;
+    Ok(changed > 0)
 }
 
 pub fn get(conn: &Connection, host_id: &str) -> Result<Option<HostRecord>, StoreError> {
@@ -182,6 +205,7 @@ mod tests {
             role: role.into(),
             labels: BTreeMap::from([("cluster".into(), cluster.into())]),
             cert_serial: "01".into(),
+            pending_serial: String::new(),
             enrolled_at_ms: 1,
             last_seen_ms: 0,
             facts: Vec::new(),

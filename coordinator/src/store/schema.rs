@@ -100,6 +100,14 @@ CREATE INDEX hosts_by_name ON hosts(hostname, host_id);
 CREATE INDEX actions_unfinished ON actions(host_id) WHERE result IS NULL;
 ";
 
+const V3: &str = "
+-- A token that may re-enroll this existing host (a rebuilt machine); '' for new hosts only.
+ALTER TABLE tokens ADD COLUMN replace_host TEXT NOT NULL DEFAULT '';
+-- A renewed certificate not yet used: the old one stays valid until the new one is first seen,
+-- so a renewal whose answer was lost locks nobody out.
+ALTER TABLE hosts ADD COLUMN pending_serial TEXT NOT NULL DEFAULT '';
+";
+
 /// The key version 1 kept manual maintenance under.
 const V1_MANUAL_KEY: &str = "manual_maintenance";
 
@@ -117,6 +125,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(V2)?;
         convert_v1_campaigns(&tx)?;
         tx.pragma_update(None, "user_version", 2)?;
+        tx.commit()?;
+    }
+    if version < 3 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(V3)?;
+        tx.pragma_update(None, "user_version", 3)?;
         tx.commit()?;
     }
     Ok(())

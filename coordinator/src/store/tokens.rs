@@ -32,9 +32,12 @@ pub struct TokenRecord {
     pub revoked: bool,
     pub created_at_ms: i64,
     pub created_by: String,
+    /// The one existing host this token may re-enroll; empty: it enrolls new hosts only.
+    pub replace_host: String,
 }
 
-const COLUMNS: &str = "id, hash, role, labels, uses_left, uses_total, expires_at_ms, revoked, created_at_ms, created_by";
+const COLUMNS: &str = "id, hash, role, labels, uses_left, uses_total, expires_at_ms, revoked, \
+     created_at_ms, created_by, replace_host";
 
 fn from_row(row: &Row<'_>) -> Result<TokenRecord, StoreError> {
     let labels: String = row.get("labels")?;
@@ -49,12 +52,15 @@ fn from_row(row: &Row<'_>) -> Result<TokenRecord, StoreError> {
         revoked: row.get("revoked")?,
         created_at_ms: row.get("created_at_ms")?,
         created_by: row.get("created_by")?,
+        replace_host: row.get("replace_host")?,
     })
 }
 
 pub fn insert(conn: &Connection, token: &TokenRecord) -> Result<(), StoreError> {
     conn.execute(
-        &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+        &format!(
+            "INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ),
         params![
             token.id,
             token.hash,
@@ -65,7 +71,8 @@ pub fn insert(conn: &Connection, token: &TokenRecord) -> Result<(), StoreError> 
             token.expires_at_ms,
             token.revoked,
             token.created_at_ms,
-            token.created_by
+            token.created_by,
+            token.replace_host
         ],
     )?;
     Ok(())
@@ -97,7 +104,33 @@ pub fn redeem(
     hash: &str,
     now_ms: i64,
 ) -> Result<Result<TokenRecord, TokenRefusal>, StoreError> {
-    let Some(mut token) = by(conn, "hash", hash)? else {
+    let token = match peek(conn, hash, now_ms)? {
+        Ok(token) => token,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    use_once(conn, &token.id)?;
+    Ok(Ok(TokenRecord {
+        uses_left: token.uses_left - 1,
+        ..token
+    }))
+}
+
+/// Spends one use of a token found usable by [`peek`] (in the same transaction).
+pub fn use_once(conn: &Connection, id: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1 AND uses_left > 0",
+        params![id],
+    )?;
+    Ok(())
+}
+
+/// The token with this hash if it can be used now, without using it; or why not.
+pub fn peek(
+    conn: &Connection,
+    hash: &str,
+    now_ms: i64,
+) -> Result<Result<TokenRecord, TokenRefusal>, StoreError> {
+    let Some(token) = by(conn, "hash", hash)? else {
         return Ok(Err(TokenRefusal::Unknown));
     };
     let refusal = if token.revoked {
@@ -109,15 +142,10 @@ pub fn redeem(
     } else {
         None
     };
-    if let Some(refusal) = refusal {
-        return Ok(Err(refusal));
-    }
-    conn.execute(
-        "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1",
-        params![token.id],
-    )?;
-    token.uses_left -= 1;
-    Ok(Ok(token))
+    Ok(match refusal {
+        Some(refusal) => Err(refusal),
+        None => Ok(token),
+    })
 }
 
 /// Revokes a token; returns it, or None when no token has that id.
@@ -143,6 +171,7 @@ mod tests {
             revoked: false,
             created_at_ms: 1,
             created_by: "admin".into(),
+            replace_host: String::new(),
         }
     }
 

@@ -46,7 +46,7 @@ pub fn host(id: &str, role: Role, cluster: &str) -> HostView {
         connected: true,
         healthy: true,
         boot_id: format!("{id}-boot-1"),
-        policy: Some(permissive()),
+        policy: Some(permissive().into()),
     }
 }
 
