@@ -41,6 +41,61 @@ use crate::store::{ActionRecord, HostRecord, Store};
 const IDLE_WAKE: Duration = Duration::from_secs(30);
 /// The most inputs one turn takes, so a flood of results still lets decisions through.
 const MAX_INPUTS_PER_TURN: usize = 4096;
+/// The shortest sleep when a turn did nothing.
+const MIN_IDLE_SLEEP: Duration = Duration::from_millis(10);
+/// How often the engine says where its time went.
+const STATS_EVERY: Duration = Duration::from_secs(10);
+
+/// Where the engine's time goes, logged every [`STATS_EVERY`] while it works.
+#[derive(Debug)]
+struct TurnStats {
+    since: std::time::Instant,
+    turns: u64,
+    committed: u64,
+    inputs: usize,
+    deciding: Duration,
+    committing: Duration,
+}
+
+impl Default for TurnStats {
+    fn default() -> Self {
+        TurnStats {
+            since: std::time::Instant::now(),
+            turns: 0,
+            committed: 0,
+            inputs: 0,
+            deciding: Duration::ZERO,
+            committing: Duration::ZERO,
+        }
+    }
+}
+
+impl TurnStats {
+    fn record(&mut self, deciding: Duration, committing: Duration, wrote: bool) {
+        self.turns += 1;
+        self.committed += u64::from(wrote);
+        self.deciding += deciding;
+        self.committing += committing;
+    }
+
+    fn report_if_due(&mut self) {
+        if self.since.elapsed() < STATS_EVERY {
+            return;
+        }
+        if self.committed > 0 {
+            tracing::info!(
+                message = "engine turns",
+                turns = self.turns,
+                commits = self.committed,
+                inputs = self.inputs,
+                deciding_ms = self.deciding.as_millis() as u64,
+                committing_ms = self.committing.as_millis() as u64,
+                window_s = self.since.elapsed().as_secs()
+            );
+        }
+        *self = TurnStats::default();
+    }
+}
 
 /// What a command does with the state; returns what to answer once the turn is durable.
 type Reply = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
@@ -262,16 +317,20 @@ struct Runner {
 impl Runner {
     async fn run(mut self, mut turn: Turn) -> Result<(), EngineError> {
         let mut replies: Vec<Reply> = Vec::new();
+        let mut stats = TurnStats::default();
         loop {
             let now = pitcrew_proto::now_ms();
             let mut wake = None;
+            let started = std::time::Instant::now();
             if self.grace_over() {
                 wake = self.state.decide_and_apply(now, &mut turn);
             }
-            self.commit(turn, std::mem::take(&mut replies)).await?;
+            let decided = std::time::Instant::now();
+            let wrote = self.commit(turn, std::mem::take(&mut replies)).await?;
+            stats.record(decided - started, decided.elapsed(), wrote);
             turn = Turn::default();
 
-            let sleep = match (&self.grace, wake) {
+            let mut sleep = match (&self.grace, wake) {
                 (Some((until, _)), _) => {
                     until.saturating_duration_since(tokio::time::Instant::now())
                 }
@@ -281,6 +340,10 @@ impl Runner {
                 (None, None) => IDLE_WAKE,
             }
             .min(IDLE_WAKE);
+            if sleep.is_zero() && !wrote {
+                // A wake time already past with nothing done: never spin on it.
+                sleep = MIN_IDLE_SLEEP;
+            }
             let first = if sleep.is_zero() {
                 self.inputs.try_recv().ok()
             } else {
@@ -304,6 +367,8 @@ impl Runner {
                     None
                 };
             }
+            stats.inputs += taken;
+            stats.report_if_due();
         }
     }
 
@@ -340,13 +405,15 @@ impl Runner {
         }
     }
 
-    /// Commits the turn's writes, then (and only then) sends, publishes and answers.
-    async fn commit(&mut self, mut turn: Turn, replies: Vec<Reply>) -> Result<(), EngineError> {
+    /// Commits the turn's writes, then (and only then) sends, publishes and answers. Returns
+    /// whether anything was written.
+    async fn commit(&mut self, mut turn: Turn, replies: Vec<Reply>) -> Result<bool, EngineError> {
         let writes = match self.state.writes(&mut turn) {
             Ok(writes) => writes,
             Err(error) => return Err(fail(replies, error.into())),
         };
-        let logged = if writes.is_empty() {
+        let wrote = !writes.is_empty();
+        let logged = if !wrote {
             Vec::new()
         } else {
             match self.store.write(move |c| writes.apply(c)).await {
@@ -372,7 +439,7 @@ impl Runner {
                 debug_assert!(broken.is_empty(), "campaign invariants broken: {broken:?}");
             }
         }
-        Ok(())
+        Ok(wrote)
     }
 }
 
