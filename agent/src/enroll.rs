@@ -4,6 +4,10 @@
 //! The coordinator is authenticated by pinning its CA's SHA-256 fingerprint from the config (no
 //! trust on first use); the CA it returns must carry that same fingerprint. The private key is
 //! written (mode 0600) before anything is sent and never leaves the host.
+//!
+//! The exchange itself ([`request_certificate`]) and the key making ([`generate_key_and_csr`])
+//! work in memory, so that a load generator can enroll thousands of simulated hosts from one
+//! process exactly as an agent does; [`enroll`] adds the state dir around them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,19 +91,143 @@ pub fn session_tls(state_dir: &Path) -> Result<rustls::ClientConfig, tls::TlsErr
     tls::client_config(&ca, Some((chain, key)))
 }
 
-/// Makes a fresh key (written 0600 to `key_path`) and a CSR for it.
-pub fn new_key_and_csr(key_path: &Path) -> Result<Vec<u8>, EnrollError> {
+/// A fresh private key and a CSR for it, both still in memory.
+pub struct KeyAndCsr {
+    /// The private key, PEM. Whoever keeps it decides where (the agent: a 0600 file).
+    pub key_pem: String,
+    /// PKCS#10 request, DER, as `EnrollRequest.csr_der` and `RenewRequest.csr_der` carry it.
+    pub csr_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for KeyAndCsr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a private key, not even in a debug log.
+        f.debug_struct("KeyAndCsr").finish_non_exhaustive()
+    }
+}
+
+/// Makes a fresh key and a CSR for it, in memory.
+pub fn generate_key_and_csr() -> Result<KeyAndCsr, EnrollError> {
     let key = KeyPair::generate().map_err(|e| EnrollError::Key(e.to_string()))?;
     let csr = CertificateParams::default()
         .serialize_request(&key)
         .map_err(|e| EnrollError::Key(e.to_string()))?;
-    pitcrew_proto::files::write_private(key_path, key.serialize_pem().as_bytes()).map_err(|e| {
+    Ok(KeyAndCsr {
+        key_pem: key.serialize_pem(),
+        csr_der: csr.der().to_vec(),
+    })
+}
+
+/// Makes a fresh key (written 0600 to `key_path`) and a CSR for it.
+pub fn new_key_and_csr(key_path: &Path) -> Result<Vec<u8>, EnrollError> {
+    let made = generate_key_and_csr()?;
+    pitcrew_proto::files::write_private(key_path, made.key_pem.as_bytes()).map_err(|e| {
         EnrollError::Write {
             path: key_path.display().to_string(),
             reason: e.to_string(),
         }
     })?;
-    Ok(csr.der().to_vec())
+    Ok(made.csr_der)
+}
+
+/// What enrollment hands back, checked: the certificate and the pinned CA (PEM) and the identity
+/// the token carried.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub certificate_pem: String,
+    pub ca_pem: String,
+    pub identity: Enrolled,
+}
+
+/// What one host asks for when it enrolls.
+#[derive(Debug, Clone)]
+pub struct EnrollAsk<'a> {
+    /// Every coordinator address; tried in turn while they are unreachable.
+    pub coordinators: &'a [String],
+    /// The CA fingerprint as configured (`sha256:...` or bare hex).
+    pub ca_fingerprint: &'a str,
+    pub token: &'a str,
+    pub csr_der: &'a [u8],
+    pub host_id: &'a str,
+    pub hostname: &'a str,
+}
+
+/// The `Enrollment.Enroll` exchange itself, with nothing written anywhere: the coordinator is
+/// authenticated by the pinned CA fingerprint, and the CA it returns must carry that same
+/// fingerprint. Shared by the agent ([`enroll`]) and by anything that enrolls many simulated
+/// hosts from one process.
+pub async fn request_certificate(ask: &EnrollAsk<'_>) -> Result<Issued, EnrollError> {
+    if ask.coordinators.is_empty() {
+        return Err(EnrollError::NoCoordinator);
+    }
+    let pin = tls::normalize_fingerprint(ask.ca_fingerprint)
+        .map_err(|e| EnrollError::Identity(e.to_string()))?;
+    let tls_config = Arc::new(
+        tls::pinned_client_config(&pin).map_err(|e| EnrollError::Identity(e.to_string()))?,
+    );
+    let mut last_error = String::new();
+    for address in ask.coordinators {
+        let channel = match tls::connect(address, tls_config.clone()).await {
+            Ok(channel) => channel,
+            Err(error) => {
+                last_error = error.to_string();
+                continue;
+            }
+        };
+        let mut client = EnrollmentClient::new(channel);
+        let request = EnrollRequest {
+            token: ask.token.trim().to_owned(),
+            csr_der: ask.csr_der.to_vec(),
+            host_id: ask.host_id.to_owned(),
+            hostname: ask.hostname.to_owned(),
+        };
+        let answer = match client.enroll(request).await {
+            Ok(answer) => answer.into_inner(),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                last_error = format!("{address}: {}", status.message());
+                continue;
+            }
+            Err(status) => return Err(EnrollError::Refused(status.message().to_owned())),
+        };
+        // The CA we are told to trust from now on must be the one we pinned.
+        let ca = tls::certs_from_pem(&answer.ca_pem, "the returned CA")
+            .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
+        if !ca.iter().any(|c| tls::fingerprint(c.as_ref()) == pin) {
+            return Err(EnrollError::BadAnswer(
+                "the returned CA does not match the pinned fingerprint".into(),
+            ));
+        }
+        tls::certs_from_pem(&answer.certificate_pem, "the returned certificate")
+            .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
+        return Ok(Issued {
+            certificate_pem: answer.certificate_pem,
+            ca_pem: answer.ca_pem,
+            identity: Enrolled {
+                host_id: answer.host_id,
+                role: answer.role,
+                labels: answer.labels.into_iter().collect(),
+            },
+        });
+    }
+    Err(EnrollError::Unreachable(last_error))
+}
+
+/// The mTLS client configuration from credentials held in memory (PEM), as
+/// [`session_tls`] builds it from the state dir.
+pub fn tls_from_pem(
+    ca_pem: &str,
+    certificate_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::ClientConfig, tls::TlsError> {
+    let ca = tls::certs_from_pem(ca_pem, "the CA")?;
+    let chain = tls::certs_from_pem(certificate_pem, "the host certificate")?;
+    let key = tls::key_from_pem(key_pem, "the host key")?;
+    tls::client_config(&ca, Some((chain, key)))
 }
 
 /// Enrolls this host with `token`, trying each configured coordinator in turn.
@@ -111,7 +239,8 @@ pub async fn enroll(config: &AgentConfig, token: &str) -> Result<Enrolled, Enrol
         .ca_fingerprint
         .as_deref()
         .ok_or(EnrollError::NoFingerprint)?;
-    let pin = tls::normalize_fingerprint(pin).map_err(|e| EnrollError::Identity(e.to_string()))?;
+    // Checked before anything is written, as the exchange itself would.
+    tls::normalize_fingerprint(pin).map_err(|e| EnrollError::Identity(e.to_string()))?;
     let host_id = crate::facts::read_machine_id(&config.host.machine_id_file)
         .map_err(EnrollError::Identity)?;
     pitcrew_proto::files::create_private_dir(&config.state_dir).map_err(|e| {
@@ -126,76 +255,42 @@ pub async fn enroll(config: &AgentConfig, token: &str) -> Result<Enrolled, Enrol
     let csr = new_key_and_csr(&pending_key)?;
     // The name the host enrolls under is fixed at enrollment: the configured one, if any.
     let hostname = config.host.hostname();
-    let tls_config = Arc::new(
-        tls::pinned_client_config(&pin).map_err(|e| EnrollError::Identity(e.to_string()))?,
-    );
-
-    let mut last_error = String::new();
-    for address in &config.coordinators {
-        let channel = match tls::connect(address, tls_config.clone()).await {
-            Ok(channel) => channel,
-            Err(error) => {
-                last_error = error.to_string();
-                continue;
-            }
-        };
-        let mut client = EnrollmentClient::new(channel);
-        let request = EnrollRequest {
-            token: token.trim().to_owned(),
-            csr_der: csr.clone(),
-            host_id: host_id.clone(),
-            hostname: hostname.clone(),
-        };
-        let answer = match client.enroll(request).await {
-            Ok(answer) => answer.into_inner(),
-            Err(status)
-                if matches!(
-                    status.code(),
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
-                ) =>
-            {
-                last_error = format!("{address}: {}", status.message());
-                continue;
-            }
-            Err(status) => {
+    let issued = match request_certificate(&EnrollAsk {
+        coordinators: &config.coordinators,
+        ca_fingerprint: pin,
+        token,
+        csr_der: &csr,
+        host_id: &host_id,
+        hostname: &hostname,
+    })
+    .await
+    {
+        Ok(issued) => issued,
+        Err(error) => {
+            // Refused or unreachable: no certificate will come for this key. An unusable
+            // answer leaves it for the operator to look at.
+            if matches!(error, EnrollError::Refused(_) | EnrollError::Unreachable(_)) {
                 let _ = std::fs::remove_file(&pending_key);
-                return Err(EnrollError::Refused(status.message().to_owned()));
             }
-        };
-        // The CA we are told to trust from now on must be the one we pinned.
-        let ca = tls::certs_from_pem(&answer.ca_pem, "the returned CA")
-            .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
-        if !ca.iter().any(|c| tls::fingerprint(c.as_ref()) == pin) {
-            return Err(EnrollError::BadAnswer(
-                "the returned CA does not match the pinned fingerprint".into(),
-            ));
+            return Err(error);
         }
-        tls::certs_from_pem(&answer.certificate_pem, "the returned certificate")
-            .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
-        let write = |path: &Path, bytes: &[u8]| {
-            pitcrew_proto::files::write_public(path, bytes).map_err(|e| EnrollError::Write {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })
-        };
-        write(&paths.ca, answer.ca_pem.as_bytes())?;
-        write(&paths.cert, answer.certificate_pem.as_bytes())?;
-        std::fs::rename(&pending_key, &paths.key).map_err(|e| EnrollError::Write {
-            path: paths.key.display().to_string(),
+    };
+    let write = |path: &Path, bytes: &[u8]| {
+        pitcrew_proto::files::write_public(path, bytes).map_err(|e| EnrollError::Write {
+            path: path.display().to_string(),
             reason: e.to_string(),
-        })?;
-        let identity = Enrolled {
-            host_id: answer.host_id,
-            role: answer.role,
-            labels: answer.labels.into_iter().collect(),
-        };
-        let json = serde_json::to_vec_pretty(&identity)
-            .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
-        write(&paths.identity, &json)?;
-        return Ok(identity);
-    }
-    let _ = std::fs::remove_file(&pending_key);
-    Err(EnrollError::Unreachable(last_error))
+        })
+    };
+    write(&paths.ca, issued.ca_pem.as_bytes())?;
+    write(&paths.cert, issued.certificate_pem.as_bytes())?;
+    std::fs::rename(&pending_key, &paths.key).map_err(|e| EnrollError::Write {
+        path: paths.key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let json = serde_json::to_vec_pretty(&issued.identity)
+        .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
+    write(&paths.identity, &json)?;
+    Ok(issued.identity)
 }
 
 /// Share of a certificate's lifetime after which the agent renews it.
@@ -220,15 +315,15 @@ pub fn renewal_due(state_dir: &Path) -> bool {
 /// gone: a new key made here, a CSR, the new certificate stored; the old key is replaced only
 /// once the new certificate is in hand. Returns whether it renewed.
 pub async fn renew_if_due(
-    config: &AgentConfig,
+    state_dir: &Path,
     channel: tonic::transport::Channel,
 ) -> Result<bool, EnrollError> {
     use pitcrew_proto::v1::{RenewRequest, agent_session_client::AgentSessionClient};
-    if !renewal_due(&config.state_dir) {
+    if !renewal_due(state_dir) {
         return Ok(false);
     }
-    let paths = CredentialPaths::new(&config.state_dir);
-    let pending_key = config.state_dir.join("host.key.new");
+    let paths = CredentialPaths::new(state_dir);
+    let pending_key = state_dir.join("host.key.new");
     let csr = new_key_and_csr(&pending_key)?;
     let answer = AgentSessionClient::new(channel)
         .renew(RenewRequest { csr_der: csr })

@@ -142,7 +142,11 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     }
     let executor = Executor::open(&config).map_err(anyhow::Error::msg)?;
     tracing::info!(message = "pitcrew agent starting", host_id = %identity.host_id, role = %identity.role, version = pitcrew_proto::VERSION);
-    session::run(config, identity, executor, shutdown_rx).await;
+    session::run(
+        session::SessionCtx::for_agent(config, identity, executor),
+        shutdown_rx,
+    )
+    .await;
     tracing::info!(message = "pitcrew agent stopped");
     Ok(())
 }

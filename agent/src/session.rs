@@ -2,8 +2,15 @@
 //! heartbeats, facts when they change, and actions pushed by the coordinator (nothing polls).
 //! When the coordinator is away the agent reconnects with exponential backoff and jitter,
 //! trying every configured coordinator address in turn.
+//!
+//! The loop knows the action side only through [`ActionRunner`] and takes its credentials and
+//! facts from a [`SessionCtx`]: the agent plugs in its [`Executor`], its state dir and this
+//! host's facts; the fleet load generator (`pitcrew-tests`) plugs in simulated actions and
+//! credentials held in memory, so that what it measures is this very code.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pitcrew_proto::tls;
@@ -54,22 +61,188 @@ impl Backoff {
 }
 
 /// Why one session ended.
-#[derive(Debug)]
-enum Ended {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The shutdown signal fired: nothing went wrong.
     Shutdown,
+    /// Anything else; the text says what, and the loop reconnects.
     Lost(String),
 }
 
-/// Runs sessions until `shutdown` fires. Tells systemd it is ready after the first attempt,
-/// whether it connected or will retry.
-pub async fn run(
-    config: AgentConfig,
-    identity: Enrolled,
-    executor: Arc<Executor>,
+/// What the session needs from the action side. The agent's [`Executor`] runs real actions,
+/// journaled; a simulated host answers them without running anything.
+pub trait ActionRunner: Send + Sync + 'static {
+    /// Final results the coordinator has not acknowledged yet, sent again in every hello.
+    fn unacknowledged(&self) -> Vec<v1::ActionResult>;
+    /// Ids of the actions running now, told to the coordinator in the hello.
+    fn running(&self) -> Vec<String>;
+    /// Runs one request (or answers a repeated id) and returns its final result; progress
+    /// goes to `events`. It must outlive the session that asked: the result of an action whose
+    /// session was lost is reported later as unacknowledged.
+    fn execute(
+        self: Arc<Self>,
+        request: v1::ActionRequest,
+        events: mpsc::Sender<v1::ActionEvent>,
+    ) -> impl Future<Output = v1::ActionResult> + Send;
+    /// Stops a running action (its outcome becomes CANCELLED); unknown ids are ignored.
+    fn cancel(&self, action_id: &str);
+    /// Forgets results the coordinator has stored.
+    fn acknowledge(&self, ids: &[String]);
+}
+
+impl ActionRunner for Executor {
+    fn unacknowledged(&self) -> Vec<v1::ActionResult> {
+        Executor::unacknowledged(self)
+    }
+
+    fn running(&self) -> Vec<String> {
+        Executor::running(self)
+    }
+
+    fn execute(
+        self: Arc<Self>,
+        request: v1::ActionRequest,
+        events: mpsc::Sender<v1::ActionEvent>,
+    ) -> impl Future<Output = v1::ActionResult> + Send {
+        Executor::execute(self, request, events)
+    }
+
+    fn cancel(&self, action_id: &str) {
+        Executor::cancel(self, action_id);
+    }
+
+    fn acknowledge(&self, ids: &[String]) {
+        Executor::acknowledge(self, ids);
+    }
+}
+
+/// Where the session's mTLS identity comes from.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// The agent's state dir: read again for every connection (so a renewed certificate is
+    /// used from the next one on) and renewed at 70 % of the certificate's lifetime.
+    StateDir(std::path::PathBuf),
+    /// Held in memory by a simulated host. Never renewed: such a host lives far shorter than a
+    /// certificate.
+    InMemory(Arc<rustls::ClientConfig>),
+}
+
+/// Where the facts sent at hello (and on change) come from.
+#[derive(Debug, Clone)]
+pub enum FactsSource {
+    /// Read from this machine (sysinfo, /proc) at every hello and re-read every 10 s.
+    Host(Box<AgentConfig>),
+    /// Fixed facts of a simulated host: sent at hello, never changing.
+    Fixed(Box<v1::Facts>),
+}
+
+/// Told about every session attempt: the agent tells systemd, the load generator counts.
+pub trait SessionObserver: Send + Sync {
+    /// The coordinator accepted a session on `address`.
+    fn connected(&self, _address: &str) {}
+    /// One attempt on `address` ended; `connected` says whether it got as far as a session.
+    fn ended(&self, _address: &str, _connected: bool, _ended: &Ended) {}
+}
+
+/// The agent's observer: tells systemd it is ready after the first attempt, whether it
+/// connected or will retry, and shows the coordinator in the unit's status.
+#[derive(Debug, Default)]
+pub struct SystemdNotifier {
+    notified: AtomicBool,
+}
+
+impl SystemdNotifier {
+    fn ready_once(&self) {
+        if !self.notified.swap(true, Ordering::Relaxed) {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        }
+    }
+}
+
+impl SessionObserver for SystemdNotifier {
+    fn connected(&self, address: &str) {
+        self.ready_once();
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
+            "connected to {address}"
+        ))]);
+    }
+
+    fn ended(&self, _address: &str, _connected: bool, _ended: &Ended) {
+        self.ready_once();
+    }
+}
+
+/// Everything one host's session loop needs.
+pub struct SessionCtx<R> {
+    /// Every coordinator address ("https://host:port"), tried in turn.
+    pub coordinators: Vec<String>,
+    /// Who this host is, as enrolled.
+    pub identity: Enrolled,
+    /// How often to send a heartbeat (the coordinator may ask for more often, never less).
+    pub heartbeat: Duration,
+    pub credentials: Credentials,
+    pub facts: FactsSource,
+    pub runner: Arc<R>,
+    pub observer: Arc<dyn SessionObserver>,
+}
+
+impl SessionCtx<Executor> {
+    /// The real agent's session: credentials from the state dir, facts of this machine,
+    /// actions run by `executor`, systemd told.
+    pub fn for_agent(
+        config: AgentConfig,
+        identity: Enrolled,
+        executor: Arc<Executor>,
+    ) -> SessionCtx<Executor> {
+        SessionCtx {
+            coordinators: config.coordinators.clone(),
+            identity,
+            heartbeat: Duration::from_secs(config.heartbeat_seconds),
+            credentials: Credentials::StateDir(config.state_dir.clone()),
+            facts: FactsSource::Host(Box::new(config)),
+            runner: executor,
+            observer: Arc::new(SystemdNotifier::default()),
+        }
+    }
+}
+
+impl<R> SessionCtx<R> {
+    fn collect_facts(&self, labels: &std::collections::HashMap<String, String>) -> v1::Facts {
+        match &self.facts {
+            FactsSource::Host(config) => {
+                facts::collect(config, &self.identity.host_id, &self.identity.role, labels)
+            }
+            FactsSource::Fixed(facts) => (**facts).clone(),
+        }
+    }
+
+    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, tls::TlsError> {
+        match &self.credentials {
+            Credentials::StateDir(state_dir) => crate::enroll::session_tls(state_dir).map(Arc::new),
+            Credentials::InMemory(config) => Ok(config.clone()),
+        }
+    }
+
+    fn renewal_due(&self) -> bool {
+        match &self.credentials {
+            Credentials::StateDir(state_dir) => crate::enroll::renewal_due(state_dir),
+            Credentials::InMemory(_) => false,
+        }
+    }
+}
+
+/// Runs sessions until `shutdown` fires.
+pub async fn run<R: ActionRunner>(
+    ctx: SessionCtx<R>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    if ctx.coordinators.is_empty() {
+        // Nothing to connect to; the agent refuses to start like this, so only a caller's
+        // mistake gets here.
+        tracing::error!(message = "no coordinator address to connect to");
+        return;
+    }
     let mut backoff = Backoff::default();
-    let mut notified = false;
     let mut attempt: usize = 0;
     // Events of running actions outlive any one connection: results are journaled anyway and
     // re-sent in the next hello, so a lost event here is never a lost result.
@@ -78,24 +251,20 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let address = config.coordinators[attempt % config.coordinators.len()].clone();
+        let address = ctx.coordinators[attempt % ctx.coordinators.len()].clone();
         attempt += 1;
         let started = tokio::time::Instant::now();
+        let mut connected = false;
         let ended = session(
-            &config,
-            &identity,
-            &executor,
+            &ctx,
             &address,
             &events_tx,
             &mut events_rx,
             &mut shutdown,
-            &mut notified,
+            &mut connected,
         )
         .await;
-        if !notified {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-            notified = true;
-        }
+        ctx.observer.ended(&address, connected, &ended);
         match ended {
             Ended::Shutdown => return,
             Ended::Lost(reason) => {
@@ -113,19 +282,18 @@ pub async fn run(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    config: &AgentConfig,
-    identity: &Enrolled,
-    executor: &Arc<Executor>,
+/// One session on `address`, from connecting to its end. Sets `connected` once the
+/// coordinator accepted the stream.
+async fn session<R: ActionRunner>(
+    ctx: &SessionCtx<R>,
     address: &str,
     events_tx: &mpsc::Sender<v1::ActionEvent>,
     events_rx: &mut mpsc::Receiver<v1::ActionEvent>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    notified: &mut bool,
+    connected: &mut bool,
 ) -> Ended {
-    let tls_config = match crate::enroll::session_tls(&config.state_dir) {
-        Ok(c) => Arc::new(c),
+    let tls_config = match ctx.tls() {
+        Ok(c) => c,
         Err(error) => return Ended::Lost(format!("cannot load credentials: {error}")),
     };
     let channel = match tls::connect(address, tls_config).await {
@@ -134,25 +302,31 @@ async fn session(
     };
     // Renew before the certificate gets old (at 70 % of its life); the next attempt then
     // connects with the new one.
-    match crate::enroll::renew_if_due(config, channel.clone()).await {
-        Ok(true) => {
-            tracing::info!(message = "host certificate renewed");
-            return Ended::Lost("reconnecting with the renewed certificate".into());
+    if let Credentials::StateDir(state_dir) = &ctx.credentials {
+        match crate::enroll::renew_if_due(state_dir, channel.clone()).await {
+            Ok(true) => {
+                tracing::info!(message = "host certificate renewed");
+                return Ended::Lost("reconnecting with the renewed certificate".into());
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(message = "certificate renewal failed; will retry", %error)
+            }
         }
-        Ok(false) => {}
-        Err(error) => tracing::warn!(message = "certificate renewal failed; will retry", %error),
     }
     let mut client = AgentSessionClient::new(channel)
         .max_decoding_message_size(pitcrew_proto::MAX_MESSAGE_BYTES);
 
+    let identity = &ctx.identity;
+    let runner = &ctx.runner;
     let labels = identity.labels.clone().into_iter().collect();
-    let mut current_facts = facts::collect(config, &identity.host_id, &identity.role, &labels);
+    let mut current_facts = ctx.collect_facts(&labels);
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(256);
     let hello = v1::Hello {
         facts: Some(current_facts.clone()),
         agent_version: pitcrew_proto::VERSION.to_owned(),
-        unacknowledged: executor.unacknowledged(),
-        running: executor.running(),
+        unacknowledged: runner.unacknowledged(),
+        running: runner.running(),
     };
     if out_tx
         .send(AgentMessage {
@@ -173,18 +347,16 @@ async fn session(
         }
     };
     tracing::info!(message = "connected to the coordinator", coordinator = %address, host_id = %identity.host_id);
-    if !*notified {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        *notified = true;
-    }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
-        "connected to {address}"
-    ))]);
+    *connected = true;
+    ctx.observer.connected(address);
 
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(config.heartbeat_seconds));
+    let mut heartbeat = tokio::time::interval(ctx.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut facts_tick = tokio::time::interval(FACTS_INTERVAL);
     facts_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Simulated hosts (fixed facts, credentials in memory) have nothing to re-read.
+    let rereads = matches!(ctx.facts, FactsSource::Host(_))
+        || matches!(ctx.credentials, Credentials::StateDir(_));
     let mut seq: u64 = 0;
     loop {
         tokio::select! {
@@ -198,13 +370,13 @@ async fn session(
                 match message.msg {
                     // The coordinator may ask for more frequent heartbeats, never fewer.
                     Some(coordinator_message::Msg::Welcome(welcome))
-                        if welcome.heartbeat_seconds > 0 && u64::from(welcome.heartbeat_seconds) < config.heartbeat_seconds =>
+                        if welcome.heartbeat_seconds > 0 && Duration::from_secs(u64::from(welcome.heartbeat_seconds)) < ctx.heartbeat =>
                     {
                         heartbeat = tokio::time::interval(Duration::from_secs(u64::from(welcome.heartbeat_seconds)));
                     }
                     Some(coordinator_message::Msg::Welcome(_)) => {}
                     Some(coordinator_message::Msg::Action(request)) => {
-                        let executor = executor.clone();
+                        let runner = runner.clone();
                         let events = events_tx.clone();
                         tokio::spawn(async move {
                             let (progress_tx, mut progress_rx) = mpsc::channel::<v1::ActionEvent>(256);
@@ -215,7 +387,7 @@ async fn session(
                                     let _ = forward_to.try_send(event);
                                 }
                             });
-                            let result = executor.execute(request, progress_tx).await;
+                            let result = runner.execute(request, progress_tx).await;
                             let _ = forward.await;
                             let _ = events.send(v1::ActionEvent {
                                 action_id: result.action_id.clone(),
@@ -224,10 +396,10 @@ async fn session(
                         });
                     }
                     Some(coordinator_message::Msg::Cancel(cancel)) => {
-                        executor.cancel(&cancel.action_id);
+                        runner.cancel(&cancel.action_id);
                     }
                     Some(coordinator_message::Msg::Ack(ack)) => {
-                        executor.acknowledge(&ack.action_ids);
+                        runner.acknowledge(&ack.action_ids);
                     }
                     None => {}
                 }
@@ -243,11 +415,11 @@ async fn session(
                     return Ended::Lost("the session's send side closed".into());
                 }
             }
-            _ = facts_tick.tick() => {
-                if crate::enroll::renewal_due(&config.state_dir) {
+            _ = facts_tick.tick(), if rereads => {
+                if ctx.renewal_due() {
                     return Ended::Lost("the host certificate is due for renewal".into());
                 }
-                let fresh = facts::collect(config, &identity.host_id, &identity.role, &labels);
+                let fresh = ctx.collect_facts(&labels);
                 if facts::significant(&fresh) != facts::significant(&current_facts) {
                     current_facts = fresh.clone();
                     if out_tx.send(AgentMessage { msg: Some(Msg::Facts(fresh)) }).await.is_err() {

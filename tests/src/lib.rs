@@ -2,6 +2,7 @@
 //! processes on loopback over real mTLS, each agent with its own state dir and host identity,
 //! driven through the real `pitcrew` CLI. Every process is killed when its handle drops.
 
+pub mod fleet;
 pub mod lab;
 
 use std::path::{Path, PathBuf};
@@ -239,6 +240,25 @@ impl Coordinator {
         text.push_str(line);
         text.push('\n');
         std::fs::write(path, text).expect("writing coordinator.toml");
+    }
+
+    /// Sets the heartbeat the coordinator asks for and its silence timeout (before `start`),
+    /// replacing the harness's quick 1 s / 3 s: a large simulated fleet uses the product's
+    /// defaults (5 s / 15 s), as a real one would.
+    pub fn set_heartbeat(&self, seconds: u32, timeout_seconds: u32) {
+        let path = self.dir.join("coordinator.toml");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| {
+                !l.starts_with("heartbeat_seconds") && !l.starts_with("heartbeat_timeout_seconds")
+            })
+            .map(str::to_owned)
+            .collect();
+        // First, so that they stay top-level keys whatever tables were configured.
+        lines.insert(0, format!("heartbeat_seconds = {seconds}"));
+        lines.insert(1, format!("heartbeat_timeout_seconds = {timeout_seconds}"));
+        std::fs::write(path, lines.join("\n") + "\n").expect("writing coordinator.toml");
     }
 
     pub fn address(&self) -> String {

@@ -2,12 +2,19 @@
 //! takes to decide over a large fleet, how long a write-ahead commit takes, how much memory an
 //! agent and a coordinator use, and how long one action takes end to end over real mTLS.
 //! Figures only: nothing here passes or fails. Run it with `tests/bench.sh`.
+//!
+//! `pitcrew-bench fleet --agents N` (`tests/bench.sh fleet --agents N`) instead loads a real
+//! coordinator with N simulated agents over real mTLS (see `pitcrew_tests::fleet`): how long
+//! they take to enroll, what the coordinator holds and burns while they idle, how long
+//! campaigns over 100, 1,000 and N of them take, and how many sessions were lost.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, Subcommand};
 use pitcrew_coordinator::store::{CampaignHostRow, Store, campaigns};
 use pitcrew_scheduler::{CampaignRun, CampaignSpec, Fleet, HostView, Role, decide};
+use pitcrew_tests::fleet::{self, FleetOptions, SimFleet};
 use pitcrew_tests::{Agent, Coordinator, wait_connected};
 
 const CAMPAIGN: &str = r#"
@@ -123,19 +130,6 @@ fn bench_store() {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
-            })
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn bench_processes() -> anyhow::Result<()> {
     println!("processes over real mTLS on loopback:");
     let mut coordinator = Coordinator::init()?;
@@ -153,11 +147,11 @@ fn bench_processes() -> anyhow::Result<()> {
     let coordinator_pid = coordinator.proc.as_ref().and_then(|p| p.pid()).unwrap_or(0);
     println!(
         "  agent resident memory, connected and idle: {} KiB",
-        rss_kib(agent_pid)
+        fleet::rss_kib(agent_pid)
     );
     println!(
         "  coordinator resident memory, one agent:    {} KiB",
-        rss_kib(coordinator_pid)
+        fleet::rss_kib(coordinator_pid)
     );
     let samples: Vec<Duration> = (0..15)
         .map(|_| {
@@ -180,9 +174,279 @@ fn bench_processes() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Parser)]
+#[command(name = "pitcrew-bench", about = "pitcrew's performance figures")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a real coordinator with simulated agents over real mTLS on loopback.
+    Fleet {
+        /// How many simulated agents.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Workers out of service at once in each campaign.
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        /// How long a simulated action takes before it answers, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        action_delay_ms: u64,
+        /// The window over which the coordinator's idle CPU is measured, in seconds.
+        #[arg(long, default_value_t = 10)]
+        idle_seconds: u64,
+        /// The whole run stops after this many seconds, whatever it got so far.
+        #[arg(long, default_value_t = 1200)]
+        deadline_seconds: u64,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     pitcrew_proto::tls::install_crypto_provider();
-    bench_decide();
-    bench_store();
-    bench_processes()
+    match Cli::parse().command {
+        None => {
+            bench_decide();
+            bench_store();
+            bench_processes()
+        }
+        Some(Command::Fleet {
+            agents,
+            concurrency,
+            action_delay_ms,
+            idle_seconds,
+            deadline_seconds,
+        }) => bench_fleet(&FleetBench {
+            agents: agents.max(1),
+            concurrency: concurrency.max(1),
+            action_delay: Duration::from_millis(action_delay_ms),
+            idle_window: Duration::from_secs(idle_seconds.max(1)),
+            deadline: Instant::now() + Duration::from_secs(deadline_seconds),
+        }),
+    }
+}
+
+/// What `pitcrew-bench fleet` was asked for.
+struct FleetBench {
+    agents: usize,
+    concurrency: usize,
+    action_delay: Duration,
+    idle_window: Duration,
+    /// Every wait ends by then.
+    deadline: Instant,
+}
+
+impl FleetBench {
+    /// `wanted`, or less if the overall deadline comes first.
+    fn within(&self, wanted: Duration) -> Duration {
+        wanted.min(self.deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// The campaign sizes measured: 100, 1,000 and the whole fleet, those that fit.
+fn campaign_sizes(agents: usize) -> Vec<usize> {
+    let mut sizes: Vec<usize> = [100, 1000].into_iter().filter(|s| *s < agents).collect();
+    sizes.push(agents);
+    sizes
+}
+
+/// Labels of the host at `index`: `fleet=sim` for all, and `in<S>=yes` for every campaign
+/// size S it falls under, so that a campaign over the first S hosts selects them by label.
+fn tier_labels(index: usize, sizes: &[usize]) -> Vec<(String, String)> {
+    let mut labels = vec![("fleet".to_owned(), "sim".to_owned())];
+    for size in sizes {
+        if index < *size && *size != *sizes.last().unwrap_or(&0) {
+            labels.push((format!("in{size}"), "yes".to_owned()));
+        }
+    }
+    labels
+}
+
+fn coordinator_gone(coordinator: &mut Coordinator) -> Option<String> {
+    match coordinator.proc.as_mut().map(|p| p.exited()) {
+        Some(None) => None,
+        Some(Some(code)) => Some(format!("the coordinator exited (code {code:?})")),
+        None => Some("the coordinator is not running".to_owned()),
+    }
+}
+
+fn bench_fleet(bench: &FleetBench) -> anyhow::Result<()> {
+    let limit = fleet::raise_open_files_limit()?;
+    let mut coordinator = Coordinator::init()?;
+    // The product's heartbeat (5 s, 15 s of silence), not the test harness's quick one.
+    coordinator.set_heartbeat(5, 15);
+    coordinator.start()?;
+    let pid = coordinator.proc.as_ref().and_then(|p| p.pid()).unwrap_or(0);
+    println!(
+        "fleet of {} simulated agents over real mTLS on loopback (coordinator {}, heartbeat 5 s, open files limit {limit}):",
+        bench.agents,
+        pitcrew_tests::bin_dir().display()
+    );
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(fleet_run(bench, &mut coordinator, pid));
+    if let Err(error) = &result {
+        println!("  stopped early: {error:#}");
+    }
+    if let Some(gone) = coordinator_gone(&mut coordinator) {
+        println!("  {gone}; the end of its log:");
+        let log = coordinator.log();
+        let lines: Vec<&str> = log.lines().collect();
+        for line in &lines[lines.len().saturating_sub(20)..] {
+            println!("    {line}");
+        }
+    }
+    coordinator.kill();
+    Ok(())
+}
+
+async fn fleet_run(
+    bench: &FleetBench,
+    coordinator: &mut Coordinator,
+    pid: u32,
+) -> anyhow::Result<()> {
+    let mut options = FleetOptions::for_coordinator(coordinator);
+    options.action_delay = bench.action_delay;
+    let enroll_concurrency = options.concurrency;
+    let mut sims = SimFleet::new(options);
+    let mut admin = fleet::admin(coordinator).await?;
+    let sizes = campaign_sizes(bench.agents);
+
+    // Enroll, one token per label tier.
+    let started = Instant::now();
+    let mut from = 0;
+    for size in &sizes {
+        let labels = tier_labels(from, &sizes);
+        let labels: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let count = size - from;
+        let token = fleet::create_token(&mut admin, "worker", &labels, count as u32).await?;
+        let round = sims
+            .enroll(count, &token, bench.within(Duration::from_secs(600)))
+            .await;
+        if let Some(error) = round.first_error {
+            println!("  {} of {count} hosts not enrolled: {error}", round.failed);
+        }
+        from = *size;
+    }
+    let counters = sims.counters();
+    println!(
+        "  enroll {} hosts ({} at a time):{:>12.1} s ({} failed)",
+        bench.agents,
+        enroll_concurrency,
+        started.elapsed().as_secs_f64(),
+        counters.enroll_failures
+    );
+    if let Some(gone) = coordinator_gone(coordinator) {
+        anyhow::bail!(gone);
+    }
+
+    // Connect.
+    let started = Instant::now();
+    sims.start();
+    let wait = Duration::from_secs(60).max(Duration::from_millis(10 * bench.agents as u64));
+    let counters = sims.wait_connected(sims.len(), bench.within(wait)).await;
+    println!(
+        "  connected:{:>33} of {} (in {:.1} s)",
+        counters.connected_now,
+        sims.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Idle.
+    let before = fleet::cpu_time(pid);
+    let window_start = Instant::now();
+    tokio::time::sleep(bench.within(bench.idle_window)).await;
+    let window = window_start.elapsed();
+    let after = fleet::cpu_time(pid);
+    println!(
+        "  coordinator resident memory:{:>14} KiB",
+        fleet::rss_kib(pid)
+    );
+    match (before, after) {
+        (Some(before), Some(after)) => println!(
+            "  coordinator idle CPU:{:>19.1} % of one core (over {:.1} s, {} sessions open)",
+            (after.saturating_sub(before)).as_secs_f64() / window.as_secs_f64() * 100.0,
+            window.as_secs_f64(),
+            sims.counters().connected_now
+        ),
+        _ => println!("  coordinator idle CPU: unreadable (is it still running?)"),
+    }
+    println!(
+        "  load generator resident memory:{:>11} KiB",
+        fleet::rss_kib(std::process::id())
+    );
+
+    // Campaigns.
+    for size in &sizes {
+        if let Some(gone) = coordinator_gone(coordinator) {
+            anyhow::bail!(gone);
+        }
+        let labels = if size == &bench.agents {
+            vec![("fleet".to_owned(), "sim".to_owned())]
+        } else {
+            vec![(format!("in{size}"), "yes".to_owned())]
+        };
+        let labels: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let spec = fleet::noop_campaign(&format!("fleet-{size}"), &labels, bench.concurrency);
+        let within =
+            bench.within(Duration::from_secs(60).max(Duration::from_millis(60 * *size as u64)));
+        let answered_before = sims.counters().actions_answered;
+        let cpu_before = (fleet::cpu_time(pid), fleet::cpu_time(std::process::id()));
+        let result = fleet::run_campaign(&mut admin, &spec, *size, within).await;
+        // Where the time went: the coordinator's CPU, and ours (the simulated agents).
+        let cpu = |before: Option<Duration>, pid: u32| match (before, fleet::cpu_time(pid)) {
+            (Some(before), Some(after)) => {
+                format!("{:.1} s", after.saturating_sub(before).as_secs_f64())
+            }
+            _ => "unreadable".to_owned(),
+        };
+        let cpu = format!(
+            "CPU: coordinator {}, load generator {}",
+            cpu(cpu_before.0, pid),
+            cpu(cpu_before.1, std::process::id())
+        );
+        match result {
+            Ok(outcome) if outcome.completed() => println!(
+                "  campaign of {size:>5} hosts (exec /bin/true, {} at once):{:>8.1} s ({cpu})",
+                bench.concurrency,
+                outcome.elapsed.as_secs_f64()
+            ),
+            Ok(outcome) => {
+                println!(
+                    "  campaign of {size:>5} hosts: {} after {:.1} s, {} of {} done, {} actions answered ({}; {cpu})",
+                    outcome.state,
+                    outcome.elapsed.as_secs_f64(),
+                    outcome.done,
+                    outcome.hosts,
+                    sims.counters().actions_answered - answered_before,
+                    outcome.note
+                );
+                fleet::cancel_campaign(&mut admin, &outcome.id).await;
+            }
+            Err(error) => println!("  campaign of {size:>5} hosts: {error:#}"),
+        }
+    }
+    println!(
+        "  coordinator resident memory after:{:>8} KiB",
+        fleet::rss_kib(pid)
+    );
+
+    let counters = sims.shutdown(bench.within(Duration::from_secs(30))).await;
+    println!(
+        "  sessions lost during the run:{:>13} ({} opened, {} attempts without a session, {} actions answered)",
+        counters.sessions_lost,
+        counters.sessions_opened,
+        counters.connect_failures,
+        counters.actions_answered
+    );
+    if let Some(problem) = counters.last_problem {
+        println!("  last problem: {problem}");
+    }
+    Ok(())
 }
