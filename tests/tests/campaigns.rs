@@ -278,7 +278,9 @@ fn pause_resume_skip_and_cancel_behave() {
     let skipped = c.cli_json(&["campaign", "host", "skip", &id, &agents[1].machine_id]);
     assert_eq!(host_status(&skipped, &agents[1])["state"], "skipped");
     assert_eq!(c.cli_json(&["campaign", "resume", &id])["state"], "running");
-    wait_state(&c, &id, "completed");
+    // A skipped host was not serviced: the campaign ends saying so, never "completed".
+    let info = wait_state(&c, &id, "incomplete");
+    assert_eq!(info["host_counts"]["skipped"], 1, "{info}");
     let counts = starts(&ran(dir.path()));
     assert!(!counts.contains_key("w2"), "{counts:?}");
     assert_eq!(counts.get("w3"), Some(&1));
@@ -433,10 +435,8 @@ fn a_coordinator_killed_mid_campaign_resumes_and_no_action_runs_twice() {
         }
     }
     assert_eq!(log.iter().filter(|e| e["step"] == "release").count(), 6);
-    assert!(
-        log.iter()
-            .any(|e| e["kind"] == "audit" && e["message"] == "campaign completed")
-    );
+    assert!(log.iter().any(|e| e["kind"] == "audit"
+        && e["message"] == "campaign completed: all 6 hosts done"));
 }
 
 #[test]
@@ -597,4 +597,120 @@ fn a_failing_post_gate_keeps_the_host_out_and_watch_says_why() {
     );
     let _ = c.cli(&["campaign", "resume", &id]);
     wait_state(&c, &id, "completed");
+}
+
+/// `pitcrew campaign watch ID` run to its end: its exit code and what it printed.
+fn watch_exit(c: &Coordinator, id: &str) -> (Option<i32>, String) {
+    let out = c.cli(&["campaign", "watch", id]);
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn every_outcome_is_shown_as_what_it_is_and_watch_exits_to_match() {
+    let (c, agents) = start_fleet(&FLEET[..3], &policy());
+    let dir = tempfile::tempdir().unwrap();
+    // w2 fails its step; the budget allows one failed host (a third of three, rounded down).
+    let body = "if [ {{host.label.name}} = w2 ]; then exit 3; fi";
+    let file = campaign(
+        dir.path(),
+        "mixed",
+        // Two slots: the failed host keeps one, the others go through the other.
+        "max_failures = \"34%\"\n[concurrency]\nworker = 2",
+        body,
+    );
+    let id = run_campaign(&c, &file);
+    // One failed host is within the budget: the campaign goes on with w3 and is not paused.
+    let info = wait_for("w3 to be done while w2 failed", || {
+        let info = show(&c, &id);
+        (host_status(&info, &agents[2])["state"] == "done"
+            && host_status(&info, &agents[1])["state"] == "failed")
+            .then_some(info)
+    });
+    assert_eq!(info["failures"], 1, "{info}");
+    assert_eq!(info["max_failures"], 1, "{info}");
+    assert_ne!(info["state"], "paused", "{info}");
+    // The failed host keeps its slot: the campaign cannot end while it is failed.
+    assert_eq!(info["state"], "running", "{info}");
+    // Released by hand after failing: out of the way, shown as released, not done.
+    let released = c.cli_json(&["campaign", "host", "release", &id, &agents[1].machine_id]);
+    assert_eq!(host_status(&released, &agents[1])["state"], "released");
+    let info = wait_state(&c, &id, "incomplete");
+    assert_eq!(info["host_counts"]["done"], 2, "{info}");
+    assert_eq!(info["host_counts"]["released"], 1, "{info}");
+    let (code, text) = watch_exit(&c, &id);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("finished incomplete") && text.contains("1 released"),
+        "{text}"
+    );
+    // The event log says it too.
+    let events = c.cli_json(&["events", "--campaign", &id]);
+    assert!(
+        events.as_array().unwrap().iter().any(|e| e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("campaign finished incomplete: 2 done, 1 released")),
+        "{events}"
+    );
+
+    // Every host done: completed, exit 0.
+    let file = campaign(dir.path(), "clean", "[concurrency]\nworker = 3", "true");
+    let id = run_campaign(&c, &file);
+    wait_state(&c, &id, "completed");
+    let (code, text) = watch_exit(&c, &id);
+    assert_eq!(code, Some(0), "{text}");
+
+    // Cancelled: exit 3.
+    let gate = dir.path().join("go");
+    let body = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let file = campaign(dir.path(), "dropped", "[concurrency]\nworker = 1", &body);
+    let id = run_campaign(&c, &file);
+    c.cli_json(&["campaign", "cancel", &id]);
+    std::fs::write(&gate, "").unwrap();
+    wait_state(&c, &id, "cancelled");
+    let (code, text) = watch_exit(&c, &id);
+    assert_eq!(code, Some(3), "{text}");
+}
+
+#[test]
+fn a_percentage_budget_pauses_when_more_hosts_fail_than_it_allows() {
+    let (c, agents) = start_fleet(&FLEET[..3], &policy());
+    let dir = tempfile::tempdir().unwrap();
+    // 10 % of three hosts allows none: the first failed host pauses the campaign.
+    let body = "if [ {{host.label.name}} = w1 ]; then exit 3; fi";
+    let file = campaign(
+        dir.path(),
+        "strict",
+        "max_failures = \"10%\"\n[concurrency]\nworker = 1",
+        body,
+    );
+    let id = run_campaign(&c, &file);
+    let info = wait_state(&c, &id, "paused");
+    assert_eq!(info["max_failures"], 0, "{info}");
+    assert!(
+        info["blocker"].as_str().unwrap().contains("10% of 3 hosts"),
+        "{info}"
+    );
+    assert_eq!(host_status(&info, &agents[1])["state"], "pending");
+    // A bad budget names the line and field.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"bad\"\nmax_failures = \"lots\"\n[[steps]]\naction = \"daemon_reload\"\n",
+    )
+    .unwrap();
+    let out = c.cli(&["campaign", "plan", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.toml:2") && err.contains("max_failures"),
+        "{err}"
+    );
 }

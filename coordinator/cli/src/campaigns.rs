@@ -11,6 +11,7 @@ use pitcrew_proto::v1;
 
 use super::connect::{ConnectArgs, admin, status};
 use super::output::{self, Format};
+use super::{EXIT_CANCELLED, EXIT_INCOMPLETE, Exit};
 
 #[derive(Subcommand)]
 pub enum CampaignCommand {
@@ -19,11 +20,15 @@ pub enum CampaignCommand {
     /// Start a campaign from a file.
     Run {
         file: PathBuf,
-        /// Follow it live until it ends.
+        /// Follow it live until it ends, with `watch`'s exit status (0 every host done,
+        /// 2 incomplete, 3 cancelled, 1 error).
         #[arg(long)]
         watch: bool,
     },
     /// Follow a campaign live: progress, each host's state and step, and every blocker.
+    ///
+    /// Exit status: 0 when every host is done; 2 when it finished incomplete (hosts released
+    /// after failing, or skipped); 3 when it was cancelled; 1 on any error.
     Watch { id: String },
     /// List campaigns.
     Ls,
@@ -144,8 +149,9 @@ pub async fn campaign(
                 "id",
                 "name",
                 "state",
-                "hosts done",
-                "failures",
+                "done",
+                "not done",
+                "failed hosts",
                 "blocker",
                 "started",
             ]);
@@ -155,8 +161,9 @@ pub async fn campaign(
                     c.id,
                     c.name,
                     c.state,
-                    format!("{}/{}", count("done") + count("skipped"), c.hosts_total),
-                    format!("{}/{}", c.failures, c.max_failures),
+                    format!("{}/{}", count("done"), c.hosts_total),
+                    not_done(&c.host_counts),
+                    format!("{} (budget {})", c.failures, c.max_failures),
                     c.blocker,
                     output::clock(c.created_at_ms),
                 ]);
@@ -256,6 +263,20 @@ async fn control(
     Ok(())
 }
 
+/// The hosts that ended without being done, e.g. "1 released, 2 skipped" ("" when none).
+fn not_done(counts: &std::collections::HashMap<String, u32>) -> String {
+    ["failed", "released", "skipped"]
+        .iter()
+        .filter_map(|state| {
+            counts
+                .get(*state)
+                .filter(|n| **n > 0)
+                .map(|n| format!("{n} {state}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A campaign as a table of hosts, with the campaign's own blocker on top.
 pub fn print_campaign(info: &v1::CampaignInfo) {
     crate::say!("campaign {} ({}): {}", info.id, info.name, info.state);
@@ -263,7 +284,13 @@ pub fn print_campaign(info: &v1::CampaignInfo) {
         crate::say!("waiting: {}", info.blocker);
     }
     crate::say!(
-        "failures: {} of {} allowed",
+        "hosts: {} of {} done{}; {} host(s) failed, {} allowed",
+        info.host_counts.get("done").copied().unwrap_or(0),
+        info.hosts_total,
+        match not_done(&info.host_counts).as_str() {
+            "" => String::new(),
+            other => format!(" ({other})"),
+        },
         info.failures,
         info.max_failures
     );
@@ -378,9 +405,30 @@ pub async fn watch(connect: &ConnectArgs, format: Format, id: &str) -> anyhow::R
     if format == Format::Table {
         print_campaign(&last);
     }
+    let count = |state: &str| last.host_counts.get(state).copied().unwrap_or(0);
     match last.state.as_str() {
         "completed" => Ok(()),
-        other => anyhow::bail!("campaign {} ended {other}", last.id),
+        "incomplete" => Err(Exit {
+            code: EXIT_INCOMPLETE,
+            message: format!(
+                "campaign {} finished incomplete: {} of {} hosts done, {} released after failing, {} skipped",
+                last.id,
+                count("done"),
+                last.hosts_total,
+                count("released"),
+                count("skipped")
+            ),
+        }
+        .into()),
+        "cancelled" => Err(Exit {
+            code: EXIT_CANCELLED,
+            message: format!("campaign {} was cancelled", last.id),
+        }
+        .into()),
+        other => anyhow::bail!(
+            "the coordinator stopped sending campaign {} while it was {other}",
+            last.id
+        ),
     }
 }
 

@@ -16,6 +16,27 @@ use clap::{Parser, Subcommand};
 use connect::ConnectArgs;
 use output::Format;
 
+/// Exit status of `campaign watch` (and `run --watch`) when the campaign finished with hosts
+/// released or skipped: not a success, and not an error of the tool either.
+pub const EXIT_INCOMPLETE: u8 = 2;
+/// Exit status when the watched campaign was cancelled.
+pub const EXIT_CANCELLED: u8 = 3;
+
+/// An outcome that ends the command with its own exit status (scripts and CI read it).
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 #[derive(Parser)]
 #[command(
     name = "pitcrew",

@@ -20,7 +20,10 @@ fn main() -> std::process::ExitCode {
         Err(error) => {
             // Errors may quote what an agent said: shown as safely as everything else.
             pitcrew_cli::say_err!("pitcrew: {error:#}");
-            std::process::ExitCode::FAILURE
+            match error.downcast_ref::<pitcrew_cli::Exit>() {
+                Some(exit) => std::process::ExitCode::from(exit.code),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::action::StepAction;
 use crate::fleet::{Fleet, HostView, Role};
 use crate::run::{CampaignRun, CampaignState, HostRun, HostState, is_leader};
-use crate::spec::{OnHost, Phase};
+use crate::spec::{FailureBudget, OnHost, Phase};
 use crate::window::{self, fmt_ms};
 
 /// The id of one execution of one step: `campaign:host:phase-index:aN` (only characters the
@@ -508,7 +508,10 @@ where
     let mut occ = Occupancy::build(fleet, campaigns.clone());
 
     for run in campaigns {
-        if run.state == CampaignState::Completed {
+        if matches!(
+            run.state,
+            CampaignState::Completed | CampaignState::Incomplete
+        ) {
             continue;
         }
         let mut in_progress = 0usize;
@@ -697,20 +700,26 @@ fn start_hosts(
         );
         return;
     }
-    if run.unacknowledged_failures() > run.spec.max_failures {
+    let allowed = run.allowed_failures();
+    if run.unacknowledged_failures() > allowed {
         let failures = run.unacknowledged_failures();
         out.decisions.push(Decision::PauseCampaign {
             campaign: run.id.clone(),
             reason: format!(
-                "error budget spent: {failures} host(s) failed, max_failures is {}",
-                run.spec.max_failures
+                "error budget spent: {failures} host(s) failed, max_failures is {allowed}{}",
+                match run.spec.max_failures {
+                    FailureBudget::Percent(p) => {
+                        format!(" ({p}% of {} hosts)", run.hosts.len())
+                    }
+                    FailureBudget::Count(_) => String::new(),
+                }
             ),
         });
         block_all(
             out,
             Blocker::ErrorBudgetSpent {
                 failures,
-                max_failures: run.spec.max_failures,
+                max_failures: allowed,
             },
         );
         return;

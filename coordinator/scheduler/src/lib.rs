@@ -24,5 +24,5 @@ pub use fleet::{Fleet, HostView, ManualPhase, ManualState, Role};
 pub use manual::{ManualError, manual_enable};
 pub use plan::{Plan, PlanError, PlannedHost, PlannedStep, plan};
 pub use run::{ApplyError, CampaignRun, CampaignState, Event, HostRun, HostState, Outcome, apply};
-pub use spec::{CampaignSpec, Concurrency, OnHost, Phase, SpecError, StepSpec};
+pub use spec::{CampaignSpec, Concurrency, FailureBudget, OnHost, Phase, SpecError, StepSpec};
 pub use window::Window;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::decide::{Blocker, Decision, decide, quorum_guard};
 use crate::fleet::{Fleet, HostView, Role};
 use crate::run::{CampaignRun, CampaignState, Event, Outcome, apply};
-use crate::spec::{CampaignSpec, Concurrency, Phase};
+use crate::spec::{CampaignSpec, Concurrency, FailureBudget, Phase};
 use crate::window::{self, fmt_ms};
 
 /// Why a campaign cannot be planned (or created).
@@ -106,7 +106,7 @@ pub struct Plan {
     pub source_name: String,
     pub role_order: Vec<Role>,
     pub worker_concurrency: Concurrency,
-    pub max_failures: u32,
+    pub max_failures: FailureBudget,
     pub dwell_ms: i64,
     /// Hosts in the order they start.
     pub hosts: Vec<PlannedHost>,

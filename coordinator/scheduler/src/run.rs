@@ -31,17 +31,30 @@ pub enum CampaignState {
     Running,
     /// No new host starts; hosts in progress finish their steps.
     Paused,
+    /// Every host is done.
     Completed,
+    /// Finished, but not every host is done: some were released by hand after failing, or
+    /// skipped. Never shown as success.
+    Incomplete,
     Cancelled,
 }
 
 impl CampaignState {
+    /// Whether the run has ended (nothing will change it any more).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            CampaignState::Completed | CampaignState::Incomplete | CampaignState::Cancelled
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CampaignState::Pending => "pending",
             CampaignState::Running => "running",
             CampaignState::Paused => "paused",
             CampaignState::Completed => "completed",
+            CampaignState::Incomplete => "incomplete",
             CampaignState::Cancelled => "cancelled",
         }
     }
@@ -65,8 +78,12 @@ pub enum HostState {
     Maintenance,
     /// `after` steps and post-gates (undrain, health).
     Leaving,
+    /// Every step and post-gate passed.
     Done,
     Failed,
+    /// Failed, then released by an operator: out of the campaign's way, not done.
+    Released,
+    /// Skipped by an operator (before starting, or after failing): not done.
     Skipped,
 }
 
@@ -79,6 +96,7 @@ impl HostState {
             HostState::Leaving => "leaving",
             HostState::Done => "done",
             HostState::Failed => "failed",
+            HostState::Released => "released",
             HostState::Skipped => "skipped",
         }
     }
@@ -99,9 +117,12 @@ impl HostState {
         )
     }
 
-    /// Whether the host needs nothing more from this campaign.
+    /// Whether the host needs nothing more from this campaign (done or not).
     pub fn finished(self) -> bool {
-        matches!(self, HostState::Done | HostState::Skipped)
+        matches!(
+            self,
+            HostState::Done | HostState::Released | HostState::Skipped
+        )
     }
 
     fn for_phase(phase: Phase) -> HostState {
@@ -185,6 +206,10 @@ pub struct HostRun {
     /// wait until the fleet reports this host on a different boot id.
     pub pre_reboot_boot_id: Option<String>,
     pub last_error: Option<String>,
+    /// Whether this host has failed at least once in this run: the error budget counts hosts,
+    /// not attempts.
+    #[serde(default)]
+    pub ever_failed: bool,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
     /// When the agent of this host was last seen going away while the host was in progress.
@@ -214,7 +239,7 @@ pub struct CampaignRun {
     pub state: CampaignState,
     /// Selected hosts in plan order (role order, cluster, leader last, hostname).
     pub hosts: Vec<HostRun>,
-    /// Hosts that failed during this run (each failure counts, retries included).
+    /// Hosts that failed during this run (each host once, however often it failed).
     pub failures: u32,
     /// Failures the operator accepted by resuming after the error budget paused the run.
     pub failures_acknowledged: u32,
@@ -297,6 +322,7 @@ impl CampaignRun {
                 gate_failure: None,
                 pre_reboot_boot_id: None,
                 last_error: None,
+                ever_failed: false,
                 started_at_ms: None,
                 finished_at_ms: None,
                 disconnected_since_ms: None,
@@ -337,10 +363,12 @@ impl CampaignRun {
 
     /// Whether the run can still change (not Completed or Cancelled).
     pub fn is_active(&self) -> bool {
-        !matches!(
-            self.state,
-            CampaignState::Completed | CampaignState::Cancelled
-        )
+        !self.state.is_final()
+    }
+
+    /// How many hosts may fail before the campaign pauses, for this run's selection.
+    pub fn allowed_failures(&self) -> u32 {
+        self.spec.max_failures.allowed(self.hosts.len())
     }
 
     /// Every action this run is waiting on, as the dispatch to (re-)send. After a
@@ -598,7 +626,7 @@ pub fn apply(
                 if h.state != HostState::Failed {
                     return Err(h.illegal("release (only a failed host)"));
                 }
-                h.state = HostState::Done;
+                h.state = HostState::Released;
                 h.slot = None;
                 h.in_flight = None;
                 h.finished_at_ms = Some(now_ms);
@@ -707,7 +735,8 @@ fn apply_decision(
             h.in_flight = None;
             h.last_error = Some(reason.clone());
             h.finished_at_ms = Some(now_ms);
-            run.failures += 1;
+            let first = !std::mem::replace(&mut h.ever_failed, true);
+            run.failures += u32::from(first);
             Ok(())
         }
         Decision::PauseCampaign { reason, .. } => {
@@ -722,10 +751,15 @@ fn apply_decision(
             if !run.is_active() || !run.hosts.iter().all(|h| h.state.finished()) {
                 return Err(campaign_illegal(
                     run,
-                    "completing while a host is not done or skipped",
+                    "completing while a host is not done, released or skipped",
                 ));
             }
-            run.state = CampaignState::Completed;
+            // Completed means every host was serviced; anything less says so.
+            run.state = if run.hosts.iter().all(|h| h.state == HostState::Done) {
+                CampaignState::Completed
+            } else {
+                CampaignState::Incomplete
+            };
             run.pause_reason = None;
             Ok(())
         }
@@ -837,6 +871,7 @@ fn finished(
     h.state = HostState::Failed;
     h.last_error = Some(error);
     h.finished_at_ms = Some(now_ms);
-    run.failures += 1;
+    let first = !std::mem::replace(&mut h.ever_failed, true);
+    run.failures += u32::from(first);
     Ok(())
 }

@@ -149,6 +149,64 @@ impl fmt::Display for Concurrency {
     }
 }
 
+/// How many hosts may fail before a campaign pauses: a count, or a percentage of the hosts it
+/// selects (rounded down, so "10%" of 5 hosts is 0). Stored as a number or as "N%".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureBudget {
+    Count(u32),
+    Percent(u32),
+}
+
+impl FailureBudget {
+    /// The failures allowed for a campaign of `selected` hosts.
+    pub fn allowed(self, selected: usize) -> u32 {
+        match self {
+            FailureBudget::Count(n) => n,
+            FailureBudget::Percent(p) => {
+                u32::try_from(selected.saturating_mul(p as usize) / 100).unwrap_or(u32::MAX)
+            }
+        }
+    }
+}
+
+impl fmt::Display for FailureBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureBudget::Count(n) => write!(f, "{n}"),
+            FailureBudget::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for FailureBudget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FailureBudget::Count(n) => s.serialize_u32(*n),
+            FailureBudget::Percent(_) => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FailureBudget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u32),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Count(n) => Ok(FailureBudget::Count(n)),
+            Raw::Text(t) => t
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse().ok())
+                .filter(|p| *p <= 100)
+                .map(FailureBudget::Percent)
+                .ok_or_else(|| serde::de::Error::custom(format!("{t:?} is not a failure budget"))),
+        }
+    }
+}
+
 /// Which hosts a campaign covers. Every criterion given must hold (they are ANDed).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Selector {
@@ -188,7 +246,7 @@ pub struct CampaignSpec {
     /// Roles in the order they are serviced; a later role starts when the earlier is finished.
     pub order: Vec<Role>,
     pub worker_concurrency: Concurrency,
-    pub max_failures: u32,
+    pub max_failures: FailureBudget,
     /// Minimum time between releasing a host and starting the next of the same role.
     pub dwell_ms: i64,
     /// The label whose value `"true"` marks the cluster leader (serviced last of its managers).
@@ -253,7 +311,7 @@ struct RawSpec {
     select: Option<RawSelect>,
     order: Option<Spanned<Vec<Spanned<String>>>>,
     concurrency: Option<RawConcurrency>,
-    max_failures: Option<Spanned<i64>>,
+    max_failures: Option<Spanned<toml::Value>>,
     dwell: Option<Spanned<String>>,
     leader_label: Option<Spanned<String>>,
     #[serde(default)]
@@ -555,15 +613,9 @@ impl Cx<'_> {
             }
         }
 
-        let max_failures = match raw.max_failures {
-            None => 0,
-            Some(v) => u32::try_from(*v.get_ref()).map_err(|_| {
-                self.err(
-                    Some(v.span()),
-                    "max_failures",
-                    format!("{} is not a count of failures (0 or more)", v.get_ref()),
-                )
-            })?,
+        let max_failures = match &raw.max_failures {
+            None => FailureBudget::Count(0),
+            Some(v) => self.failure_budget(v)?,
         };
         let dwell_ms = match &raw.dwell {
             None => 0,
@@ -659,6 +711,29 @@ impl Cx<'_> {
                 ),
             )
         })
+    }
+
+    fn failure_budget(&self, v: &Spanned<toml::Value>) -> Result<FailureBudget, SpecError> {
+        let bad = |what: String| self.err(Some(v.span()), "max_failures", what);
+        match v.get_ref() {
+            toml::Value::Integer(n) => u32::try_from(*n)
+                .map(FailureBudget::Count)
+                .map_err(|_| bad(format!("{n} is not a count of failures (0 or more)"))),
+            toml::Value::String(s) => match s.trim().strip_suffix('%') {
+                Some(p) => match p.trim().parse::<u32>() {
+                    Ok(p) if p <= 100 => Ok(FailureBudget::Percent(p)),
+                    _ => Err(bad(format!(
+                        "{s:?} is not a percentage between 0% and 100%"
+                    ))),
+                },
+                None => Err(bad(format!(
+                    "{s:?} is neither a count of failures nor a percentage like \"10%\""
+                ))),
+            },
+            other => Err(bad(format!(
+                "{other} is neither a count of failures nor a percentage like \"10%\""
+            ))),
+        }
     }
 
     fn worker_concurrency(&self, w: &Spanned<toml::Value>) -> Result<Concurrency, SpecError> {
@@ -1249,7 +1324,7 @@ action = "patch"
         let spec = parse(MINIMAL).unwrap();
         assert_eq!(spec.order, vec![Role::Worker, Role::Manager]);
         assert_eq!(spec.worker_concurrency, Concurrency::Count(1));
-        assert_eq!(spec.max_failures, 0);
+        assert_eq!(spec.max_failures, FailureBudget::Count(0));
         assert_eq!(spec.leader_label, "leader");
         assert!(spec.windows.is_empty());
         assert_eq!(spec.worker.main.len(), 1);

@@ -332,12 +332,58 @@ fn skip_and_release_free_a_failed_hosts_slot() {
         4,
     );
     apply(&mut runs[0], &f, &Event::Release { host: "w2".into() }, 5).unwrap();
-    assert_eq!(runs[0].hosts[1].state, HostState::Done);
+    // Released by hand is out of the way, but not done.
+    assert_eq!(runs[0].hosts[1].state, HostState::Released);
     let d = tick(&f, &mut runs, 5);
     assert!(matches!(
         d.decisions[..],
         [Decision::CompleteCampaign { .. }]
     ));
+    // A campaign whose hosts were skipped and released did not complete: it says so.
+    assert_eq!(runs[0].state, CampaignState::Incomplete);
+    assert_eq!(runs[0].failures, 2, "two hosts failed");
+}
+
+#[test]
+fn failures_are_counted_per_host_and_a_percentage_budget_scales_with_the_selection() {
+    // 10 % of 10 hosts: one host may fail; a retried host failing again is still one host.
+    let f = fleet(10, 0);
+    let text = PATCH.replace(
+        "name = \"patch\"",
+        "name = \"patch\"\nmax_failures = \"10%\"",
+    );
+    let mut runs = vec![run("c1", &text, &f)];
+    assert_eq!(runs[0].allowed_failures(), 1);
+    tick(&f, &mut runs, 0);
+    let d = tick(&f, &mut runs, 0);
+    finish(
+        &f,
+        &mut runs,
+        &dispatched(&d)[0].action_id,
+        Outcome::Failed,
+        None,
+        1,
+    );
+    assert_eq!(runs[0].failures, 1);
+    // Within budget: the campaign goes on (not paused).
+    assert_eq!(runs[0].state, CampaignState::Running);
+    apply(&mut runs[0], &f, &Event::Retry { host: "w1".into() }, 2).unwrap();
+    let d = tick(&f, &mut runs, 2);
+    finish(
+        &f,
+        &mut runs,
+        &dispatched(&d)[0].action_id,
+        Outcome::Failed,
+        None,
+        3,
+    );
+    assert_eq!(
+        runs[0].failures, 1,
+        "the same host failing twice is one failed host"
+    );
+    // 10 % of 5 hosts rounds down to none.
+    let five = fleet(5, 0);
+    assert_eq!(run("c2", &text, &five).allowed_failures(), 0);
 }
 
 const REBOOT: &str = r#"

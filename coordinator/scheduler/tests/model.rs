@@ -458,7 +458,7 @@ fn check_transition(s: &mut State, f: &Fleet, decision: &Decision) {
                 }
             }
             // 6. Error budget.
-            if run.unacknowledged_failures() > run.spec.max_failures
+            if run.unacknowledged_failures() > run.allowed_failures()
                 || run.state == CampaignState::Paused
             {
                 s.violation = Some(format!("6: {host} started with the budget spent or paused"));

@@ -11,8 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use pitcrew_proto::v1;
 use pitcrew_scheduler::{
-    self as scheduler, CampaignRun, CampaignState, Decision, Event, Fleet, HostView, ManualState,
-    Role,
+    self as scheduler, CampaignRun, CampaignState, Decision, Event, Fleet, HostState, HostView,
+    ManualState, Role,
 };
 use prost::Message;
 use rusqlite::Connection;
@@ -479,9 +479,12 @@ impl EngineState {
         for _ in 0..MAX_ROUNDS_PER_TURN {
             let decided = scheduler::decide(
                 &self.fleet,
-                self.runs
-                    .iter()
-                    .filter(|r| r.state != CampaignState::Completed),
+                self.runs.iter().filter(|r| {
+                    !matches!(
+                        r.state,
+                        CampaignState::Completed | CampaignState::Incomplete
+                    )
+                }),
                 now_ms,
             );
             let mut applied = 0usize;
@@ -596,7 +599,19 @@ impl EngineState {
                 audit_event("scheduler", "", id, format!("campaign paused: {reason}"))
             }
             Decision::CompleteCampaign { .. } => {
-                audit_event("scheduler", "", id, "campaign completed".into())
+                let count =
+                    |state: HostState| run.hosts.iter().filter(|h| h.state == state).count();
+                let message = if run.state == CampaignState::Completed {
+                    format!("campaign completed: all {} hosts done", run.hosts.len())
+                } else {
+                    format!(
+                        "campaign finished incomplete: {} done, {} released after failing, {} skipped",
+                        count(HostState::Done),
+                        count(HostState::Released),
+                        count(HostState::Skipped)
+                    )
+                };
+                audit_event("scheduler", "", id, message)
             }
             Decision::FinishCancel { .. } => {
                 audit_event("scheduler", "", id, "campaign cancelled".into())
@@ -862,7 +877,10 @@ impl EngineState {
             };
         }
         for (run, meta) in self.runs.iter().zip(&self.meta) {
-            if run.state == CampaignState::Completed {
+            if matches!(
+                run.state,
+                CampaignState::Completed | CampaignState::Incomplete
+            ) {
                 continue;
             }
             if let Some(h) = meta.hosts.get(id).and_then(|&hi| run.hosts.get(hi))

@@ -170,7 +170,7 @@ pub(crate) fn campaign_view(
         state: run.state,
         blocker: last.lookup(&run.id, None).map(ToString::to_string),
         failures: run.failures,
-        max_failures: run.spec.max_failures,
+        max_failures: run.allowed_failures(),
         created_at_ms: run.created_at_ms,
         created_by: created_by.to_owned(),
         spec_toml: spec_toml.to_owned(),

@@ -6,16 +6,12 @@
 //! event listings are read page by page from the store, and nothing here recomputes the fleet.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
-use pitcrew_proto::identity::require_operator;
 use pitcrew_proto::v1::{self, admin_server::Admin};
-use pitcrew_scheduler::{CampaignRun, CampaignSpec, CampaignState};
+use pitcrew_scheduler::{CampaignRun, CampaignSpec};
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::Coordinator;
@@ -596,10 +592,7 @@ impl Admin for AdminService {
                 return;
             }
             loop {
-                if matches!(
-                    last.state,
-                    CampaignState::Completed | CampaignState::Cancelled
-                ) {
+                if last.state.is_final() {
                     return;
                 }
                 tokio::select! {
