@@ -183,10 +183,15 @@ pub async fn request_certificate(ask: &EnrollAsk<'_>) -> Result<Issued, EnrollEr
         };
         let answer = match client.enroll(request).await {
             Ok(answer) => answer.into_inner(),
+            // Transport trouble, not an answer: a connection cut before the reply (Cancelled)
+            // is what an overloaded coordinator shedding connections looks like.
             Err(status)
                 if matches!(
                     status.code(),
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+                    tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
                 ) =>
             {
                 last_error = format!("{address}: {}", status.message());
@@ -322,25 +327,99 @@ pub async fn renew_if_due(
     if !renewal_due(state_dir) {
         return Ok(false);
     }
-    let paths = CredentialPaths::new(state_dir);
-    let pending_key = state_dir.join("host.key.new");
-    let csr = new_key_and_csr(&pending_key)?;
+    // The new key stays in memory until the certificate for it is here: both are then
+    // committed together (see `commit_renewal`). The coordinator keeps accepting the current
+    // certificate until the new one is first used, so an answer lost on the way costs nothing.
+    let made = generate_key_and_csr()?;
     let answer = AgentSessionClient::new(channel)
-        .renew(RenewRequest { csr_der: csr })
+        .renew(RenewRequest {
+            csr_der: made.csr_der.clone(),
+        })
         .await
         .map_err(|status| EnrollError::Refused(status.message().to_owned()))?
         .into_inner();
     tls::certs_from_pem(&answer.certificate_pem, "the renewed certificate")
         .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
-    pitcrew_proto::files::write_public(&paths.cert, answer.certificate_pem.as_bytes()).map_err(
-        |e| EnrollError::Write {
-            path: paths.cert.display().to_string(),
-            reason: e.to_string(),
-        },
-    )?;
-    std::fs::rename(&pending_key, &paths.key).map_err(|e| EnrollError::Write {
-        path: paths.key.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    commit_renewal(state_dir, &made.key_pem, &answer.certificate_pem)?;
     Ok(true)
+}
+
+/// Where a renewal being committed keeps its parts, and the marker that says they are whole.
+struct RenewalPaths {
+    key: PathBuf,
+    cert: PathBuf,
+    committed: PathBuf,
+}
+
+impl RenewalPaths {
+    fn new(state_dir: &Path) -> RenewalPaths {
+        RenewalPaths {
+            key: state_dir.join("host.key.new"),
+            cert: state_dir.join("host.crt.new"),
+            committed: state_dir.join("renewal.committed"),
+        }
+    }
+}
+
+fn write_error(path: &Path, e: impl std::fmt::Display) -> EnrollError {
+    EnrollError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Replaces the host's key and certificate as one unit: both are written (and synced) beside
+/// the current ones, then a marker says the pair is whole, then each is renamed into place.
+/// A crash before the marker leaves the current pair (still accepted by the coordinator); a
+/// crash after it is finished by [`recover_renewal`] at the next start. Never a new key with
+/// an old certificate, or the reverse.
+pub fn commit_renewal(state_dir: &Path, key_pem: &str, cert_pem: &str) -> Result<(), EnrollError> {
+    let renewal = RenewalPaths::new(state_dir);
+    pitcrew_proto::files::write_private(&renewal.key, key_pem.as_bytes())
+        .map_err(|e| write_error(&renewal.key, e))?;
+    pitcrew_proto::files::write_public(&renewal.cert, cert_pem.as_bytes())
+        .map_err(|e| write_error(&renewal.cert, e))?;
+    pitcrew_proto::files::write_private(&renewal.committed, b"host.key.new host.crt.new\n")
+        .map_err(|e| write_error(&renewal.committed, e))?;
+    finish_renewal(state_dir)
+}
+
+/// Moves a committed renewal's key and certificate into place, then drops the marker.
+fn finish_renewal(state_dir: &Path) -> Result<(), EnrollError> {
+    let renewal = RenewalPaths::new(state_dir);
+    let paths = CredentialPaths::new(state_dir);
+    for (from, to) in [(&renewal.key, &paths.key), (&renewal.cert, &paths.cert)] {
+        // Already moved by an earlier, interrupted attempt: nothing to do for this one.
+        if from.exists() {
+            std::fs::rename(from, to).map_err(|e| write_error(to, e))?;
+        }
+    }
+    // The renames must be durable before the marker goes.
+    std::fs::File::open(state_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| write_error(state_dir, e))?;
+    std::fs::remove_file(&renewal.committed).map_err(|e| write_error(&renewal.committed, e))?;
+    Ok(())
+}
+
+/// At start: finishes a renewal whose pair was committed, or throws away one that was not
+/// (the current key and certificate are then still the ones in use). Returns what it did.
+pub fn recover_renewal(state_dir: &Path) -> Result<Option<&'static str>, EnrollError> {
+    let renewal = RenewalPaths::new(state_dir);
+    if renewal.committed.exists() {
+        finish_renewal(state_dir)?;
+        return Ok(Some(
+            "finished a renewal interrupted after its new key and certificate were stored",
+        ));
+    }
+    let mut dropped = false;
+    for leftover in [&renewal.key, &renewal.cert] {
+        if leftover.exists() {
+            std::fs::remove_file(leftover).map_err(|e| write_error(leftover, e))?;
+            dropped = true;
+        }
+    }
+    Ok(dropped.then_some(
+        "dropped a renewal interrupted before its new key and certificate were both stored",
+    ))
 }

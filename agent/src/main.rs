@@ -131,6 +131,12 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
             Err(error) => return Err(error).context("enrollment failed"),
         }
     }
+    // A renewal cut short by a crash is finished or undone before the credentials are read.
+    if let Some(what) =
+        enroll::recover_renewal(&config.state_dir).context("recovering a renewal")?
+    {
+        tracing::warn!(message = "certificate renewal recovered", what);
+    }
     let identity = enroll::load_identity(&config.state_dir).map_err(anyhow::Error::msg)?;
     let machine_id =
         facts::read_machine_id(&config.host.machine_id_file).map_err(anyhow::Error::msg)?;
