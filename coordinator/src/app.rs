@@ -1,5 +1,5 @@
-//! The coordinator's parts, opened together: config, CA, store, event log, live sessions and
-//! the campaign engine, plus the background duties that keep liveness out of the store.
+//! The coordinator's parts, opened together: config, CA, store, event log, operators' directory,
+//! live sessions and the campaign engine, plus the background duties that keep liveness out of the store.
 //!
 //! Layering: `server` (gRPC) → `app` → `engine` → {`store`, `scheduler`}; nothing points back.
 
@@ -12,6 +12,7 @@ use crate::ca::Ca;
 use crate::config::{CoordinatorConfig, DataDir};
 use crate::engine::{Engine, EngineSettings, EngineTask};
 use crate::events::EventLog;
+use crate::operators::OperatorDirectory;
 use crate::registry::Registry;
 use crate::store::{Store, events, hosts};
 
@@ -28,6 +29,9 @@ pub struct Coordinator {
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
     pub events: Arc<EventLog>,
+    /// Every operator certificate issued, with its role: what each Admin call is checked
+    /// against (loaded from the store at start, changed after the store is).
+    pub operators: Arc<OperatorDirectory>,
     pub ca: Ca,
     pub config: CoordinatorConfig,
     /// Campaigns and manual maintenance: one owner, committed before acted on.
@@ -49,6 +53,11 @@ impl Coordinator {
                 .context("opening the store")?,
         );
         let events = Arc::new(EventLog::new(store.clone()));
+        let operators = Arc::new(
+            crate::operators::load(&store, &events, &data_dir.operator_dir())
+                .await
+                .context("loading the operators' certificates")?,
+        );
         let registry = Arc::new(Registry::default());
         let settings = EngineSettings {
             reconnect_grace: Duration::from_secs(u64::from(config.heartbeat_timeout_seconds) * 2),
@@ -61,6 +70,7 @@ impl Coordinator {
             store,
             registry,
             events,
+            operators,
             ca,
             config,
             engine,

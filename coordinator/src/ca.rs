@@ -1,5 +1,5 @@
 //! The fleet certificate authority: creates the CA, issues the coordinator's server certificate,
-//! operator certificates, and host certificates from CSRs (the host's key never leaves it).
+//! and host and operator certificates from CSRs (the key never leaves where it was made).
 //!
 //! Identity is carried in one URI SAN (`pitcrew://host/<id>` or `pitcrew://operator/<name>`),
 //! read back by `pitcrew_proto::identity`.
@@ -17,8 +17,12 @@ use time::OffsetDateTime;
 
 /// How long a host certificate lives; agents renew at 70 % of it.
 pub const HOST_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
-/// How long the server and operator certificates made by `init` live.
+/// How long the server certificate made by `init` lives.
 pub const SERVICE_CERT_VALIDITY: Duration = Duration::from_secs(2 * 365 * 24 * 3600);
+/// How long an operator certificate lives unless `operator_cert_lifetime` says otherwise.
+pub const OPERATOR_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest an operator certificate may live: a standing credential is renewed, not kept.
+pub const MAX_OPERATOR_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Certificates are valid from a little before now, so small clock skew between hosts is harmless.
 const BACKDATE: Duration = Duration::from_secs(300);
@@ -38,6 +42,8 @@ pub enum CaError {
     BadCsr(String),
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("{0}")]
+    Key(String),
 }
 
 /// A certificate just issued.
@@ -232,18 +238,23 @@ impl Ca {
         Ok(self.finish(&params, cert, not_after))
     }
 
-    /// Issues an operator certificate and its key (PEM), for `pitcrew` users.
-    pub fn issue_operator(
+    /// Signs an operator's CSR (verifying its signature) into a client certificate naming the
+    /// operator `name`. As for hosts, only the CSR's public key is used: the CA decides the name.
+    pub fn sign_operator_csr(
         &self,
+        csr_der: &[u8],
         name: &str,
         lifetime: Duration,
-    ) -> Result<(Issued, String), CaError> {
-        let key = KeyPair::generate()?;
+    ) -> Result<Issued, CaError> {
+        crate::operators::validate_name(name).map_err(CaError::BadCsr)?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| CaError::BadCsr(e.to_string()))?;
         let (mut params, not_after) =
             self.leaf_params(name, Some(format!("{OPERATOR_URI_PREFIX}{name}")), lifetime)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((self.finish(&params, cert, not_after), key.serialize_pem()))
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(self.finish(&params, cert, not_after))
     }
 
     /// Issues the coordinator's server certificate for the given DNS names and IP addresses.
@@ -292,12 +303,11 @@ impl Ca {
     }
 }
 
-/// Makes a key and CSR for `host_id` (the agent does this on its host; here for tests and tools).
+/// Makes a key and a CSR (DER, key PEM), as an agent or the CLI does where the key lives; here
+/// for tests and tools.
 pub fn make_csr() -> Result<(Vec<u8>, String), CaError> {
-    let key = KeyPair::generate()?;
-    let params = CertificateParams::default();
-    let csr = params.serialize_request(&key)?;
-    Ok((csr.der().to_vec(), key.serialize_pem()))
+    let made = pitcrew_proto::csr::key_and_csr("").map_err(|e| CaError::Key(e.to_string()))?;
+    Ok((made.csr_der, made.key_pem))
 }
 
 #[cfg(test)]
@@ -322,6 +332,29 @@ mod tests {
         let peer = peer_from_der(&der(&issued.cert_pem)).unwrap();
         assert_eq!(peer.peer, Peer::Host("abc123".into()));
         assert_eq!(peer.serial, issued.serial);
+    }
+
+    #[test]
+    fn operator_certificates_name_the_operator_the_ca_was_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::create(dir.path(), "test").unwrap();
+        let (csr, _key) = make_csr().unwrap();
+        let issued = ca
+            .sign_operator_csr(&csr, "alice", OPERATOR_CERT_VALIDITY)
+            .unwrap();
+        let peer = peer_from_der(&der(&issued.cert_pem)).unwrap();
+        assert_eq!(peer.peer, Peer::Operator("alice".into()));
+        assert_eq!(peer.serial, issued.serial);
+        let (_, not_after) = pitcrew_proto::identity::validity_ms(&der(&issued.cert_pem)).unwrap();
+        assert_eq!(not_after / 1000, issued.not_after_ms / 1000);
+        assert!(matches!(
+            ca.sign_operator_csr(&csr, "../alice", OPERATOR_CERT_VALIDITY),
+            Err(CaError::BadCsr(_))
+        ));
+        assert!(matches!(
+            ca.sign_operator_csr(b"garbage", "alice", OPERATOR_CERT_VALIDITY),
+            Err(CaError::BadCsr(_))
+        ));
     }
 
     #[test]

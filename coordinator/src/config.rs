@@ -24,6 +24,11 @@ pub struct CoordinatorConfig {
     /// Lifetime of host certificates (agents renew at 70 % of it), e.g. "30d".
     #[serde(default = "default_host_cert_lifetime", with = "humantime_serde")]
     pub host_cert_lifetime: std::time::Duration,
+    /// Lifetime of operator certificates (`init`'s first admin, `pitcrew operator add` without
+    /// `--lifetime`, renewals), e.g. "30d"; at most a year. Operators renew with
+    /// `pitcrew operator renew`.
+    #[serde(default = "default_operator_cert_lifetime", with = "humantime_serde")]
+    pub operator_cert_lifetime: std::time::Duration,
     /// What one peer may take of the coordinator (`[limits]`).
     #[serde(default)]
     pub limits: Limits,
@@ -108,6 +113,10 @@ fn default_host_cert_lifetime() -> std::time::Duration {
     crate::ca::HOST_CERT_VALIDITY
 }
 
+fn default_operator_cert_lifetime() -> std::time::Duration {
+    crate::ca::OPERATOR_CERT_VALIDITY
+}
+
 fn default_listen() -> String {
     "0.0.0.0:7443".to_owned()
 }
@@ -125,6 +134,7 @@ impl Default for CoordinatorConfig {
             heartbeat_seconds: default_heartbeat(),
             heartbeat_timeout_seconds: default_heartbeat_timeout(),
             host_cert_lifetime: default_host_cert_lifetime(),
+            operator_cert_lifetime: default_operator_cert_lifetime(),
             limits: Limits::default(),
             events: EventRetention::default(),
         }
@@ -203,6 +213,14 @@ impl CoordinatorConfig {
                 message: "field host_cert_lifetime: must be at least 10s".into(),
             });
         }
+        if config.operator_cert_lifetime < std::time::Duration::from_secs(10)
+            || config.operator_cert_lifetime > crate::ca::MAX_OPERATOR_CERT_VALIDITY
+        {
+            return Err(ConfigError {
+                file,
+                message: "field operator_cert_lifetime: must be between 10s and 365days".into(),
+            });
+        }
         if config.heartbeat_seconds == 0
             || config.heartbeat_timeout_seconds <= config.heartbeat_seconds
         {
@@ -224,11 +242,15 @@ impl CoordinatorConfig {
              heartbeat_seconds = {}\n\
              heartbeat_timeout_seconds = {}\n\
              # Lifetime of host certificates; agents renew them at 70 % of it.\n\
-             host_cert_lifetime = {:?}\n",
+             host_cert_lifetime = {:?}\n\
+             # Lifetime of operator certificates (at most 365days); renew with\n\
+             # `pitcrew operator renew`.\n\
+             operator_cert_lifetime = {:?}\n",
             self.listen,
             self.heartbeat_seconds,
             self.heartbeat_timeout_seconds,
-            humantime::format_duration(self.host_cert_lifetime).to_string()
+            humantime::format_duration(self.host_cert_lifetime).to_string(),
+            humantime::format_duration(self.operator_cert_lifetime).to_string()
         )
     }
 }
@@ -244,6 +266,13 @@ mod tests {
         std::fs::write(&path, CoordinatorConfig::default().render()).unwrap();
         let loaded = CoordinatorConfig::load(&path).unwrap();
         assert_eq!(loaded.listen, "0.0.0.0:7443");
+        assert_eq!(
+            loaded.operator_cert_lifetime,
+            std::time::Duration::from_secs(30 * 24 * 3600)
+        );
+        std::fs::write(&path, "operator_cert_lifetime = \"2years\"\n").unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err();
+        assert!(error.message.contains("operator_cert_lifetime"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The pitcrew wire protocol (`pitcrew.v1`) and the helpers every part shares: the agent's
 //! policy, action wording, time, and — with the `grpc` feature — the services, TLS set-up,
-//! certificate identities, file helpers and logging.
+//! certificate identities, key and CSR making, file helpers and logging.
 //!
 //! Without `grpc` this crate pulls in no tonic, tokio or rustls: the pure scheduler depends on
 //! it that way (an architecture invariant CI checks).
@@ -8,6 +8,8 @@
 
 #[cfg(feature = "grpc")]
 pub mod accept;
+#[cfg(feature = "grpc")]
+pub mod csr;
 pub mod describe;
 pub mod files;
 #[cfg(feature = "grpc")]

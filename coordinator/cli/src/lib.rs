@@ -9,6 +9,7 @@ pub mod actions;
 pub mod campaigns;
 pub mod connect;
 pub mod hosts;
+pub mod operators;
 pub mod output;
 
 use clap::{Parser, Subcommand};
@@ -41,7 +42,7 @@ impl std::error::Error for Exit {}
 #[command(
     name = "pitcrew",
     version,
-    about = "Operate a pitcrew fleet: hosts, tokens, actions, campaigns, maintenance, events"
+    about = "Operate a pitcrew fleet: hosts, tokens, actions, campaigns, maintenance, events, operators"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -85,6 +86,11 @@ pub enum Command {
     },
     /// The event log: each host's steps and results, and the audit trail.
     Events(campaigns::EventsArgs),
+    /// Operators and their roles: add, list, revoke, and renew your own certificate.
+    Operator {
+        #[command(subcommand)]
+        command: operators::OperatorCommand,
+    },
 }
 
 /// Runs a parsed command line; the error is printed by `main`, which exits non-zero.
@@ -98,5 +104,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Campaign { command } => campaigns::campaign(&connect, format, command).await,
         Command::Maintenance { command } => campaigns::maintenance(&connect, format, command).await,
         Command::Events(args) => campaigns::events(&connect, format, args).await,
+        Command::Operator { command } => operators::operator(&connect, format, command).await,
     }
 }

@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a new fleet: CA, server certificate, first operator certificate and config.
+    /// Create a new fleet: CA, server certificate, first operator (an admin) and config.
     Init {
         #[arg(
             long,
@@ -34,7 +34,7 @@ enum Command {
         /// An address or DNS name agents and operators use to reach this coordinator (repeat).
         #[arg(long = "san", required = true)]
         sans: Vec<String>,
-        /// Name of the first operator.
+        /// Name of the first operator (role admin).
         #[arg(long, default_value = "admin")]
         operator: String,
         #[arg(long, default_value = "0.0.0.0:7443")]
@@ -80,9 +80,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("Agents pin the fleet CA with this line in their config:");
             println!("ca_fingerprint = \"sha256:{}\"", made.ca_fingerprint);
             println!(
-                "Operator certificate: {} (key {})",
+                "Operator certificate: {} (key {}), role admin, valid until {}",
                 made.operator_cert.display(),
-                made.operator_key.display()
+                made.operator_key.display(),
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_millis(
+                            u64::try_from(made.operator_not_after_ms).unwrap_or_default()
+                        )
+                )
+            );
+            println!(
+                "Renew it before then with `pitcrew operator renew`; add other operators with `pitcrew operator add NAME --role viewer|operator|admin`."
             );
             println!("CA certificate:       {}", made.ca_cert.display());
             Ok(())

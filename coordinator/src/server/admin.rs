@@ -1,6 +1,8 @@
-//! `Admin`: the operator's API (hosts, tokens, one-off actions, campaigns, maintenance, events).
-//! Every call needs an operator certificate; agents are refused. Every change is audited with
-//! the operator's name from the certificate.
+//! `Admin`: the operator's API (hosts, tokens, one-off actions, campaigns, maintenance, events,
+//! operators). Every call has passed the role gate (`roles.rs`): a registered, valid operator
+//! certificate whose role is enough for the method; agents are refused. Each handler starts
+//! from the [`Caller`](super::roles::Caller) the gate admitted, and every change is audited
+//! with that operator's name. Streams end when their operator's certificate is revoked.
 //!
 //! This layer checks and maps requests and answers; campaign state is the engine's, host and
 //! event listings are read page by page from the store, and nothing here recomputes the fleet.
@@ -16,6 +18,8 @@ use tonic::{Request, Response, Status};
 
 use super::Coordinator;
 use super::convert::{self, page_size};
+use super::operators;
+use super::roles::{GuardedStream, caller, until_revoked};
 use crate::engine::{CampaignControl, HostControl, HostPage};
 use crate::store::{ActionRecord, EventFilter, HostFilter, HostRecord, TokenRecord};
 use crate::store::{actions, events, hosts, tokens as token_store};
@@ -33,8 +37,6 @@ impl AdminService {
         AdminService { coordinator }
     }
 }
-
-type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Finds a host by id or by unique hostname (one indexed lookup each).
 pub async fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Status> {
@@ -191,7 +193,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::ListHostsRequest>,
     ) -> Result<Response<v1::ListHostsResponse>, Status> {
-        require_operator(&request)?;
+        caller(&request)?;
         let c = &self.coordinator;
         let r = request.into_inner();
         let want = page_size(r.page_size);
@@ -241,7 +243,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::GetHostRequest>,
     ) -> Result<Response<v1::HostInfo>, Status> {
-        require_operator(&request)?;
+        caller(&request)?;
         let c = &self.coordinator;
         let host = resolve_host(c, &request.get_ref().host).await?;
         let info = host_infos(c, vec![host]).await?.pop();
@@ -253,7 +255,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::CreateTokenRequest>,
     ) -> Result<Response<v1::CreateTokenResponse>, Status> {
-        let (operator, _) = require_operator(&request)?;
+        let operator = caller(&request)?.name;
         let c = &self.coordinator;
         let r = request.into_inner();
         // A token either enrolls new hosts (with the role and labels it carries) or re-enrolls
@@ -322,7 +324,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::ListTokensRequest>,
     ) -> Result<Response<v1::ListTokensResponse>, Status> {
-        require_operator(&request)?;
+        caller(&request)?;
         let tokens = self
             .coordinator
             .store
@@ -338,7 +340,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::RevokeTokenRequest>,
     ) -> Result<Response<v1::TokenInfo>, Status> {
-        let (operator, _) = require_operator(&request)?;
+        let operator = caller(&request)?.name;
         let c = &self.coordinator;
         let id = request.into_inner().id;
         let wanted = id.clone();
@@ -352,13 +354,14 @@ impl Admin for AdminService {
         Ok(Response::new(convert::token_info(token)))
     }
 
-    type RunActionStream = EventStream<v1::ActionEvent>;
+    type RunActionStream = GuardedStream<v1::ActionEvent>;
 
     async fn run_action(
         &self,
         request: Request<v1::RunActionRequest>,
     ) -> Result<Response<Self::RunActionStream>, Status> {
-        let (operator, _) = require_operator(&request)?;
+        let who = caller(&request)?;
+        let operator = who.name.clone();
         let c = self.coordinator.clone();
         let r = request.into_inner();
         let host = resolve_host(&c, &r.host).await?;
@@ -493,16 +496,20 @@ impl Admin for AdminService {
                 }
             }
         });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as Self::RunActionStream
-        ))
+        // Ended early (the operator revoked), the stream's receiver is dropped and the task
+        // above cancels the action as if the operator had interrupted it.
+        Ok(Response::new(until_revoked(
+            rx,
+            self.coordinator.operators.clone(),
+            who,
+        )))
     }
 
     async fn plan_campaign(
         &self,
         request: Request<v1::PlanCampaignRequest>,
     ) -> Result<Response<v1::CampaignPlan>, Status> {
-        require_operator(&request)?;
+        caller(&request)?;
         let r = request.into_inner();
         let spec = parse_spec(&r.spec_toml, &r.source_name)?;
         let hosts = self.coordinator.engine.hosts().await?;
@@ -520,7 +527,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::CreateCampaignRequest>,
     ) -> Result<Response<v1::CampaignInfo>, Status> {
-        let (operator, _) = require_operator(&request)?;
+        let operator = caller(&request)?.name;
         let c = &self.coordinator;
         let r = request.into_inner();
         let spec = parse_spec(&r.spec_toml, &r.source_name)?;
@@ -543,7 +550,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::ListCampaignsRequest>,
     ) -> Result<Response<v1::ListCampaignsResponse>, Status> {
-        require_operator(&request)?;
+        caller(&request)?;
         let campaigns = self
             .coordinator
             .engine
@@ -559,20 +566,20 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::GetCampaignRequest>,
     ) -> Result<Response<v1::CampaignInfo>, Status> {
-        require_operator(&request)?;
+        caller(&request)?;
         let r = request.into_inner();
         let page = campaign_page(&r)?;
         let view = self.coordinator.engine.view(r.id, page).await?;
         Ok(Response::new(convert::campaign_info(view)))
     }
 
-    type WatchCampaignStream = EventStream<v1::CampaignInfo>;
+    type WatchCampaignStream = GuardedStream<v1::CampaignInfo>;
 
     async fn watch_campaign(
         &self,
         request: Request<v1::GetCampaignRequest>,
     ) -> Result<Response<Self::WatchCampaignStream>, Status> {
-        require_operator(&request)?;
+        let who = caller(&request)?;
         let c = self.coordinator.clone();
         let r = request.into_inner();
         let page = HostPage::Active {
@@ -618,16 +625,18 @@ impl Admin for AdminService {
                 }
             }
         });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as Self::WatchCampaignStream
-        ))
+        Ok(Response::new(until_revoked(
+            rx,
+            self.coordinator.operators.clone(),
+            who,
+        )))
     }
 
     async fn control_campaign(
         &self,
         request: Request<v1::ControlCampaignRequest>,
     ) -> Result<Response<v1::CampaignInfo>, Status> {
-        let (operator, _) = require_operator(&request)?;
+        let operator = caller(&request)?.name;
         let r = request.into_inner();
         let control = match v1::CampaignControl::try_from(r.control) {
             Ok(v1::CampaignControl::Pause) => CampaignControl::Pause,
@@ -651,7 +660,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::ControlHostRequest>,
     ) -> Result<Response<v1::CampaignInfo>, Status> {
-        let (operator, _) = require_operator(&request)?;
+        let operator = caller(&request)?.name;
         let c = &self.coordinator;
         let r = request.into_inner();
         let control = match v1::HostControl::try_from(r.control) {
@@ -676,7 +685,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::SetMaintenanceRequest>,
     ) -> Result<Response<v1::HostInfo>, Status> {
-        let (operator, _) = require_operator(&request)?;
+        let operator = caller(&request)?.name;
         let c = &self.coordinator;
         let r = request.into_inner();
         let host = resolve_host(c, &r.host).await?;
@@ -695,7 +704,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::ListEventsRequest>,
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
-        require_operator(&request)?;
+        caller(&request)?;
         let filter = event_filter(&self.coordinator, request.get_ref()).await?;
         let events = self
             .coordinator
@@ -708,13 +717,13 @@ impl Admin for AdminService {
         Ok(Response::new(v1::ListEventsResponse { events }))
     }
 
-    type FollowEventsStream = EventStream<v1::Event>;
+    type FollowEventsStream = GuardedStream<v1::Event>;
 
     async fn follow_events(
         &self,
         request: Request<v1::ListEventsRequest>,
     ) -> Result<Response<Self::FollowEventsStream>, Status> {
-        require_operator(&request)?;
+        let who = caller(&request)?;
         let c = self.coordinator.clone();
         let filter = event_filter(&c, request.get_ref()).await?;
         // Subscribe first, then read the backlog, then skip live events already in it.
@@ -753,9 +762,49 @@ impl Admin for AdminService {
                 }
             }
         });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as Self::FollowEventsStream
-        ))
+        Ok(Response::new(until_revoked(
+            rx,
+            self.coordinator.operators.clone(),
+            who,
+        )))
+    }
+
+    async fn add_operator(
+        &self,
+        request: Request<v1::AddOperatorRequest>,
+    ) -> Result<Response<v1::OperatorCertificate>, Status> {
+        let who = caller(&request)?;
+        operators::add(&self.coordinator, who, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_operators(
+        &self,
+        request: Request<v1::ListOperatorsRequest>,
+    ) -> Result<Response<v1::ListOperatorsResponse>, Status> {
+        caller(&request)?;
+        operators::list(&self.coordinator).await.map(Response::new)
+    }
+
+    async fn revoke_operator(
+        &self,
+        request: Request<v1::RevokeOperatorRequest>,
+    ) -> Result<Response<v1::ListOperatorsResponse>, Status> {
+        let who = caller(&request)?;
+        operators::revoke(&self.coordinator, who, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn renew_operator(
+        &self,
+        request: Request<v1::RenewOperatorRequest>,
+    ) -> Result<Response<v1::OperatorCertificate>, Status> {
+        let who = caller(&request)?;
+        operators::renew(&self.coordinator, who, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

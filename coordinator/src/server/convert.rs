@@ -5,7 +5,7 @@ use pitcrew_scheduler::Plan;
 use prost::Message;
 
 use crate::engine::{CampaignView, Hold, HostStatus};
-use crate::store::{EventRecord, HostRecord, TokenRecord};
+use crate::store::{EventRecord, HostRecord, OperatorRecord, TokenRecord};
 
 /// The default and largest page of any listing.
 pub const DEFAULT_PAGE: usize = 500;
@@ -133,6 +133,18 @@ pub fn token_info(t: TokenRecord) -> v1::TokenInfo {
         created_at_ms: t.created_at_ms,
         created_by: t.created_by,
         replace_host: t.replace_host,
+    }
+}
+
+pub fn operator_info(o: OperatorRecord) -> v1::OperatorInfo {
+    v1::OperatorInfo {
+        name: o.name,
+        role: o.role,
+        serial: o.serial,
+        not_after_ms: o.not_after_ms,
+        revoked: o.revoked,
+        created_by: o.created_by,
+        created_at_ms: o.created_at_ms,
     }
 }
 

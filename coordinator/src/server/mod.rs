@@ -1,16 +1,19 @@
 //! The gRPC server: one TLS listener for the three services. Client certificates are verified
 //! at the handshake when presented; `Enrollment` needs none, `AgentSession` needs a host
-//! certificate and `Admin` an operator certificate (checked per call from the verified peer).
+//! certificate, and `Admin` a registered, unrevoked operator certificate whose role is enough
+//! for the method (the role gate in `roles.rs`, checked per call).
 
 pub mod admin;
 mod convert;
 pub mod enroll;
+mod operators;
+pub mod roles;
 pub mod session;
 
 use std::sync::Arc;
 
 use pitcrew_proto::accept::AcceptLimits;
-use pitcrew_proto::identity::{require_host, require_operator};
+use pitcrew_proto::identity::require_host;
 use pitcrew_proto::v1::{
     admin_server::AdminServer, agent_session_server::AgentSessionServer,
     enrollment_server::EnrollmentServer,
@@ -23,6 +26,10 @@ pub use crate::app::Coordinator;
 use crate::config::DataDir;
 use crate::engine::EngineError;
 use crate::store::StoreError;
+
+/// HTTP/2 flow-control windows: how much a peer may send before the coordinator has read it.
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * 1024;
 
 /// How long open streams (operators watching, agents) get to end at shutdown.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -105,13 +112,19 @@ pub async fn serve(
             .max_decoding_message_size(max),
         |request: tonic::Request<()>| require_host(&request).map(|_| request),
     );
-    let admin = InterceptedService::new(
+    // Admin calls pass the role gate first: a registered, valid operator certificate whose
+    // role is enough for the method, or the call is refused unread.
+    let admin = roles::RoleGate::new(
         AdminServer::new(admin::AdminService::new(coordinator.clone()))
             .max_decoding_message_size(max),
-        |request: tonic::Request<()>| require_operator(&request).map(|_| request),
+        coordinator.operators.clone(),
     );
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        // A control channel carries small messages: small flow-control windows bound what a
+        // peer can make the coordinator buffer per connection (hyper's default is 1 MiB each).
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .add_service(enrollment)

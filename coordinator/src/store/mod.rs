@@ -1,5 +1,6 @@
-//! The coordinator's durable state: join tokens (hashed), the host registry, actions, campaigns,
-//! manual maintenance and the event log, in one embedded SQLite file (WAL, `synchronous=FULL`).
+//! The coordinator's durable state: join tokens (hashed), the host registry, operators'
+//! certificates, actions, campaigns, manual maintenance and the event log, in one embedded
+//! SQLite file (WAL, `synchronous=FULL`).
 //!
 //! **All writes go through one writer thread** that group-commits: it takes every job waiting
 //! in its queue, runs each in its own savepoint inside one transaction, commits once (one
@@ -15,6 +16,7 @@ pub mod actions;
 pub mod campaigns;
 pub mod events;
 pub mod hosts;
+pub mod operators;
 mod schema;
 pub mod tokens;
 
@@ -29,6 +31,7 @@ pub use actions::ActionRecord;
 pub use campaigns::{CampaignHostRow, CampaignRecord};
 pub use events::{EventFilter, EventRecord};
 pub use hosts::{HostFilter, HostRecord};
+pub use operators::OperatorRecord;
 pub use tokens::{TokenRecord, TokenRefusal};
 
 /// Store errors. `Clone` so that one failed commit can be reported to every job it carried.

@@ -3,6 +3,9 @@
 //! Version 1 is the first released layout (a campaign stored as one JSON document). Version 2
 //! stores a campaign as a header row plus one row per host, so that a host's step rewrites that
 //! host's row only; it converts any campaign and manual-maintenance data written by version 1.
+//! Version 4 adds the operators' certificates (name, role, serial, validity, revocation); a
+//! fleet upgraded to it starts with none, and `serve` registers the certificates `init` left
+//! in the data dir (see `crate::operators::load`).
 
 use std::collections::BTreeMap;
 
@@ -108,6 +111,21 @@ ALTER TABLE tokens ADD COLUMN replace_host TEXT NOT NULL DEFAULT '';
 ALTER TABLE hosts ADD COLUMN pending_serial TEXT NOT NULL DEFAULT '';
 ";
 
+const V4: &str = "
+-- One row per operator certificate issued (renewal adds a row). Admin calls are allowed only
+-- for a serial listed here, not revoked and not expired, within its role.
+CREATE TABLE operator_certs (
+    serial TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    not_after_ms INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE INDEX operator_certs_by_name ON operator_certs(name);
+";
+
 /// The key version 1 kept manual maintenance under.
 const V1_MANUAL_KEY: &str = "manual_maintenance";
 
@@ -131,6 +149,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let tx = conn.transaction()?;
         tx.execute_batch(V3)?;
         tx.pragma_update(None, "user_version", 3)?;
+        tx.commit()?;
+    }
+    if version < 4 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(V4)?;
+        tx.pragma_update(None, "user_version", 4)?;
         tx.commit()?;
     }
     Ok(())
