@@ -7,7 +7,14 @@
 #                                       real mTLS: enroll time, connected, RSS, idle CPU,
 #                                       campaign times for 100 / 1,000 / N hosts, sessions lost
 #                                       (`--help` for the knobs; bounded by --deadline-seconds)
+#   tests/bench.sh hostile [--seconds S] a real coordinator and agents while one client floods
+#                                       enrollments, one holds idle connections and one agent
+#                                       stops reading: operator and `do` latency, RSS, refusals
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --workspace --bins
+if [ "${1:-}" = hostile ]; then
+    shift
+    exec target/release/pitcrew-hostile "$@"
+fi
 exec target/release/pitcrew-bench "$@"

@@ -81,6 +81,7 @@ impl FleetOptions {
 struct Counters {
     enrolled: AtomicU64,
     enroll_failures: AtomicU64,
+    enroll_retries: AtomicU64,
     connected_now: AtomicU64,
     sessions_opened: AtomicU64,
     sessions_lost: AtomicU64,
@@ -104,6 +105,8 @@ pub struct FleetCounters {
     pub enrolled: u64,
     /// Hosts that could not enroll.
     pub enroll_failures: u64,
+    /// Enrollment attempts tried again after transport trouble (a busy coordinator).
+    pub enroll_retries: u64,
     /// Sessions open now.
     pub connected_now: u64,
     /// Sessions the coordinator accepted, reconnections included.
@@ -234,9 +237,10 @@ impl SimFleet {
             let hostname = format!("sim-{:05}", first_index + asked + 1);
             let options = self.options.clone();
             let token = token.to_owned();
+            let counters = self.counters.clone();
             let i = asked;
             tasks.spawn(async move {
-                let result = enroll_one(&options, &token, &hostname).await;
+                let result = enroll_one(&options, &token, &hostname, &counters).await;
                 drop(permit);
                 (i, result)
             });
@@ -309,6 +313,7 @@ impl SimFleet {
         FleetCounters {
             enrolled: c.enrolled.load(Ordering::Relaxed),
             enroll_failures: c.enroll_failures.load(Ordering::Relaxed),
+            enroll_retries: c.enroll_retries.load(Ordering::Relaxed),
             connected_now: c.connected_now.load(Ordering::Relaxed),
             sessions_opened: c.sessions_opened.load(Ordering::Relaxed),
             sessions_lost: c.sessions_lost.load(Ordering::Relaxed),
@@ -388,6 +393,7 @@ async fn enroll_one(
     options: &FleetOptions,
     token: &str,
     hostname: &str,
+    counters: &Counters,
 ) -> Result<SimHost, EnrollError> {
     let host_id = uuid::Uuid::new_v4().simple().to_string();
     let made = enroll::generate_key_and_csr()?;
@@ -405,6 +411,7 @@ async fn enroll_one(
         match enroll::request_certificate(&ask).await {
             Ok(issued) => break issued,
             Err(error) if error.is_transient() && attempt < ENROLL_ATTEMPTS => {
+                counters.enroll_retries.fetch_add(1, Ordering::Relaxed);
                 // The agent retries with backoff too; an overloaded coordinator gets air.
                 tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
             }

@@ -3,6 +3,7 @@
 //! driven through the real `pitcrew` CLI. Every process is killed when its handle drops.
 
 pub mod fleet;
+pub mod hostile;
 pub mod lab;
 
 use std::path::{Path, PathBuf};

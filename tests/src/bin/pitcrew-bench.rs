@@ -333,11 +333,12 @@ async fn fleet_run(
     }
     let counters = sims.counters();
     println!(
-        "  enroll {} hosts ({} at a time):{:>12.1} s ({} failed)",
+        "  enroll {} hosts ({} at a time):{:>12.1} s ({} failed, {} attempts retried)",
         bench.agents,
         enroll_concurrency,
         started.elapsed().as_secs_f64(),
-        counters.enroll_failures
+        counters.enroll_failures,
+        counters.enroll_retries
     );
     if let Some(gone) = coordinator_gone(coordinator) {
         anyhow::bail!(gone);
@@ -413,7 +414,7 @@ async fn fleet_run(
         );
         match result {
             Ok(outcome) if outcome.completed() => println!(
-                "  campaign of {size:>5} hosts (exec /bin/true, {} at once):{:>8.1} s ({cpu})",
+                "  campaign of {size:>5} hosts (exec /bin/true, {} at once):{:>9.2} s ({cpu})",
                 bench.concurrency,
                 outcome.elapsed.as_secs_f64()
             ),
