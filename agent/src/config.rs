@@ -53,6 +53,10 @@ pub struct HostConfig {
     pub machine_id_file: PathBuf,
     #[serde(default = "default_boot_id_file")]
     pub boot_id_file: PathBuf,
+    /// systemd's administrator unit directory, where the drop-ins that hold units down during
+    /// maintenance are written (`<unit>.d/zz-pitcrew-hold.conf`).
+    #[serde(default = "default_unit_dir")]
+    pub unit_dir: PathBuf,
 }
 
 impl Default for HostConfig {
@@ -61,6 +65,7 @@ impl Default for HostConfig {
             hostname: None,
             machine_id_file: default_machine_id_file(),
             boot_id_file: default_boot_id_file(),
+            unit_dir: default_unit_dir(),
         }
     }
 }
@@ -73,6 +78,9 @@ fn default_heartbeat() -> u64 {
 }
 fn default_machine_id_file() -> PathBuf {
     PathBuf::from("/etc/machine-id")
+}
+fn default_unit_dir() -> PathBuf {
+    PathBuf::from("/etc/systemd/system")
 }
 fn default_boot_id_file() -> PathBuf {
     PathBuf::from("/proc/sys/kernel/random/boot_id")
@@ -175,7 +183,11 @@ impl AgentConfig {
             join_token: None,
             state_dir: state_dir.to_path_buf(),
             heartbeat_seconds: 5,
-            host: HostConfig::default(),
+            // Holds go beside the state, never into the machine's own unit directory.
+            host: HostConfig {
+                unit_dir: state_dir.join("units"),
+                ..HostConfig::default()
+            },
             policy: LocalPolicy::default(),
         }
     }

@@ -167,6 +167,7 @@ pub fn kind_name(request: &v1::ActionRequest) -> &'static str {
         Some(Kind::Reboot(_)) => "reboot",
         Some(Kind::Health(_)) => "health",
         Some(Kind::Exec(_)) => "exec",
+        Some(Kind::ReleaseHolds(_)) => "release_holds",
     }
 }
 

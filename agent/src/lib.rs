@@ -7,6 +7,7 @@ pub mod actions;
 pub mod config;
 pub mod enroll;
 pub mod facts;
+pub mod holds;
 pub mod journal;
 pub mod mounts;
 pub mod session;

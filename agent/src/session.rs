@@ -216,6 +216,17 @@ impl<R> SessionCtx<R> {
         }
     }
 
+    /// The units held down now (a directory listing: cheap enough after every action); `None`
+    /// for a simulated host.
+    fn held_units(&self) -> Option<Vec<v1::HeldUnit>> {
+        match &self.facts {
+            FactsSource::Host(config) => {
+                Some(crate::holds::Holds::new(&config.host.unit_dir).list())
+            }
+            FactsSource::Fixed(_) => None,
+        }
+    }
+
     fn tls(&self) -> Result<Arc<rustls::ClientConfig>, tls::TlsError> {
         match &self.credentials {
             Credentials::StateDir(state_dir) => crate::enroll::session_tls(state_dir).map(Arc::new),
@@ -405,6 +416,17 @@ async fn session<R: ActionRunner>(
                 }
             }
             Some(event) = events_rx.recv() => {
+                // An action may have held or released a unit: the coordinator hears of it
+                // before the result, so it never acts on holds that are already gone.
+                if matches!(event.event, Some(v1::action_event::Event::Result(_)))
+                    && let Some(held) = ctx.held_units()
+                    && held != current_facts.held_units
+                {
+                    current_facts.held_units = held;
+                    if out_tx.send(AgentMessage { msg: Some(Msg::Facts(current_facts.clone())) }).await.is_err() {
+                        return Ended::Lost("the session's send side closed".into());
+                    }
+                }
                 if out_tx.send(AgentMessage { msg: Some(Msg::Event(event)) }).await.is_err() {
                     return Ended::Lost("the session's send side closed".into());
                 }

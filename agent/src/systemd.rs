@@ -11,7 +11,7 @@ use futures::StreamExt;
 use zbus::Connection;
 use zbus::OwnedObjectPath;
 use zbus_systemd::login1::ManagerProxy as LoginManagerProxy;
-use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
+use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
 /// What went wrong talking to systemd.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,34 @@ pub enum SystemdError {
     /// The unit is not loaded (unknown or not installed).
     #[error("unit {0} is not loaded")]
     NoSuchUnit(String),
+}
+
+/// What a unit was doing when it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitSnapshot {
+    /// "active", "inactive", "deactivating", "failed", ...
+    pub active_state: String,
+    /// The service's main process; 0 when it has none (or the unit is not a service).
+    pub main_pid: u32,
+}
+
+impl UnitSnapshot {
+    /// A unit that is not loaded: inactive, no process.
+    fn gone() -> UnitSnapshot {
+        UnitSnapshot {
+            active_state: "inactive".into(),
+            main_pid: 0,
+        }
+    }
+}
+
+impl std::fmt::Display for UnitSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.main_pid {
+            0 => write!(f, "{}, no main process", self.active_state),
+            pid => write!(f, "{}, main process {pid}", self.active_state),
+        }
+    }
 }
 
 /// The operations that create a systemd job.
@@ -91,6 +119,25 @@ pub fn is_disconnect(error: &zbus::Error) -> bool {
             let text = other.to_string().to_ascii_lowercase();
             text.contains("connection reset") || text.contains("broken pipe")
         }
+    }
+}
+
+/// Whether an error reading a service property means the unit is not a service.
+fn not_a_service(error: &zbus::Error) -> bool {
+    match error {
+        zbus::Error::MethodError(name, _, _) => matches!(
+            name.as_str(),
+            "org.freedesktop.DBus.Error.UnknownInterface"
+                | "org.freedesktop.DBus.Error.UnknownProperty"
+                | "org.freedesktop.DBus.Error.InvalidArgs"
+        ),
+        zbus::Error::FDO(fdo) => matches!(
+            **fdo,
+            zbus::fdo::Error::UnknownInterface(_)
+                | zbus::fdo::Error::UnknownProperty(_)
+                | zbus::fdo::Error::InvalidArgs(_)
+        ),
+        _ => false,
     }
 }
 
@@ -324,6 +371,94 @@ impl Systemd {
             }
             if state == "failed" {
                 return Ok(state);
+            }
+            if changes.next().await.is_none() {
+                return Err(SystemdError::Unreachable(
+                    "the bus connection closed while waiting".into(),
+                ));
+            }
+        }
+    }
+
+    /// What a unit is doing now: its ActiveState and, for a service, its main process (0 when
+    /// it has none). A unit that is not loaded is inactive with no process.
+    pub async fn snapshot(&self, unit: &str) -> Result<UnitSnapshot, SystemdError> {
+        let manager = self.manager().await?;
+        match self.unit_path(&manager, unit).await {
+            Ok(path) => self.read_snapshot(unit, path).await,
+            Err(SystemdError::NoSuchUnit(_)) => Ok(UnitSnapshot::gone()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_snapshot(
+        &self,
+        unit: &str,
+        path: OwnedObjectPath,
+    ) -> Result<UnitSnapshot, SystemdError> {
+        let active_state = self
+            .unit_proxy(path.clone())
+            .await?
+            .active_state()
+            .await
+            .map_err(|e| classify(&format!("the state of {unit}"), e))?;
+        // Only services have a main process; any other unit type answers that it has no such
+        // interface or property, which reads as "none". Any other error is an error: reading
+        // it as "no process" would report a drain that never finished as done.
+        let service = ServiceProxy::builder(&self.connection)
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| classify("the service object", e))?;
+        let main_pid = match service.main_pid().await {
+            Ok(pid) => pid,
+            Err(e) if not_a_service(&e) => 0,
+            Err(e) => return Err(classify(&format!("the main process of {unit}"), e)),
+        };
+        Ok(UnitSnapshot {
+            active_state,
+            main_pid,
+        })
+    }
+
+    /// Waits until `done` holds for the unit, re-reading it on every PropertiesChanged of the
+    /// unit's object (no polling), and returns what it saw then. Bounded by the caller.
+    pub async fn wait_until(
+        &self,
+        unit: &str,
+        done: impl Fn(&UnitSnapshot) -> bool,
+    ) -> Result<UnitSnapshot, SystemdError> {
+        let manager = self.manager().await?;
+        self.subscribe(&manager).await?;
+        let path = match self.unit_path(&manager, unit).await {
+            Ok(path) => path,
+            Err(SystemdError::NoSuchUnit(_)) => {
+                let gone = UnitSnapshot::gone();
+                return if done(&gone) {
+                    Ok(gone)
+                } else {
+                    Err(SystemdError::NoSuchUnit(unit.to_owned()))
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        let properties = zbus::fdo::PropertiesProxy::builder(&self.connection)
+            .destination("org.freedesktop.systemd1")
+            .path(path.clone())
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| classify("the unit object", e))?;
+        // Subscribe before the first read, so a change between the two is not missed.
+        let mut changes = properties
+            .receive_properties_changed()
+            .await
+            .map_err(|e| classify("PropertiesChanged", e))?;
+        loop {
+            let now = self.read_snapshot(unit, path.clone()).await?;
+            if done(&now) {
+                return Ok(now);
             }
             if changes.next().await.is_none() {
                 return Err(SystemdError::Unreachable(

@@ -39,6 +39,7 @@ async fn an_action_outside_the_policy_is_refused_naming_the_rule() {
             Kind::Unit(v1::UnitAction {
                 unit: "sshd.service".into(),
                 operation: v1::UnitOperation::Stop as i32,
+                ..Default::default()
             }),
             "policy.units",
         ),

@@ -6,7 +6,7 @@ mod support;
 
 use pitcrew_proto::policy::Policy;
 use pitcrew_proto::v1::{self, Outcome, action::Kind};
-use support::fake_systemd::FakeSystemd;
+use support::fake_systemd::{FakeSystemd, MAIN_PID};
 use support::*;
 use tokio::sync::mpsc;
 
@@ -29,6 +29,7 @@ fn unit_op(op: v1::UnitOperation) -> Kind {
     Kind::Unit(v1::UnitAction {
         unit: UNIT.into(),
         operation: op as i32,
+        ..Default::default()
     })
 }
 
@@ -103,6 +104,7 @@ async fn signal_unit_sends_the_signal_number_to_main_or_all() {
             unit: UNIT.into(),
             signal: signal.into(),
             target: target as i32,
+            ..Default::default()
         })
     };
     let (a, _) = run(
@@ -133,6 +135,119 @@ async fn signal_unit_sends_the_signal_number_to_main_or_all() {
     );
 }
 
+fn drain(wait: v1::SignalWait, wait_seconds: u32) -> Kind {
+    Kind::SignalUnit(v1::SignalUnit {
+        unit: UNIT.into(),
+        signal: "SIGUSR1".into(),
+        target: v1::SignalTarget::Main as i32,
+        wait: wait as i32,
+        wait_seconds,
+    })
+}
+
+/// Waits until the stand-in systemd has received `n` KillUnit calls.
+async fn kills_reach(fake: &FakeSystemd, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fake.state.lock().unwrap().kills.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no KillUnit call came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_succeeds_only_once_the_signalled_main_process_has_exited() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "active").await;
+    let executor = agent_on(&fake).await.open();
+    let action = tokio::spawn({
+        let executor = executor.clone();
+        async move { run(&executor, request("d1", drain(v1::SignalWait::Exit, 60), 0)).await }
+    });
+    kills_reach(&fake, 1).await;
+    // The signal is sent and the process drains: the action has not ended, whatever the time
+    // it takes to see that (it cannot end before the process does, or 60 s).
+    assert!(!action.is_finished(), "ended before the process exited");
+    // Another process of the unit changing state is not the main one exiting.
+    fake.set_state(UNIT, "reloading").await;
+    fake.set_state(UNIT, "active").await;
+    assert!(
+        !action.is_finished(),
+        "ended on a state change of a running unit"
+    );
+    fake.set_main_pid(UNIT, 0).await;
+    let (result, _) = action.await.unwrap();
+    assert_eq!(outcome(&result), Outcome::Succeeded, "{}", result.message);
+    assert!(
+        result
+            .message
+            .contains(&format!("its main process {MAIN_PID} to exit took")),
+        "{}",
+        result.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_service_counts_as_exited_and_leaving_active_ends_the_other_wait() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "active").await;
+    let executor = agent_on(&fake).await.open();
+    // Restart=always: the drained process exits and systemd starts a new one at once.
+    let action = tokio::spawn({
+        let executor = executor.clone();
+        async move { run(&executor, request("d1", drain(v1::SignalWait::Exit, 60), 0)).await }
+    });
+    kills_reach(&fake, 1).await;
+    fake.set_main_pid(UNIT, MAIN_PID + 1).await;
+    let (result, _) = action.await.unwrap();
+    assert_eq!(outcome(&result), Outcome::Succeeded, "{}", result.message);
+
+    let action = tokio::spawn({
+        let executor = executor.clone();
+        async move {
+            run(
+                &executor,
+                request("d2", drain(v1::SignalWait::Inactive, 60), 0),
+            )
+            .await
+        }
+    });
+    kills_reach(&fake, 2).await;
+    fake.set_state(UNIT, "deactivating").await;
+    assert!(!action.is_finished(), "deactivating is not yet inactive");
+    fake.set_state(UNIT, "inactive").await;
+    let (result, _) = action.await.unwrap();
+    assert_eq!(outcome(&result), Outcome::Succeeded, "{}", result.message);
+    assert!(
+        result.message.contains("leave active"),
+        "{}",
+        result.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_does_not_happen_in_time_fails_with_what_was_seen() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "active").await;
+    let executor = agent_on(&fake).await.open();
+    // The deadline is what is tested here: 1 s of a process that never exits.
+    let (result, _) = run(&executor, request("d1", drain(v1::SignalWait::Exit, 1), 0)).await;
+    assert_eq!(outcome(&result), Outcome::Failed, "{}", result.message);
+    assert!(
+        result.message.contains(&format!(
+            "after 1 s still waiting for its main process {MAIN_PID} to exit: {UNIT} is active, main process {MAIN_PID}"
+        )),
+        "{}",
+        result.message
+    );
+    // Without a wait the same signal succeeds once sent (what `signal_unit` did before).
+    let (sent, _) = run(&executor, request("d2", drain(v1::SignalWait::None, 0), 0)).await;
+    assert_eq!(outcome(&sent), Outcome::Succeeded, "{}", sent.message);
+    assert_eq!(fake.state.lock().unwrap().kills.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_unit_sends_only_the_signals_the_policy_allows() {
     let fake = FakeSystemd::start().await;
@@ -142,6 +257,7 @@ async fn signal_unit_sends_only_the_signals_the_policy_allows() {
             unit: UNIT.into(),
             signal: name.into(),
             target: v1::SignalTarget::All as i32,
+            ..Default::default()
         })
     };
     // The default list: drain, reload and stop signals, not SIGKILL or SIGSTOP.
@@ -302,6 +418,7 @@ async fn an_invalid_unit_name_is_refused_before_any_bus_call() {
                 Kind::Unit(v1::UnitAction {
                     unit: name.to_string(),
                     operation: v1::UnitOperation::Stop as i32,
+                    ..Default::default()
                 }),
                 0,
             ),
@@ -351,4 +468,125 @@ async fn a_bus_without_systemd_on_it_is_also_unreachable() {
         "{}",
         result.message
     );
+}
+
+fn hold_file(agent: &Agent) -> std::path::PathBuf {
+    agent
+        .config
+        .host
+        .unit_dir
+        .join(format!("{UNIT}.d"))
+        .join(pitcrew_agent::holds::HOLD_FILE)
+}
+
+fn release(hold_id: &str) -> Kind {
+    Kind::ReleaseHolds(v1::ReleaseHolds {
+        holds: vec![v1::HeldUnit {
+            unit: UNIT.into(),
+            hold_id: hold_id.into(),
+        }],
+    })
+}
+
+/// The stand-in systemd does not evaluate conditions: that the drop-in really keeps the unit
+/// down at boot, on Restart= and by hand is proved on real systemd in the lab
+/// (`tests/tests/lab.rs`). Here: the hold's life cycle and what the agent does with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_unit_stays_held_until_the_run_starts_it_and_running_anyway_fails_the_next_step() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "active").await;
+    let agent = agent_on(&fake).await;
+    let executor = agent.open();
+    let stop = Kind::Unit(v1::UnitAction {
+        unit: UNIT.into(),
+        operation: v1::UnitOperation::Stop as i32,
+        hold: true,
+    });
+    let (stopped, _) = run(&executor, request("c1:h:0", stop.clone(), 0)).await;
+    assert_eq!(outcome(&stopped), Outcome::Succeeded, "{}", stopped.message);
+    assert!(stopped.message.contains("held down"), "{}", stopped.message);
+    let text = std::fs::read_to_string(hold_file(&agent)).unwrap();
+    assert!(text.contains("ConditionPathExists=!"), "{text}");
+    assert_eq!(
+        fake.state.lock().unwrap().reloads,
+        1,
+        "systemd reads the hold"
+    );
+    let facts = pitcrew_agent::facts::collect(&agent.config, "h", "worker", &Default::default());
+    assert_eq!(
+        facts.held_units,
+        vec![v1::HeldUnit {
+            unit: UNIT.into(),
+            hold_id: "c1:h:0".into()
+        }]
+    );
+
+    // Started by hand during maintenance: the next step fails, naming the unit.
+    fake.set_state(UNIT, "active").await;
+    let (next, _) = run(
+        &executor,
+        request("c1:h:1", Kind::DaemonReload(v1::DaemonReload {}), 0),
+    )
+    .await;
+    assert_eq!(outcome(&next), Outcome::Refused, "{}", next.message);
+    assert_eq!(next.refused_by, "held-unit");
+    assert!(
+        next.message.contains(&format!("{UNIT} is active"))
+            && next.message.contains("although pitcrew holds it down"),
+        "{}",
+        next.message
+    );
+    assert_eq!(next.details["held_unit_running"], UNIT);
+    fake.set_state(UNIT, "inactive").await;
+
+    // A release of another hold of the unit leaves this one.
+    let (kept, _) = run(&executor, request("r1", release("c0:h:0"), 0)).await;
+    assert_eq!(outcome(&kept), Outcome::Succeeded, "{}", kept.message);
+    assert!(hold_file(&agent).exists(), "{}", kept.message);
+
+    // The run starts it again: the hold is lifted first, then the unit starts.
+    let start = unit_op(v1::UnitOperation::Start);
+    let (started, _) = run(&executor, request("c1:h:2", start, 0)).await;
+    assert_eq!(outcome(&started), Outcome::Succeeded, "{}", started.message);
+    assert!(
+        started.message.contains("its hold lifted first"),
+        "{}",
+        started.message
+    );
+    assert!(!hold_file(&agent).exists());
+    assert_eq!(fake.state.lock().unwrap().units[UNIT], "active");
+
+    // Leaving maintenance: the release lifts the hold and starts nothing.
+    let (_, _) = run(&executor, request("c2:h:0", stop, 0)).await;
+    assert!(hold_file(&agent).exists());
+    let (released, _) = run(&executor, request("r2", release("c2:h:0"), 0)).await;
+    assert_eq!(
+        outcome(&released),
+        Outcome::Succeeded,
+        "{}",
+        released.message
+    );
+    assert!(
+        released.message.contains("not started"),
+        "{}",
+        released.message
+    );
+    assert!(!hold_file(&agent).exists());
+    assert_eq!(fake.state.lock().unwrap().units[UNIT], "inactive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_without_hold_holds_nothing() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "active").await;
+    let agent = agent_on(&fake).await;
+    let executor = agent.open();
+    let (stopped, _) = run(
+        &executor,
+        request("s1", unit_op(v1::UnitOperation::Stop), 0),
+    )
+    .await;
+    assert_eq!(outcome(&stopped), Outcome::Succeeded, "{}", stopped.message);
+    assert!(!hold_file(&agent).exists());
+    assert_eq!(fake.state.lock().unwrap().reloads, 0);
 }

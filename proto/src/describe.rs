@@ -21,14 +21,30 @@ pub fn action(action: Option<&v1::Action>) -> String {
         return "(no action)".to_owned();
     };
     match kind {
-        Kind::Unit(u) => format!("unit {} {}", unit_operation(u.operation), u.unit),
+        Kind::Unit(u) => format!(
+            "unit {} {}{}",
+            unit_operation(u.operation),
+            u.unit,
+            if u.hold { " (and hold it down)" } else { "" }
+        ),
         Kind::SignalUnit(s) => {
             let target = if s.target == v1::SignalTarget::All as i32 {
                 "all processes"
             } else {
                 "main process"
             };
-            format!("signal_unit {} to {} of {}", s.signal, target, s.unit)
+            let wait = match v1::SignalWait::try_from(s.wait).unwrap_or(v1::SignalWait::None) {
+                v1::SignalWait::None => String::new(),
+                v1::SignalWait::Exit => format!(
+                    ", then wait up to {} s for it to exit",
+                    s.wait_deadline().as_secs()
+                ),
+                v1::SignalWait::Inactive => format!(
+                    ", then wait up to {} s for the unit to leave active",
+                    s.wait_deadline().as_secs()
+                ),
+            };
+            format!("signal_unit {} to {} of {}{wait}", s.signal, target, s.unit)
         }
         Kind::WaitUnit(w) => {
             let state = match v1::UnitState::try_from(w.state).unwrap_or(v1::UnitState::Unspecified)
@@ -81,6 +97,14 @@ pub fn action(action: Option<&v1::Action>) -> String {
             None => "health (no check)".to_owned(),
         },
         Kind::Exec(e) => format!("exec {}", e.argv.join(" ")),
+        Kind::ReleaseHolds(r) => format!(
+            "release_holds {}",
+            r.holds
+                .iter()
+                .map(|h| h.unit.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
     }
 }
 
@@ -107,6 +131,7 @@ mod tests {
             kind: Some(Kind::Unit(v1::UnitAction {
                 unit: "dcos-mesos-slave.service".into(),
                 operation: v1::UnitOperation::Stop as i32,
+                ..Default::default()
             })),
         };
         assert_eq!(action(Some(&stop)), "unit stop dcos-mesos-slave.service");
@@ -115,11 +140,25 @@ mod tests {
                 unit: "dcos-mesos-slave.service".into(),
                 signal: "SIGUSR1".into(),
                 target: 0,
+                ..Default::default()
             })),
         };
         assert_eq!(
             action(Some(&kill)),
             "signal_unit SIGUSR1 to main process of dcos-mesos-slave.service"
+        );
+        let drain = v1::Action {
+            kind: Some(Kind::SignalUnit(v1::SignalUnit {
+                unit: "dcos-mesos-slave.service".into(),
+                signal: "SIGUSR1".into(),
+                target: 0,
+                wait: v1::SignalWait::Exit as i32,
+                wait_seconds: 300,
+            })),
+        };
+        assert_eq!(
+            action(Some(&drain)),
+            "signal_unit SIGUSR1 to main process of dcos-mesos-slave.service, then wait up to 300 s for it to exit"
         );
         assert_eq!(action(None), "(no action)");
     }

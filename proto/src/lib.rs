@@ -11,6 +11,7 @@ pub mod accept;
 #[cfg(feature = "grpc")]
 pub mod csr;
 pub mod describe;
+pub mod disruptive;
 pub mod files;
 #[cfg(feature = "grpc")]
 pub mod identity;
@@ -24,6 +25,20 @@ pub mod tls;
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/pitcrew.v1.rs"));
+}
+
+/// How long `signal_unit` waits for its signal's effect when the request names no deadline.
+pub const DEFAULT_SIGNAL_WAIT_SECONDS: u32 = 60;
+
+impl v1::SignalUnit {
+    /// How long to wait for the signal's effect (when `wait` asks for one).
+    pub fn wait_deadline(&self) -> std::time::Duration {
+        let seconds = match self.wait_seconds {
+            0 => DEFAULT_SIGNAL_WAIT_SECONDS,
+            n => n,
+        };
+        std::time::Duration::from_secs(u64::from(seconds))
+    }
 }
 
 /// Milliseconds since the Unix epoch, the one time unit on the wire and in the store.

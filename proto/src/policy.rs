@@ -698,6 +698,9 @@ impl Policy {
                 None => Err(refuse("action", "the health action names no check")),
             },
             Kind::Exec(e) => self.argv_allowed(&e.argv, "exec"),
+            // Lifting pitcrew's own holds only gives a unit back its usual behaviour; the names
+            // must still be real unit names (they name drop-in directories).
+            Kind::ReleaseHolds(r) => r.holds.iter().try_for_each(|h| validate_unit_name(&h.unit)),
         }
     }
 }
@@ -1027,6 +1030,7 @@ mod tests {
             kind: Some(Kind::Unit(v1::UnitAction {
                 unit: name.into(),
                 operation: 2,
+                ..Default::default()
             })),
         };
         assert!(p.check(&unit("dcos-mesos-slave.service")).is_ok());
@@ -1229,6 +1233,7 @@ mod tests {
                 unit: "dcos-mesos-slave.service".into(),
                 signal: name.into(),
                 target: 0,
+                ..Default::default()
             })),
         }
     }

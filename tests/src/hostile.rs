@@ -646,5 +646,6 @@ pub fn run_true(host: &str) -> v1::RunActionRequest {
             }),
             timeout_seconds: 0,
         }),
+        force: false,
     }
 }

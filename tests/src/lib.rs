@@ -403,11 +403,12 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "coordinators = [\"{}\"]\nca_fingerprint = \"sha256:{}\"\njoin_token = \"{token}\"\nstate_dir = \"{}\"\nheartbeat_seconds = 1\n[host]\nhostname = \"{name}\"\nmachine_id_file = \"{}\"\n{extra_toml}\n",
+                "coordinators = [\"{}\"]\nca_fingerprint = \"sha256:{}\"\njoin_token = \"{token}\"\nstate_dir = \"{}\"\nheartbeat_seconds = 1\n[host]\nhostname = \"{name}\"\nmachine_id_file = \"{}\"\nunit_dir = \"{}\"\n{extra_toml}\n",
                 coordinator.address(),
                 coordinator.fingerprint,
                 dir.join("state").display(),
                 dir.join("machine-id").display(),
+                dir.join("units").display(),
             ),
         )?;
         Ok(Agent {

@@ -220,6 +220,32 @@ fn scenario_1_dcos_agent_update_on_every_host() {
         member("d2", "worker", "dcos-a", AgentPackage::Rpm),
         member("d3", "worker", "dcos-a", AgentPackage::Deb),
     ]);
+    // The control: the runbook's two commands as a hand-run runbook sends them (a signal, then
+    // a stop at once) cut the agent's drain short, and the agent's own record says so.
+    let unit = "dcos-mesos-slave.service";
+    for args in [
+        vec!["do", "d1", "signal_unit", unit, "SIGUSR1"],
+        vec!["do", "d1", "unit", "stop", unit],
+    ] {
+        let out = fleet.coordinator.cli(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        fleet
+            .sh("d1", "cat /var/lib/mesos/drains")
+            .contains(" cut "),
+        "the stand-in did not record the drain it was cut short in: {}",
+        fleet.sh("d1", "cat /var/lib/mesos/drains")
+    );
+    fleet.sh(
+        "d1",
+        &format!("rm /var/lib/mesos/drains && systemctl start {unit}"),
+    );
+
     let before: Vec<String> = ["d1", "d2", "d3"]
         .iter()
         .map(|h| fleet.sh(h, "readlink /var/lib/mesos/slave/meta/slaves/latest"))
@@ -233,6 +259,13 @@ fn scenario_1_dcos_agent_update_on_every_host() {
     let id = fleet.run(&file);
     fleet.wait_state(&id, "completed");
     for (i, host) in ["d1", "d2", "d3"].iter().enumerate() {
+        // The agent's own record: its drain (3 s) ran to the end before the stop on every
+        // host; a stop during it would have been recorded as cut.
+        let drains = fleet.sh(host, "cat /var/lib/mesos/drains");
+        assert!(
+            drains.contains(" finished ") && !drains.contains(" cut "),
+            "{host}: the drain did not finish before the stop: {drains}"
+        );
         // Drained by SIGUSR1 (the agent records it and exits), stopped, metadata pointer removed,
         // started again: it registered as a new agent.
         assert!(
@@ -625,6 +658,169 @@ fn scenario_5_package_install_upgrade_remove_and_purge() {
     assert_eq!(
         fleet.sh("p2", "rpm -q pitcrew-agent >/dev/null || echo removed"),
         "removed"
+    );
+}
+
+/// The lines of a workload's record file on a host (empty when it does not exist yet).
+fn record(fleet: &Fleet, host: &str, file: &str) -> Vec<String> {
+    fleet
+        .sh(host, &format!("cat {file} 2>/dev/null || true"))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+const MESOS: &str = "dcos-mesos-slave.service";
+const MESOS_HOLD: &str = "/etc/systemd/system/dcos-mesos-slave.service.d/zz-pitcrew-hold.conf";
+
+/// Held units on real systemd, judged by the Mesos stand-in's own records. (a) The DC/OS
+/// runbook with a reboot as its maintenance: the agent's unit is enabled, so without the hold
+/// it would start at boot — before the metadata pointer is removed — and keep its old agent
+/// id; with it, the only start after the drain is the campaign's, which registers anew. (b)
+/// Every drain ran to its end before the stop. (c) A held unit started by hand during
+/// maintenance (its hold removed first: with the hold in place even `systemctl start` is
+/// skipped) fails its host, naming the unit, and no further host starts.
+#[test]
+fn scenario_6_held_units_stay_down_across_a_reboot_and_one_started_by_hand_fails_its_host() {
+    if skip("scenario 6") {
+        return;
+    }
+    let fleet = Fleet::up(vec![
+        member("d1", "worker", "dcos-a", AgentPackage::Deb),
+        member("d2", "worker", "dcos-a", AgentPackage::Rpm),
+    ]);
+    let hosts = ["d1", "d2"];
+    let dir = tempfile::tempdir().unwrap();
+
+    // (a) and (b): the runbook with a reboot between the stop and the start.
+    let starts_before: Vec<usize> = hosts
+        .iter()
+        .map(|h| record(&fleet, h, "/var/lib/mesos/starts").len())
+        .collect();
+    let ids_before: Vec<String> = hosts
+        .iter()
+        .map(|h| fleet.sh(h, "readlink /var/lib/mesos/slave/meta/slaves/latest"))
+        .collect();
+    let file = fleet.campaign(
+        dir.path(),
+        "dcos-agent-update.toml",
+        &[
+            ("retry_delay = \"20s\"", "retry_delay = \"2s\""),
+            (
+                "[[steps]]\nname = \"daemon-reload\"",
+                "[[steps]]\nname = \"perform maintenance (reboot)\"\naction = \"reboot\"\n\n[[steps]]\nname = \"daemon-reload\"",
+            ),
+        ],
+    );
+    let id = fleet.run(&file);
+    fleet.wait_state(&id, "completed");
+    for (i, host) in hosts.iter().enumerate() {
+        assert_eq!(
+            fleet.lab.reboot_count(host).unwrap(),
+            1,
+            "{host} did not reboot"
+        );
+        let starts = record(&fleet, host, "/var/lib/mesos/starts");
+        let after: Vec<&String> = starts[starts_before[i]..].iter().collect();
+        assert!(
+            after.len() == 1 && after[0].contains(" registered "),
+            "{host}: the unit started {} time(s) after its stop (boot must not start a held unit): {after:?}",
+            after.len()
+        );
+        assert_ne!(
+            fleet.sh(host, "readlink /var/lib/mesos/slave/meta/slaves/latest"),
+            ids_before[i],
+            "{host} kept its old agent id"
+        );
+        let drains = record(&fleet, host, "/var/lib/mesos/drains");
+        assert!(
+            drains.iter().any(|l| l.contains(" finished "))
+                && !drains.iter().any(|l| l.contains(" cut ")),
+            "{host}: {drains:?}"
+        );
+        assert_eq!(
+            fleet.sh(
+                host,
+                &format!("test -e {MESOS_HOLD} && echo held || echo free")
+            ),
+            "free"
+        );
+        assert_eq!(fleet.lab.unit_state(host, MESOS).unwrap(), "active");
+    }
+
+    // (c): the same drain and stop, one host at a time; the maintenance step waits on a flag
+    // the test controls, so that the unit can be started by hand while it is held.
+    for host in hosts {
+        fleet.sh(host, "mkdir -p /etc/pitcrew-lab && echo 'maintenance in progress' > /etc/pitcrew-lab/unhealthy");
+    }
+    let file = fleet.campaign(
+        dir.path(),
+        "dcos-agent-update.toml",
+        &[
+            ("retry_delay = \"20s\"", "retry_delay = \"2s\""),
+            ("worker = \"25%\"", "worker = 1"),
+            ("max_failures = 1", "max_failures = 0"),
+            (
+                "[[steps]]\nname = \"daemon-reload\"",
+                "[[steps]]\nname = \"perform maintenance\"\naction = \"exec\"\nargv = [\"/usr/local/bin/lab-health\"]\nretries = 100\nretry_delay = \"1s\"\n\n[[steps]]\nname = \"daemon-reload\"",
+            ),
+        ],
+    );
+    let id = fleet.run(&file);
+    let first = wait_for("a host to hold the agent's unit", || {
+        hosts.into_iter().find(|h| {
+            fleet.sh(
+                h,
+                &format!("test -e {MESOS_HOLD} && echo held || echo free"),
+            ) == "held"
+        })
+    });
+    let other = hosts.into_iter().find(|h| *h != first).unwrap();
+    let other_drains = record(&fleet, other, "/var/lib/mesos/drains").len();
+    // The hold against a start by hand: systemd skips it.
+    fleet.sh(first, &format!("systemctl start {MESOS} || true"));
+    assert_eq!(
+        fleet.lab.unit_state(first, MESOS).unwrap(),
+        "inactive",
+        "a held unit started"
+    );
+    // Removed by hand and started anyway: the next step of that host is refused.
+    fleet.sh(
+        first,
+        &format!("rm {MESOS_HOLD} && systemctl daemon-reload && systemctl start {MESOS} && rm /etc/pitcrew-lab/unhealthy"),
+    );
+    let info = fleet.wait_state(&id, "paused");
+    let status = info["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host_id"] == fleet.id(first))
+        .cloned()
+        .unwrap();
+    assert_eq!(status["state"], "failed", "{info}");
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(MESOS) && error.contains("started during maintenance"),
+        "the failure names the unit: {error}"
+    );
+    let other_status = info["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host_id"] == fleet.id(other))
+        .cloned()
+        .unwrap();
+    assert_eq!(other_status["state"], "pending", "{info}");
+    assert_eq!(
+        record(&fleet, other, "/var/lib/mesos/drains").len(),
+        other_drains,
+        "{other} was drained after {first} failed"
+    );
+    let out = fleet.coordinator.cli(&["campaign", "cancel", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::AgentConfig;
 use crate::facts;
+use crate::holds::Holds;
 use crate::journal::{self, Journal};
 
 pub mod command;
@@ -35,6 +36,10 @@ use v1::action::Kind;
 /// How long an action may take when the request does not say (`timeout_seconds` 0).
 pub fn default_timeout(kind: &Kind) -> Duration {
     let seconds = match kind {
+        // A signal's own wait ends first, so that running out is reported with what it saw.
+        Kind::SignalUnit(s) if s.wait != v1::SignalWait::None as i32 => {
+            (s.wait_deadline().as_secs() + 10).max(120)
+        }
         Kind::Unit(_) | Kind::SignalUnit(_) | Kind::DaemonReload(_) => 120,
         Kind::WaitUnit(_) => 300,
         Kind::RemovePath(_) => 300,
@@ -44,6 +49,7 @@ pub fn default_timeout(kind: &Kind) -> Duration {
         Kind::Reboot(_) => 600,
         Kind::Health(_) => 30,
         Kind::Exec(_) => 600,
+        Kind::ReleaseHolds(_) => 120,
     };
     Duration::from_secs(seconds)
 }
@@ -246,6 +252,8 @@ struct Running {
 /// Runs actions at most once each, journaling them on disk.
 pub struct Executor {
     policy: LocalPolicy,
+    /// Units held down during maintenance (see `holds.rs`).
+    holds: Holds,
     /// Process groups of running programs, for clean-up after a crash.
     groups_dir: PathBuf,
     boot_id_file: PathBuf,
@@ -324,6 +332,7 @@ impl Executor {
         }
         Ok(Arc::new(Executor {
             policy: config.policy.clone(),
+            holds: Holds::new(&config.host.unit_dir),
             groups_dir,
             boot_id_file: config.host.boot_id_file.clone(),
             options,
@@ -466,7 +475,17 @@ impl Executor {
             Kind::DedupeShm(_) => "",
             _ => "a systemd job already queued is left to systemd",
         };
-        let work = self.dispatch(&ctx, kind, &boot_id);
+        let work = async {
+            // A unit held down that runs anyway means the maintenance did not happen as
+            // planned: every action but the release of holds fails, naming it.
+            if !matches!(kind, Kind::ReleaseHolds(_)) {
+                let bus = self.options.system_bus_address.as_deref();
+                if let Some(report) = unit::held_unit_running(&self.holds, bus).await {
+                    return report;
+                }
+            }
+            self.dispatch(&ctx, kind, &boot_id).await
+        };
         let report = if self_stopping {
             work.await
         } else {
@@ -485,7 +504,8 @@ impl Executor {
             Kind::Exec(e) => exec::run(ctx, &self.policy, &e).await,
             Kind::RemovePath(r) => remove_path::run(ctx, &self.policy, &r).await,
             Kind::DedupeShm(_) => dedupe_shm::run(ctx).await,
-            Kind::Unit(u) => unit::unit(ctx, bus, &u).await,
+            Kind::Unit(u) => unit::unit(ctx, bus, &self.holds, &u).await,
+            Kind::ReleaseHolds(r) => unit::release_holds(ctx, bus, &self.holds, &r).await,
             Kind::SignalUnit(s) => unit::signal(ctx, bus, &self.policy, &s).await,
             Kind::WaitUnit(w) => unit::wait(ctx, bus, &w).await,
             Kind::DaemonReload(_) => unit::daemon_reload(ctx, bus).await,

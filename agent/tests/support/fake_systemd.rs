@@ -347,6 +347,22 @@ impl Unit {
     }
 }
 
+/// The service side of a unit: its main process, as `MainPID`.
+struct Service {
+    main_pid: u32,
+}
+
+#[interface(name = "org.freedesktop.systemd1.Service")]
+impl Service {
+    #[zbus(property, name = "MainPID")]
+    async fn main_pid(&self) -> u32 {
+        self.main_pid
+    }
+}
+
+/// The main process a unit added in `active_state` starts with.
+pub const MAIN_PID: u32 = 4242;
+
 /// The stand-in, running on its own private bus.
 pub struct FakeSystemd {
     pub bus: DbusDaemon,
@@ -399,6 +415,33 @@ impl FakeSystemd {
                     active_state: active_state.to_owned(),
                 },
             )
+            .await
+            .unwrap();
+        let main_pid = if active_state == "active" {
+            MAIN_PID
+        } else {
+            0
+        };
+        self.connection
+            .object_server()
+            .at(unit_path(unit), Service { main_pid })
+            .await
+            .unwrap();
+    }
+
+    /// Changes a unit's main process (0: none) and emits PropertiesChanged, as systemd does.
+    pub async fn set_main_pid(&self, unit: &str, main_pid: u32) {
+        let iface = self
+            .connection
+            .object_server()
+            .interface::<_, Service>(unit_path(unit))
+            .await
+            .unwrap();
+        iface.get_mut().await.main_pid = main_pid;
+        iface
+            .get()
+            .await
+            .main_p_i_d_changed(iface.signal_emitter())
             .await
             .unwrap();
     }

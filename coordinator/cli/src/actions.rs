@@ -17,6 +17,11 @@ pub struct DoArgs {
     /// Action id; repeating an id returns the first run's result instead of running again.
     #[arg(long)]
     pub id: Option<String>,
+    /// Run a disruptive action even on a host a campaign holds, or on a manager while another
+    /// host holds its cluster's manager slot; the coordinator audits what it overrode. (Better:
+    /// hold the host first with `pitcrew maintenance enable`.)
+    #[arg(long)]
+    pub force: bool,
     #[command(subcommand)]
     pub action: ActionArg,
 }
@@ -28,6 +33,15 @@ pub enum ActionArg {
         #[arg(value_parser = ["start", "stop", "restart", "reload", "enable", "disable"])]
         operation: String,
         unit: String,
+        /// With stop: hold the unit down afterwards (no start at boot, by Restart= or by hand)
+        /// until a start or restart of it, or `release-holds`.
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Lift pitcrew's holds of units (see `unit stop --hold`); the units are not started.
+    ReleaseHolds {
+        #[arg(required = true)]
+        units: Vec<String>,
     },
     /// Send a signal to a unit's processes, like `systemctl kill -s`.
     SignalUnit {
@@ -37,6 +51,13 @@ pub enum ActionArg {
         /// Signal every process of the unit, not only the main one.
         #[arg(long)]
         all: bool,
+        /// Then wait until the signalled main process has exited (`exit`) or the unit has
+        /// left active (`inactive`), failing with what was seen if not within --wait-timeout.
+        #[arg(long, value_parser = ["exit", "inactive"])]
+        wait: Option<String>,
+        /// How long --wait waits (default 60s).
+        #[arg(long, value_parser = humantime::parse_duration, requires = "wait")]
+        wait_timeout: Option<std::time::Duration>,
     },
     /// Wait until a unit is active, inactive or failed.
     WaitUnit {
@@ -136,11 +157,32 @@ fn unit_state(name: &str) -> v1::UnitState {
 /// Builds the typed action from the command line.
 pub fn action(arg: ActionArg) -> v1::Action {
     let kind = match arg {
-        ActionArg::Unit { operation, unit } => Kind::Unit(v1::UnitAction {
+        ActionArg::Unit {
+            operation,
+            unit,
+            hold,
+        } => Kind::Unit(v1::UnitAction {
             unit,
             operation: unit_operation(&operation) as i32,
+            hold,
         }),
-        ActionArg::SignalUnit { unit, signal, all } => Kind::SignalUnit(v1::SignalUnit {
+        ActionArg::ReleaseHolds { units } => Kind::ReleaseHolds(v1::ReleaseHolds {
+            // No hold id: whatever hold each unit has.
+            holds: units
+                .into_iter()
+                .map(|unit| v1::HeldUnit {
+                    unit,
+                    hold_id: String::new(),
+                })
+                .collect(),
+        }),
+        ActionArg::SignalUnit {
+            unit,
+            signal,
+            all,
+            wait,
+            wait_timeout,
+        } => Kind::SignalUnit(v1::SignalUnit {
             unit,
             signal,
             target: if all {
@@ -148,6 +190,14 @@ pub fn action(arg: ActionArg) -> v1::Action {
             } else {
                 v1::SignalTarget::Main
             } as i32,
+            wait: match wait.as_deref() {
+                Some("exit") => v1::SignalWait::Exit,
+                Some("inactive") => v1::SignalWait::Inactive,
+                _ => v1::SignalWait::None,
+            } as i32,
+            wait_seconds: wait_timeout
+                .map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX))
+                .unwrap_or(0),
         }),
         ActionArg::WaitUnit { unit, state } => Kind::WaitUnit(v1::WaitUnit {
             unit,
@@ -204,6 +254,7 @@ pub async fn run(connect: &ConnectArgs, format: Format, args: DoArgs) -> anyhow:
                 .map(|t| t.as_secs().clamp(1, u64::from(u32::MAX)) as u32)
                 .unwrap_or(0),
         }),
+        force: args.force,
     };
     let mut stream = client
         .run_action(request)

@@ -15,8 +15,19 @@ use super::{EXIT_CANCELLED, EXIT_INCOMPLETE, Exit};
 
 #[derive(Subcommand)]
 pub enum CampaignCommand {
-    /// Dry run: print the exact order, waves, slots and steps, or why it cannot run.
-    Plan { file: PathBuf },
+    /// Dry run from the fleet as it is: the exact order, waves, slots and steps, what delays
+    /// which wave (hosts held by other campaigns or manual maintenance, disconnected managers,
+    /// closed windows), and every step a host's policy would refuse.
+    ///
+    /// Exits 1 when the campaign cannot run as it is (a step would be refused).
+    Plan {
+        file: PathBuf,
+        /// Plan as if started at TIME: RFC 3339 (`2026-03-01T02:00:00Z`,
+        /// `2026-03-01T03:00:00+01:00`) or from now (`+2h`, `+1day 6h`). Windows are evaluated
+        /// from then; hosts held and agents disconnected now are assumed still so.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+    },
     /// Start a campaign from a file.
     Run {
         file: PathBuf,
@@ -86,24 +97,32 @@ pub async fn campaign(
 ) -> anyhow::Result<()> {
     let mut client = admin(connect).await?;
     match command {
-        CampaignCommand::Plan { file } => {
+        CampaignCommand::Plan { file, at } => {
             let (spec_toml, source_name) = read_spec(&file)?;
+            let start_at_ms = match at {
+                Some(at) => parse_at(&at, pitcrew_proto::now_ms())?,
+                None => 0,
+            };
             let plan = client
                 .plan_campaign(v1::PlanCampaignRequest {
                     spec_toml,
                     source_name,
+                    start_at_ms,
                 })
                 .await
                 .map_err(status)?
                 .into_inner();
             if format == Format::Json {
-                return output::json(&plan);
+                output::json(&plan)?;
+            } else {
+                // The text shows each blocker on the wave it delays and lists the refusals;
+                // hostnames in it come from agents, so it is printed through `clean`.
+                crate::say_raw!("{}", plan.text);
+                for warning in &plan.warnings {
+                    crate::say_err!("warning: {warning}");
+                }
             }
-            crate::say_raw!("{}", plan.text);
-            for warning in &plan.warnings {
-                crate::say_err!("warning: {warning}");
-            }
-            Ok(())
+            not_runnable(&plan)
         }
         CampaignCommand::Run {
             file,
@@ -210,6 +229,37 @@ pub async fn campaign(
             Ok(())
         }
     }
+}
+
+/// `--at`: RFC 3339, or `+DURATION` from `now_ms`; Unix milliseconds.
+fn parse_at(text: &str, now_ms: i64) -> anyhow::Result<i64> {
+    if let Some(later) = text.strip_prefix('+') {
+        let d = humantime::parse_duration(later.trim()).with_context(|| {
+            format!("--at {text}: not a duration after `+` (e.g. +2h, +1day 6h)")
+        })?;
+        let ms = i64::try_from(d.as_millis()).context("--at: too far in the future")?;
+        return now_ms
+            .checked_add(ms)
+            .context("--at: too far in the future");
+    }
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .with_context(|| {
+            format!("--at {text}: not an RFC 3339 time (e.g. 2026-03-01T02:00:00Z) nor +DURATION")
+        })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).context("--at: out of range")
+}
+
+/// A plan with refusals was shown in full; the command still fails, for scripts.
+fn not_runnable(plan: &v1::CampaignPlan) -> anyhow::Result<()> {
+    if plan.runnable {
+        return Ok(());
+    }
+    let refusals: Vec<&str> = plan.refusals.iter().map(|r| r.text.as_str()).collect();
+    anyhow::bail!(
+        "the campaign cannot run as it is: {} step(s) would be refused: {}",
+        refusals.len(),
+        refusals.join("; ")
+    )
 }
 
 /// A campaign with all its hosts, following the coordinator's pages.
@@ -568,4 +618,28 @@ async fn newest_events(
         }
     }
     Ok(pages.into_iter().rev().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_reads_rfc_3339_with_any_offset_and_durations_from_now() {
+        let now = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        assert_eq!(
+            parse_at("2026-01-01T02:00:00Z", now).unwrap(),
+            now + 7_200_000
+        );
+        assert_eq!(
+            parse_at("2026-01-01T03:00:00+01:00", now).unwrap(),
+            now + 7_200_000
+        );
+        assert_eq!(parse_at("+2h", now).unwrap(), now + 7_200_000);
+        assert_eq!(parse_at("+1day 6h", now).unwrap(), now + 30 * 3_600_000);
+        let err = parse_at("tomorrow", now).unwrap_err().to_string();
+        assert!(err.contains("RFC 3339"), "{err}");
+        let err = parse_at("+soon", now).unwrap_err().to_string();
+        assert!(err.contains("duration"), "{err}");
+    }
 }

@@ -14,6 +14,13 @@ pub enum HostsCommand {
     Ls(HostsFilter),
     /// Show one host (id or hostname) with all its facts.
     Show { host: String },
+    /// Decommission a host (an admin's call): its certificate stops working at once, its slots
+    /// are freed, it leaves the quorum guard and its campaigns (ending it skipped); its history
+    /// stays. Bringing it back needs `pitcrew token create --replace HOST_ID`.
+    Remove { host: String },
+    /// Change a host's role or labels (audited); refused while a campaign, manual maintenance
+    /// or an operator's action holds or still has the host.
+    Set(crate::lifecycle::SetArgs),
 }
 
 #[derive(Subcommand)]
@@ -61,6 +68,9 @@ pub struct HostsFilter {
     /// Only disconnected hosts.
     #[arg(long)]
     disconnected: bool,
+    /// The hosts removed from the fleet (`pitcrew hosts remove`) instead of the enrolled ones.
+    #[arg(long)]
+    removed: bool,
 }
 
 /// Every host matching the filter, following the coordinator's pages.
@@ -89,6 +99,7 @@ async fn list_all(
                 } else {
                     v1::ConnectedFilter::Any as i32
                 },
+                removed: filter.removed,
             })
             .await
             .map_err(status)?
@@ -101,7 +112,7 @@ async fn list_all(
     }
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .filter(|(k, _)| !k.is_empty())
@@ -137,7 +148,9 @@ pub async fn hosts(
                     h.host_id.chars().take(12).collect::<String>(),
                     h.hostname.clone(),
                     h.role.clone(),
-                    if h.connected {
+                    if h.removed_at_ms != 0 {
+                        format!("removed {}", output::ago(h.removed_at_ms))
+                    } else if h.connected {
                         "connected".into()
                     } else {
                         "disconnected".into()
@@ -208,6 +221,18 @@ pub async fn hosts(
                 ("boot id", f.boot_id.clone()),
                 ("reboot required", f.reboot_required.to_string()),
                 ("/dev/shm tmpfs mounts", f.shm_tmpfs_mounts.to_string()),
+                (
+                    "held units",
+                    if f.held_units.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        f.held_units
+                            .iter()
+                            .map(|h| format!("{} (held by {})", h.unit, h.hold_id))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                ),
                 ("package manager", f.package_manager.clone()),
                 ("systemd", f.systemd.to_string()),
                 ("agent version", f.agent_version.clone()),
@@ -231,6 +256,8 @@ pub async fn hosts(
             crate::say!("{table}");
             Ok(())
         }
+        HostsCommand::Remove { host } => crate::lifecycle::remove(&mut client, format, host).await,
+        HostsCommand::Set(args) => crate::lifecycle::set(&mut client, format, args).await,
     }
 }
 

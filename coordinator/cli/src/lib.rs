@@ -9,6 +9,7 @@ pub mod actions;
 pub mod campaigns;
 pub mod connect;
 pub mod hosts;
+pub mod lifecycle;
 pub mod operators;
 pub mod output;
 

@@ -56,6 +56,32 @@ pub enum SignalWhom {
     All,
 }
 
+/// What `signal_unit` waits for once the signal is sent, so that a drain is recorded only after
+/// it has happened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalWait {
+    /// Succeed once the signal is sent.
+    #[default]
+    None,
+    /// Until the main process that was signalled has exited.
+    Exit,
+    /// Until the unit has left `active`.
+    Inactive,
+}
+
+impl SignalWait {
+    /// Parses the campaign-file spelling.
+    pub fn parse(text: &str) -> Option<SignalWait> {
+        Some(match text {
+            "none" => SignalWait::None,
+            "exit" => SignalWait::Exit,
+            "inactive" => SignalWait::Inactive,
+            _ => return None,
+        })
+    }
+}
+
 /// Unit states `wait_unit` can wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -99,6 +125,12 @@ pub enum StepAction {
         unit: String,
         signal: String,
         target: SignalWhom,
+        /// Runs recorded before waits existed read as "no wait".
+        #[serde(default)]
+        wait: SignalWait,
+        /// The wait's deadline; 0 is the agent's default.
+        #[serde(default)]
+        wait_seconds: u32,
     },
     WaitUnit {
         unit: String,
@@ -177,11 +209,16 @@ impl StepAction {
                     UnitOp::Enable => v1::UnitOperation::Enable,
                     UnitOp::Disable => v1::UnitOperation::Disable,
                 } as i32,
+                // A unit a campaign stops stays down until the host's run starts it again or
+                // the host leaves maintenance (the agent's hold; see ARCHITECTURE.md).
+                hold: *operation == UnitOp::Stop,
             }),
             StepAction::SignalUnit {
                 unit,
                 signal,
                 target,
+                wait,
+                wait_seconds,
             } => Kind::SignalUnit(v1::SignalUnit {
                 unit: unit.clone(),
                 signal: signal.clone(),
@@ -189,6 +226,12 @@ impl StepAction {
                     SignalWhom::Main => v1::SignalTarget::Main,
                     SignalWhom::All => v1::SignalTarget::All,
                 } as i32,
+                wait: match wait {
+                    SignalWait::None => v1::SignalWait::None,
+                    SignalWait::Exit => v1::SignalWait::Exit,
+                    SignalWait::Inactive => v1::SignalWait::Inactive,
+                } as i32,
+                wait_seconds: *wait_seconds,
             }),
             StepAction::WaitUnit { unit, state } => Kind::WaitUnit(v1::WaitUnit {
                 unit: unit.clone(),
@@ -258,10 +301,14 @@ impl StepAction {
                 unit,
                 signal,
                 target,
+                wait,
+                wait_seconds,
             } => StepAction::SignalUnit {
                 unit: all(std::slice::from_ref(unit))?.remove(0),
                 signal: signal.clone(),
                 target: *target,
+                wait: *wait,
+                wait_seconds: *wait_seconds,
             },
             StepAction::WaitUnit { unit, state } => StepAction::WaitUnit {
                 unit: all(std::slice::from_ref(unit))?.remove(0),
@@ -330,12 +377,25 @@ impl fmt::Display for StepAction {
                 unit,
                 signal,
                 target,
+                wait,
+                wait_seconds,
             } => {
                 let whom = match target {
                     SignalWhom::Main => "main",
                     SignalWhom::All => "all",
                 };
-                write!(f, "signal_unit {signal} to {unit} ({whom})")
+                write!(f, "signal_unit {signal} to {unit} ({whom})")?;
+                let seconds = match wait_seconds {
+                    0 => pitcrew_proto::DEFAULT_SIGNAL_WAIT_SECONDS,
+                    n => *n,
+                };
+                match wait {
+                    SignalWait::None => Ok(()),
+                    SignalWait::Exit => write!(f, ", wait up to {seconds}s for it to exit"),
+                    SignalWait::Inactive => {
+                        write!(f, ", wait up to {seconds}s for the unit to leave active")
+                    }
+                }
             }
             StepAction::WaitUnit { unit, state } => {
                 let state = match state {

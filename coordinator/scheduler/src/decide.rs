@@ -103,6 +103,11 @@ impl Decision {
 pub enum Holder {
     Campaign(String),
     Manual,
+    /// An operator's disruptive `pitcrew do` in flight on the host.
+    Operator {
+        by: String,
+        action: String,
+    },
 }
 
 impl fmt::Display for Holder {
@@ -110,6 +115,9 @@ impl fmt::Display for Holder {
         match self {
             Holder::Campaign(id) => write!(f, "campaign {id}"),
             Holder::Manual => f.write_str("manual maintenance"),
+            Holder::Operator { by, action } => {
+                write!(f, "operator {by}'s pitcrew do (action {action})")
+            }
         }
     }
 }
@@ -231,7 +239,16 @@ impl fmt::Display for Blocker {
                 fmt_ms(*retry_at_ms)
             ),
             Blocker::QuorumGuard { manager, why } => {
-                write!(f, "quorum guard: manager {manager} is {why}")
+                write!(f, "quorum guard: manager {manager} is {why}")?;
+                // A dead or decommissioned manager would block its cluster forever: say how
+                // to take it out of the guard.
+                if why == QUORUM_DISCONNECTED {
+                    write!(
+                        f,
+                        " (if it is gone for good: pitcrew hosts remove {manager})"
+                    )?;
+                }
+                Ok(())
             }
             Blocker::Paused { reason } => write!(f, "paused: {reason}"),
             Blocker::ErrorBudgetSpent {
@@ -356,6 +373,23 @@ impl Occupancy {
                 );
             }
         }
+        // An operator's action in flight holds its host (and a manager its cluster's slot)
+        // unless something else already does.
+        for (action, op) in &fleet.operator_actions {
+            if let Some(h) = fleet.hosts.get(&op.host) {
+                let slot = (h.role == Role::Manager).then(|| manager_slot(h.cluster()));
+                occ.held.entry(op.host.clone()).or_insert(Held {
+                    holder: Holder::Operator {
+                        by: op.by.clone(),
+                        action: action.clone(),
+                    },
+                    role: h.role,
+                    cluster: h.cluster().to_owned(),
+                    hostname: h.hostname.clone(),
+                    slot,
+                });
+            }
+        }
         for run in campaigns {
             for h in &run.hosts {
                 if h.state.holds_slot() {
@@ -418,6 +452,9 @@ pub fn manager_slot(cluster: &str) -> String {
     format!("manager:{cluster}")
 }
 
+/// The quorum guard's word for a manager without a session.
+const QUORUM_DISCONNECTED: &str = "disconnected";
+
 /// Checks the quorum guard for taking `host` (a manager): every OTHER manager of its cluster
 /// must be connected and healthy.
 pub fn quorum_guard(fleet: &Fleet, host: &HostView) -> Result<(), Blocker> {
@@ -426,7 +463,7 @@ pub fn quorum_guard(fleet: &Fleet, host: &HostView) -> Result<(), Blocker> {
             continue;
         }
         let why = match (other.connected, other.healthy) {
-            (false, _) => "disconnected",
+            (false, _) => QUORUM_DISCONNECTED,
             (true, false) => "unhealthy",
             (true, true) => continue,
         };

@@ -114,6 +114,22 @@ pub struct ManualState {
     pub by: String,
 }
 
+/// A disruptive action an operator runs by hand (`pitcrew do`), admitted by
+/// [`crate::operator::admit_action`] and in flight until it finishes. While it runs it holds its
+/// host like manual maintenance does (a manager holds its cluster's one manager slot), so no
+/// campaign starts the host, or another manager of its cluster, under it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OperatorAction {
+    /// The host it runs on (id).
+    pub host: String,
+    /// The operator who runs it.
+    pub by: String,
+    /// Admitted with `--force` over a holder: an audited override, not a slot of its own (the
+    /// invariant checker leaves it out; `decide` still keeps campaigns off its host).
+    #[serde(default)]
+    pub forced: bool,
+}
+
 /// Everything the scheduler reads about the fleet at one instant.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fleet {
@@ -122,6 +138,9 @@ pub struct Fleet {
     /// Hosts in manual maintenance by id; absent means Running.
     #[serde(default)]
     pub manual: BTreeMap<String, ManualState>,
+    /// Operators' disruptive actions in flight, by action id.
+    #[serde(default)]
+    pub operator_actions: BTreeMap<String, OperatorAction>,
 }
 
 impl Fleet {
@@ -130,6 +149,7 @@ impl Fleet {
         Fleet {
             hosts: hosts.into_iter().map(|h| (h.id.clone(), h)).collect(),
             manual: BTreeMap::new(),
+            operator_actions: BTreeMap::new(),
         }
     }
 

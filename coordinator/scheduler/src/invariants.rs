@@ -36,6 +36,18 @@ pub fn check(fleet: &Fleet, campaigns: &[CampaignRun]) -> Vec<String> {
             }
         }
     }
+    // An operator's `pitcrew do` holds its host too, unless it runs inside manual maintenance
+    // (the operator's own hold) or was forced over a holder (an audited override).
+    for op in fleet.operator_actions.values() {
+        if op.forced || fleet.manual.contains_key(&op.host) {
+            continue;
+        }
+        // Several actions on one host are one hold: the host is out of service once.
+        let by = holders.entry(op.host.as_str()).or_default();
+        if !by.iter().any(|b| b == "operator") {
+            by.push("operator".to_owned());
+        }
+    }
     for (host, by) in &holders {
         if by.len() > 1 {
             broken.push(format!(

@@ -9,9 +9,12 @@
 
 pub mod action;
 pub mod decide;
+pub mod delays;
 pub mod fleet;
+pub mod holders;
 pub mod invariants;
 pub mod manual;
+pub mod operator;
 pub mod plan;
 pub mod run;
 pub mod spec;
@@ -20,9 +23,12 @@ pub mod window;
 
 pub use action::{HealthCheck, StepAction};
 pub use decide::{Blocker, BlockerEntry, Decision, Decisions, Dispatch, Holder, action_id, decide};
-pub use fleet::{Fleet, HostView, ManualPhase, ManualState, Role};
+pub use delays::WaveBlocker;
+pub use fleet::{Fleet, HostView, ManualPhase, ManualState, OperatorAction, Role};
+pub use holders::{HeldBy, HeldHost, Holders};
 pub use manual::{ManualError, manual_enable};
-pub use plan::{Plan, PlanError, PlannedHost, PlannedStep, plan};
+pub use operator::{Admission, OperatorRefusal, admit_action};
+pub use plan::{Plan, PlanError, PlanStart, PlannedHost, PlannedStep, Refusal, plan, plan_from};
 pub use run::{ApplyError, CampaignRun, CampaignState, Event, HostRun, HostState, Outcome, apply};
 pub use spec::{CampaignSpec, Concurrency, FailureBudget, OnHost, Phase, SpecError, StepSpec};
 pub use window::Window;

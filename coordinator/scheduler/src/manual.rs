@@ -5,6 +5,7 @@
 
 use crate::decide::{Blocker, Holder, quorum_guard};
 use crate::fleet::{Fleet, ManualPhase, ManualState, Role};
+use crate::operator::manager_slot_holder;
 use crate::run::CampaignRun;
 
 /// Why manual maintenance cannot change as asked.
@@ -66,29 +67,12 @@ where
     }
     if view.role == Role::Manager {
         let cluster = view.cluster();
-        let manual = fleet.manual.keys().filter_map(|id| fleet.hosts.get(id));
-        for other in manual {
-            if other.role == Role::Manager && other.cluster() == cluster {
-                return Err(ManualError::ManagerSlotHeld {
-                    cluster: cluster.to_owned(),
-                    holder: format!("{} (manual maintenance)", other.hostname),
-                });
-            }
-        }
-        for run in campaigns {
-            for h in &run.hosts {
-                let same_cluster = fleet
-                    .hosts
-                    .get(&h.host_id)
-                    .map(|v| v.cluster() == cluster)
-                    .unwrap_or(h.cluster == cluster);
-                if h.role == Role::Manager && same_cluster && h.state.holds_slot() {
-                    return Err(ManualError::ManagerSlotHeld {
-                        cluster: cluster.to_owned(),
-                        holder: format!("{} (campaign {})", h.hostname, run.id),
-                    });
-                }
-            }
+        // Manual maintenance, campaigns and operators' actions on other managers alike.
+        if let Some(holder) = manager_slot_holder(fleet, campaigns, cluster, &view.id) {
+            return Err(ManualError::ManagerSlotHeld {
+                cluster: cluster.to_owned(),
+                holder,
+            });
         }
         quorum_guard(fleet, view).map_err(ManualError::QuorumGuard)?;
     }

@@ -1,17 +1,21 @@
 //! The planner: a dry run that prints the exact order, slots and steps a campaign would take.
 //!
 //! It does not guess: it creates the run and drives the real [`decide`] / [`apply`] loop with
-//! every action succeeding instantly, so the printed order is what a run does. Before that it
-//! refuses what would certainly go wrong: nothing selected, a step the target host's reported
-//! policy refuses, a manager whose cluster has another manager down (quorum guard), an `on`
-//! selector that matches no host, a host no window ever opens for.
+//! every action succeeding instantly, so the printed order is what a run does. It starts from
+//! the fleet as it is ([`Holders`], connections, windows at the planned start) and shows, on
+//! the waves they delay, what of that state a run would wait on (see [`crate::delays`]). It
+//! lists every step a host's reported policy would refuse (the plan is then not runnable as
+//! it is), and refuses what would certainly go wrong: nothing selected, an `on` selector that
+//! matches no host, a host no window ever opens for.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decide::{Blocker, Decision, decide, quorum_guard};
+use crate::decide::{Blocker, Decision, decide};
+use crate::delays::{Delays, WaveBlocker};
 use crate::fleet::{Fleet, HostView, Role};
+use crate::holders::Holders;
 use crate::run::{CampaignRun, CampaignState, Event, Outcome, apply};
 use crate::spec::{CampaignSpec, Concurrency, FailureBudget, Phase};
 use crate::window::{self, fmt_ms};
@@ -29,24 +33,8 @@ pub enum PlanError {
         line: usize,
         error: String,
     },
-    #[error("host {host} would refuse step {step:?} ({phase}) for {serviced}: {rule}: {message}")]
-    PolicyRefusal {
-        host: String,
-        serviced: String,
-        step: String,
-        phase: Phase,
-        rule: String,
-        message: String,
-    },
-    #[error(
-        "quorum guard: manager {host} cannot be taken while manager {other} of cluster {cluster:?} is {why}"
-    )]
-    QuorumGuard {
-        host: String,
-        other: String,
-        cluster: String,
-        why: String,
-    },
+    #[error("{}", refused(.0))]
+    Refused(Vec<Refusal>),
     #[error("step {step:?} for host {host}: on = {selector:?} matches no host")]
     NoTarget {
         host: String,
@@ -66,11 +54,66 @@ impl PlanError {
             PlanError::NothingSelected => "nothing_selected",
             PlanError::UnknownHost(_) => "unknown_host",
             PlanError::Template { .. } => "template",
-            PlanError::PolicyRefusal { .. } => "policy_refusal",
-            PlanError::QuorumGuard { .. } => "quorum_guard",
+            PlanError::Refused(_) => "policy_refusal",
             PlanError::NoTarget { .. } => "no_target",
             PlanError::NoWindow(_) => "no_window",
             PlanError::Stuck(_) => "stuck",
+        }
+    }
+}
+
+/// A step the target host's reported policy would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Hostname of the host that would refuse (it runs the step).
+    pub host: String,
+    /// Hostname of the host the step is for.
+    pub serviced: String,
+    pub step: String,
+    pub phase: Phase,
+    pub rule: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "host {} would refuse step {:?} ({}) for {}: {}: {}",
+            self.host, self.step, self.phase, self.serviced, self.rule, self.message
+        )
+    }
+}
+
+/// Every refusal in one message: the operator fixes them all at once, not one per try.
+fn refused(refusals: &[Refusal]) -> String {
+    match refusals {
+        [one] => one.to_string(),
+        all => format!(
+            "{} steps would be refused: {}",
+            all.len(),
+            all.iter()
+                .map(Refusal::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
+}
+
+/// When a plan starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanStart {
+    /// Now (Unix ms): the current state is the state at the start.
+    Now(i64),
+    /// At a later instant (Unix ms, `--at`): windows are evaluated from then; hosts held and
+    /// agents disconnected now are assumed to be so then.
+    At(i64),
+}
+
+impl PlanStart {
+    pub fn ms(self) -> i64 {
+        match self {
+            PlanStart::Now(ms) | PlanStart::At(ms) => ms,
         }
     }
 }
@@ -114,9 +157,31 @@ pub struct Plan {
     pub first_start_ms: i64,
     pub windows: Vec<String>,
     pub warnings: Vec<String>,
+    /// When the plan starts, and whether that is a later instant than now (`--at`).
+    pub start_ms: i64,
+    pub start_later: bool,
+    /// What of the current state delays which wave (holders, disconnected agents, the quorum
+    /// guard, closed windows), in wave order.
+    pub blockers: Vec<WaveBlocker>,
+    /// Every step a host's reported policy would refuse; the plan runs only without any.
+    pub refusals: Vec<Refusal>,
 }
 
 impl Plan {
+    /// Whether the campaign can run as it is: no host's policy would refuse a step.
+    pub fn runnable(&self) -> bool {
+        self.refusals.is_empty()
+    }
+
+    /// The refusals as the error that keeps the campaign from being created.
+    pub fn refused(&self) -> Result<(), PlanError> {
+        if self.refusals.is_empty() {
+            Ok(())
+        } else {
+            Err(PlanError::Refused(self.refusals.clone()))
+        }
+    }
+
     /// The plan as an operator reads it.
     pub fn text(&self) -> String {
         let mut t = String::new();
@@ -143,6 +208,19 @@ impl Plan {
                 u64::try_from(self.dwell_ms).unwrap_or(0)
             ))
         );
+        if self.start_later {
+            let _ = writeln!(
+                t,
+                "Planned start: {} (as asked); hosts held and agents disconnected now are assumed still so then",
+                fmt_ms(self.start_ms)
+            );
+        } else {
+            let _ = writeln!(
+                t,
+                "Planned start: now ({}), from the fleet as it is",
+                fmt_ms(self.start_ms)
+            );
+        }
         if self.windows.is_empty() {
             let _ = writeln!(t, "Windows: none (always open)");
         } else {
@@ -157,6 +235,9 @@ impl Plan {
             if h.wave != wave {
                 wave = h.wave;
                 let _ = writeln!(t, "\nWave {wave}");
+                for b in self.blockers.iter().filter(|b| b.wave == wave) {
+                    let _ = writeln!(t, "  waits: {}", b.text);
+                }
             }
             let cluster = if h.cluster.is_empty() {
                 String::new()
@@ -182,6 +263,16 @@ impl Plan {
             let _ = writeln!(t, "\nWarnings:");
             for w in &self.warnings {
                 let _ = writeln!(t, "  - {w}");
+            }
+        }
+        if !self.refusals.is_empty() {
+            let _ = writeln!(
+                t,
+                "\nNot runnable as it is: {} step(s) would be refused by their host's policy:",
+                self.refusals.len()
+            );
+            for r in &self.refusals {
+                let _ = writeln!(t, "  - {r}");
             }
         }
         t
@@ -228,14 +319,35 @@ fn describe_window(w: &window::Window) -> String {
     text
 }
 
-/// Plans `spec` over `hosts` as of `now_ms` (windows are evaluated from then on).
+/// Plans `spec` over `hosts` as of `now_ms`, as if nothing were held (windows are evaluated
+/// from then on).
 pub fn plan(
     spec: &CampaignSpec,
     campaign_id: &str,
     hosts: &[HostView],
     now_ms: i64,
 ) -> Result<Plan, PlanError> {
-    let mut run = CampaignRun::new(campaign_id, spec, hosts, now_ms)?;
+    plan_from(
+        spec,
+        campaign_id,
+        hosts,
+        &Holders::default(),
+        PlanStart::Now(now_ms),
+    )
+}
+
+/// Plans `spec` from the fleet as it is: `hosts` with their connections, the hosts `holders`
+/// hold out of service, windows from `start`. A wave a run would wait on shows why in
+/// [`Plan::blockers`]; every step a host would refuse is in [`Plan::refusals`].
+pub fn plan_from(
+    spec: &CampaignSpec,
+    campaign_id: &str,
+    hosts: &[HostView],
+    holders: &Holders,
+    start: PlanStart,
+) -> Result<Plan, PlanError> {
+    let start_ms = start.ms();
+    let mut run = CampaignRun::new(campaign_id, spec, hosts, start_ms)?;
     let real = Fleet::from_hosts(hosts.iter().cloned());
     let mut warnings = Vec::new();
 
@@ -243,48 +355,37 @@ pub fn plan(
         let Some(view) = real.hosts.get(&h.host_id) else {
             continue;
         };
-        if h.role == Role::Manager
-            && let Err(Blocker::QuorumGuard { manager, why }) = quorum_guard(&real, view)
-        {
-            return Err(PlanError::QuorumGuard {
-                host: h.hostname.clone(),
-                other: manager,
-                cluster: h.cluster.clone(),
-                why,
-            });
-        }
         if !spec.windows.is_empty() {
             let applicable: Vec<&window::Window> =
                 spec.windows.iter().filter(|w| w.applies_to(view)).collect();
             let ever = applicable
                 .iter()
-                .any(|w| w.is_open(now_ms) || w.next_open(now_ms).is_some());
+                .any(|w| w.is_open(start_ms) || w.next_open(start_ms).is_some());
             if !ever {
                 return Err(PlanError::NoWindow(h.hostname.clone()));
             }
         }
-        if !view.connected {
-            warnings.push(format!(
-                "{} is disconnected now; the campaign will wait for its agent",
-                h.hostname
-            ));
-        } else if !view.healthy {
+        // Disconnected hosts are shown on the waves they delay; a connected host the
+        // coordinator finds unhealthy has no such blocker of its own.
+        if view.connected && !view.healthy {
             warnings.push(format!("{} is unhealthy now", h.hostname));
         }
     }
     let mut no_policy: Vec<String> = Vec::new();
+    let mut refusals: Vec<Refusal> = Vec::new();
 
-    // Simulate with every agent connected and healthy and every action succeeding at once.
+    // Simulate from the current state (holders, connections) with every action succeeding at
+    // once; what of that state stalls the run is noted and lifted by `delays`.
     let mut fleet = real.clone();
-    for v in fleet.hosts.values_mut() {
-        v.connected = true;
-        v.healthy = true;
-    }
-    let mut now = now_ms;
+    let mut delays = Delays::new(holders, &mut fleet, start_ms);
+    let mut now = start_ms;
     let mut first_start = None;
     let mut wave = 0u32;
     let mut planned: Vec<PlannedHost> = Vec::new();
-    let budget = 100 + run.hosts.iter().map(|h| h.steps.len() + 4).sum::<usize>() * 4;
+    // Each host may be lifted out of a stall a few times (held, disconnected, a target).
+    let budget = 100
+        + run.hosts.iter().map(|h| h.steps.len() + 4).sum::<usize>() * 4
+        + (holders.hosts.len() + run.hosts.len()) * 4;
     for _ in 0..budget {
         if !run.is_active() {
             break;
@@ -293,10 +394,14 @@ pub fn plan(
         if d.decisions.is_empty() {
             match d.wake_at_ms {
                 Some(w) if w > now => {
+                    delays.observe(&run, &d, now);
                     now = w;
                     continue;
                 }
                 _ => {
+                    if delays.lift(&mut fleet, &run, &d) {
+                        continue;
+                    }
                     if let Some(b) = d.blockers.iter().find_map(|b| match &b.blocker {
                         Blocker::NoTarget { step, selector } => Some((b, step, selector)),
                         _ => None,
@@ -322,14 +427,15 @@ pub fn plan(
             }
         }
         let mut started_this_round = false;
-        for decision in d.decisions {
-            match &decision {
+        for decision in &d.decisions {
+            match decision {
                 Decision::StartHost { host, slot, .. } => {
                     if !started_this_round {
                         wave += 1;
                         started_this_round = true;
                     }
                     first_start.get_or_insert(now);
+                    delays.started(&run, host);
                     if let Some(h) = run.host(host) {
                         planned.push(PlannedHost {
                             host_id: h.host_id.clone(),
@@ -353,9 +459,11 @@ pub fn plan(
                         .unwrap_or_default();
                     match target.and_then(|t| t.policy.as_ref()) {
                         Some(policy) => {
+                            // Listed, and the simulation goes on as if it ran: the operator
+                            // sees every refusal of the campaign at once.
                             if let Err(refusal) = policy.check(&dispatch.action.to_proto()) {
-                                return Err(PlanError::PolicyRefusal {
-                                    host: target_name,
+                                refusals.push(Refusal {
+                                    host: target_name.clone(),
                                     serviced,
                                     step: dispatch.step_label.clone(),
                                     phase: dispatch.phase,
@@ -387,7 +495,7 @@ pub fn plan(
             }
             apply(&mut run, &fleet, &Event::Decision(decision.clone()), now)
                 .map_err(|e| PlanError::Stuck(format!("internal: {e}")))?;
-            if let Decision::Dispatch(dispatch) = &decision {
+            if let Decision::Dispatch(dispatch) = decision {
                 let boot_id = if dispatch.action.is_reboot() {
                     let v = fleet.hosts.get_mut(&dispatch.host);
                     v.map(|v| {
@@ -407,6 +515,7 @@ pub fn plan(
                     .map_err(|e| PlanError::Stuck(format!("internal: {e}")))?;
             }
         }
+        delays.observe(&run, &d, now);
     }
     if run.state != CampaignState::Completed {
         return Err(PlanError::Stuck(
@@ -431,9 +540,13 @@ pub fn plan(
         worker_concurrency: spec.worker_concurrency,
         max_failures: spec.max_failures,
         dwell_ms: spec.dwell_ms,
+        blockers: delays.into_blockers(&planned),
         hosts: planned,
-        first_start_ms: first_start.unwrap_or(now_ms),
+        first_start_ms: first_start.unwrap_or(start_ms),
         windows: spec.windows.iter().map(describe_window).collect(),
         warnings,
+        start_ms,
+        start_later: matches!(start, PlanStart::At(_)),
+        refusals,
     })
 }

@@ -466,6 +466,13 @@ pub enum Event {
     Release {
         host: String,
     },
+    /// The host left the fleet (`pitcrew hosts remove`): if it was not finished it ends
+    /// skipped (it was not serviced) with `reason`, and its slot is free. A finished host keeps
+    /// its outcome.
+    Removed {
+        host: String,
+        reason: String,
+    },
 }
 
 /// Why an event could not be applied. Nothing changed when one is returned.
@@ -619,6 +626,19 @@ pub fn apply(
                 }
                 _ => Err(h.illegal("skip (only a pending or failed host)")),
             }
+        }
+        Event::Removed { host, reason } => {
+            let h = run.host_mut(host)?;
+            if !h.state.finished() {
+                h.state = HostState::Skipped;
+                h.slot = None;
+                h.in_flight = None;
+                h.retry_at_ms = None;
+                h.pre_reboot_boot_id = None;
+                h.last_error = Some(reason.clone());
+                h.finished_at_ms = Some(now_ms);
+            }
+            Ok(())
         }
         Event::Release { host } => {
             let role = {

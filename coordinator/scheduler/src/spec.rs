@@ -12,7 +12,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::action::{ACTION_NAMES, HealthCheck, SignalWhom, StepAction, UnitOp, WaitState};
+use crate::action::{
+    ACTION_NAMES, HealthCheck, SignalWait, SignalWhom, StepAction, UnitOp, WaitState,
+};
 use crate::fleet::{HostView, Role};
 use crate::window::{MAX_WINDOW_MS, Window, WindowTime};
 
@@ -397,6 +399,8 @@ struct RawStep {
     operation: Option<Spanned<String>>,
     signal: Option<Spanned<String>>,
     target: Option<Spanned<String>>,
+    wait: Option<Spanned<String>>,
+    wait_timeout: Option<Spanned<String>>,
     state: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
     recursive: Option<Spanned<bool>>,
@@ -428,6 +432,8 @@ impl RawStep {
             operation,
             signal,
             target,
+            wait,
+            wait_timeout,
             state,
             path,
             recursive,
@@ -453,7 +459,7 @@ impl RawStep {
 fn fields_of(action: &str) -> &'static [&'static str] {
     match action {
         "unit" => &["unit", "operation"],
-        "signal_unit" => &["unit", "signal", "target"],
+        "signal_unit" => &["unit", "signal", "target", "wait", "wait_timeout"],
         "wait_unit" => &["unit", "state"],
         "remove_path" => &["path", "recursive"],
         "patch" => &["packages", "lock_timeout"],
@@ -463,6 +469,9 @@ fn fields_of(action: &str) -> &'static [&'static str] {
         _ => &[],
     }
 }
+
+/// How much longer than its own wait a step's timeout must be.
+const WAIT_MARGIN_MS: i64 = 10_000;
 
 /// Default timeout per action when the step gives none: long enough for the slow ones
 /// (a full upgrade, a reboot and reconnect), short for checks.
@@ -1025,10 +1034,49 @@ impl Cx<'_> {
                         ));
                     }
                 };
+                let wait = match &s.wait {
+                    None => SignalWait::None,
+                    Some(v) => SignalWait::parse(v.get_ref().trim()).ok_or_else(|| {
+                        self.err(
+                            Some(v.span()),
+                            &f("wait"),
+                            format!(
+                                "{:?} is not \"exit\" (the signalled main process has exited), \"inactive\" (the unit left active) or \"none\"",
+                                v.get_ref()
+                            ),
+                        )
+                    })?,
+                };
+                let wait_seconds = match &s.wait_timeout {
+                    None => 0,
+                    Some(_) if wait == SignalWait::None => {
+                        return Err(self.err(
+                            s.wait_timeout.as_ref().map(|v| v.span()),
+                            &f("wait_timeout"),
+                            "is only used with wait = \"exit\" or \"inactive\"",
+                        ));
+                    }
+                    Some(v) => {
+                        let ms = self.duration(v, &f("wait_timeout"))?;
+                        let seconds = u32::try_from(ms / 1000).map_err(|_| {
+                            self.err(Some(v.span()), &f("wait_timeout"), "is too long")
+                        })?;
+                        if seconds == 0 {
+                            return Err(self.err(
+                                Some(v.span()),
+                                &f("wait_timeout"),
+                                "must be at least 1s",
+                            ));
+                        }
+                        seconds
+                    }
+                };
                 StepAction::SignalUnit {
                     unit,
                     signal,
                     target,
+                    wait,
+                    wait_seconds,
                 }
             }
             "wait_unit" => {
@@ -1193,12 +1241,37 @@ impl Cx<'_> {
             .check_templates()
             .map_err(|e| self.err(Some(step_span.clone()), field, e.to_string()))?;
 
+        // A step's own wait (signal_unit's) must end before the step's timeout, so that a wait
+        // that runs out is reported with what it saw rather than as a bare timeout.
+        let wait_ms = match &action {
+            StepAction::SignalUnit {
+                wait, wait_seconds, ..
+            } if *wait != SignalWait::None => {
+                let seconds = match wait_seconds {
+                    0 => pitcrew_proto::DEFAULT_SIGNAL_WAIT_SECONDS,
+                    n => *n,
+                };
+                Some(i64::from(seconds) * 1000)
+            }
+            _ => None,
+        };
         let timeout_ms = match &s.timeout {
-            None => default_timeout_ms(&kind),
+            None => default_timeout_ms(&kind).max(wait_ms.map_or(0, |w| w + WAIT_MARGIN_MS)),
             Some(t) => {
                 let ms = self.duration(t, &f("timeout"))?;
                 if ms < 1000 {
                     return Err(self.err(Some(t.span()), &f("timeout"), "must be at least 1s"));
+                }
+                if let Some(wait_ms) = wait_ms.filter(|w| ms < w + WAIT_MARGIN_MS) {
+                    return Err(self.err(
+                        Some(t.span()),
+                        &f("timeout"),
+                        format!(
+                            "must be at least {}s longer than the wait ({}s), so that a wait that runs out is reported with what it saw",
+                            WAIT_MARGIN_MS / 1000,
+                            wait_ms / 1000
+                        ),
+                    ));
                 }
                 ms
             }
@@ -1386,6 +1459,42 @@ action = "patch"
             .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("steps[0].unit"));
         assert_eq!(err.line, Some(4));
+    }
+
+    #[test]
+    fn a_signal_can_wait_for_its_effect_within_the_step_s_timeout() {
+        let step = |fields: &str| {
+            parse(&format!(
+                "name = \"x\"\n[[steps]]\naction = \"signal_unit\"\nunit = \"a.service\"\nsignal = \"SIGUSR1\"\n{fields}"
+            ))
+        };
+        let spec = step("wait = \"exit\"\nwait_timeout = \"5m\"\n").unwrap();
+        let drain = &spec.worker.main[0];
+        assert!(matches!(
+            drain.action,
+            StepAction::SignalUnit {
+                wait: SignalWait::Exit,
+                wait_seconds: 300,
+                ..
+            }
+        ));
+        // No timeout given: the wait and a margin fit in the default.
+        assert_eq!(drain.timeout_ms, 310_000);
+        // The default wait (60 s) fits in the default timeout of a signal (2 min).
+        let spec = step("wait = \"inactive\"\n").unwrap();
+        assert_eq!(spec.worker.main[0].timeout_ms, 120_000);
+
+        let err = step("wait = \"exit\"\nwait_timeout = \"5m\"\ntimeout = \"5m\"\n").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("steps[0].timeout"));
+        assert_eq!(err.line, Some(8));
+        assert!(err.message.contains("longer than the wait (300s)"), "{err}");
+        let err = step("wait = \"drained\"\n").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("steps[0].wait"));
+        assert!(err.message.contains("\"exit\""), "{err}");
+        let err = step("wait_timeout = \"5m\"\n").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("steps[0].wait_timeout"));
+        let err = step("wait = \"exit\"\nwait_timeout = \"100ms\"\n").unwrap_err();
+        assert!(err.message.contains("at least 1s"), "{err}");
     }
 
     #[test]

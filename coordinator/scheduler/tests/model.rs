@@ -2,8 +2,9 @@
 //! managers of one cluster, explored under every interleaving of coordinator decisions, agent
 //! deliveries and results, step failures, agent disconnects and reconnects, a coordinator
 //! restart (everything not persisted is lost and the runtime re-sends from the persisted
-//! state), a clock jump past every deadline and the window's end, operator retry/resume and a
-//! manual maintenance of a manager.
+//! state), a clock jump past every deadline and the window's end, operator retry/resume, a
+//! manual maintenance of a manager, and operators' disruptive `pitcrew do` on any host at any
+//! moment (admitted by the library's `admit_action`, holding its host until it finishes).
 //!
 //! The coordinator side is exactly the library: `decide` then `apply` each decision to the
 //! persisted runs (write-ahead), then send. The agent side journals every action id before
@@ -13,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pitcrew_scheduler::{
     CampaignRun, CampaignSpec, CampaignState, Decision, Event, Fleet, HostState, HostView,
-    ManualPhase, Outcome, Role, apply, decide, invariants, manual_enable,
+    ManualPhase, OperatorAction, Outcome, Role, admit_action, apply, decide, invariants,
+    manual_enable,
 };
 use stateright::{Checker, Model, Property};
 
@@ -57,6 +59,8 @@ struct State {
     // --- persisted by the coordinator ---
     runs: Vec<CampaignRun>,
     manual: Option<(usize, ManualPhase)>,
+    // --- held in the coordinator's memory while the operator's `do` stream runs ---
+    operator_do: Option<usize>,
     // --- the world ---
     connected: [bool; 5],
     boot: [u8; 5],
@@ -74,6 +78,7 @@ struct State {
     ticks_left: u8,
     operator_left: u8,
     manual_left: u8,
+    dos_left: u8,
     /// A broken transition invariant seen on the way (quorum guard, gate before release,
     /// error budget, window, idempotence).
     violation: Option<String>,
@@ -94,6 +99,10 @@ enum Action {
     Resume,
     ManualEnable(usize),
     ManualAdvance,
+    /// An operator asks for a disruptive `pitcrew do` on this host.
+    OperatorDo(usize),
+    /// The operator's action finished (its result came, or the stream ended).
+    OperatorDone,
 }
 
 /// One exploration: the campaign and how many of each disturbance the environment may cause.
@@ -107,6 +116,7 @@ struct Scheduler {
     ticks: u8,
     operator: u8,
     manual: u8,
+    dos: u8,
 }
 
 fn idx(host: &str) -> usize {
@@ -124,6 +134,16 @@ fn fleet(s: &State) -> Fleet {
         boot_id: format!("{id}-boot-{}", s.boot[i]),
         policy: None,
     }));
+    if let Some(i) = s.operator_do {
+        f.operator_actions.insert(
+            "do-model".to_owned(),
+            OperatorAction {
+                host: HOSTS[i].0.to_owned(),
+                by: "model".into(),
+                forced: false,
+            },
+        );
+    }
     if let Some((i, phase)) = s.manual {
         f.manual.insert(
             HOSTS[i].0.to_owned(),
@@ -179,6 +199,7 @@ impl Model for Scheduler {
         vec![State {
             runs: vec![run],
             manual: None,
+            operator_do: None,
             connected: [true; 5],
             boot: [1; 5],
             now: 0,
@@ -192,6 +213,7 @@ impl Model for Scheduler {
             ticks_left: self.ticks,
             operator_left: self.operator,
             manual_left: self.manual,
+            dos_left: self.dos,
             violation: None,
             boot_at_start: BTreeMap::new(),
         }]
@@ -242,6 +264,14 @@ impl Model for Scheduler {
         }
         if s.manual.is_some() {
             actions.push(Action::ManualAdvance);
+        }
+        if s.dos_left > 0 && s.operator_do.is_none() {
+            for i in 0..HOSTS.len() {
+                actions.push(Action::OperatorDo(i));
+            }
+        }
+        if s.operator_do.is_some() {
+            actions.push(Action::OperatorDone);
         }
     }
 
@@ -384,6 +414,18 @@ impl Model for Scheduler {
                 s.manual_left -= 1;
                 s.manual = Some((i, state.phase));
             }
+            Action::OperatorDo(i) => {
+                // The engine's path: admitted by the library (no --force), then held in the
+                // fleet until it finishes. A refusal changes nothing.
+                let f = fleet(&s);
+                admit_action(&f, &s.runs, HOSTS[i].0, false).ok()?;
+                s.dos_left -= 1;
+                s.operator_do = Some(i);
+            }
+            Action::OperatorDone => {
+                s.operator_do?;
+                s.operator_do = None;
+            }
             Action::ManualAdvance => {
                 let (i, phase) = s.manual?;
                 s.manual = match phase {
@@ -403,14 +445,16 @@ impl Model for Scheduler {
                 |_, s: &State| invariants::check(&fleet(s), &s.runs).is_empty(),
             ),
             Property::always("1: one manager out of Running", |_, s: &State| {
-                let campaign = s.runs[0]
+                // Campaigns, manual maintenance and operators' actions, each host once.
+                let mut out: BTreeSet<usize> = s.runs[0]
                     .hosts
                     .iter()
                     .filter(|h| h.role == Role::Manager && h.state.holds_slot())
-                    .count();
-                let manual =
-                    usize::from(s.manual.is_some_and(|(i, _)| HOSTS[i].1 == Role::Manager));
-                campaign + manual <= 1
+                    .map(|h| idx(&h.host_id))
+                    .collect();
+                out.extend(s.manual.map(|(i, _)| i));
+                out.extend(s.operator_do);
+                out.iter().filter(|i| HOSTS[**i].1 == Role::Manager).count() <= 1
             }),
             Property::always("2: worker concurrency", |_, s: &State| {
                 s.runs[0]
@@ -426,6 +470,14 @@ impl Model for Scheduler {
             Property::always("8/9: no action id executed twice", |_, s: &State| {
                 s.executions.values().all(|n| *n <= 1)
             }),
+            Property::sometimes(
+                "an operator's action runs on a manager while the campaign runs",
+                |m: &Scheduler, s: &State| {
+                    m.dos == 0
+                        || (s.runs[0].state == CampaignState::Running
+                            && s.operator_do.is_some_and(|i| HOSTS[i].1 == Role::Manager))
+                },
+            ),
             Property::sometimes("the campaign completes", |_, s: &State| {
                 s.runs[0].state == CampaignState::Completed
             }),
@@ -521,6 +573,7 @@ fn invariants_hold_with_step_failures_operator_retry_and_a_coordinator_restart()
             ticks: 0,
             operator: 2,
             manual: 0,
+            dos: 0,
         },
     );
 }
@@ -537,6 +590,7 @@ fn invariants_hold_with_agent_disconnects_deadlines_and_a_coordinator_restart() 
             ticks: 1,
             operator: 1,
             manual: 0,
+            dos: 0,
         },
     );
 }
@@ -553,6 +607,24 @@ fn invariants_hold_with_manual_maintenance_of_a_manager_and_a_failure() {
             ticks: 0,
             operator: 2,
             manual: 1,
+            dos: 0,
+        },
+    );
+}
+
+#[test]
+fn invariants_hold_with_operators_disruptive_actions_racing_the_campaign_and_manual_maintenance() {
+    check(
+        "operator do",
+        Scheduler {
+            spec: spec(),
+            failures: 1,
+            disconnects: 0,
+            restarts: 0,
+            ticks: 0,
+            operator: 2,
+            manual: 1,
+            dos: 2,
         },
     );
 }

@@ -1,7 +1,7 @@
 //! What can go wrong in the campaign engine, with a stable kind for each. The Admin layer maps
 //! these to gRPC status codes in one place; nothing in the engine knows about gRPC.
 
-use pitcrew_scheduler::{ApplyError, ManualError, PlanError, SpecError};
+use pitcrew_scheduler::{ApplyError, ManualError, OperatorRefusal, PlanError, SpecError};
 
 use crate::store::StoreError;
 
@@ -20,6 +20,13 @@ pub enum EngineError {
     /// Manual maintenance cannot change as asked.
     #[error("{0}")]
     Manual(#[from] ManualError),
+    /// An operator's disruptive action would take a host or a manager slot someone else holds
+    /// (the text names the holder and `--force`).
+    #[error("{0}")]
+    Refused(#[from] OperatorRefusal),
+    /// The host's role or labels cannot change while something holds it.
+    #[error("host {host} is {busy}")]
+    HostBusy { host: String, busy: String },
     #[error("no campaign has the id {0:?}")]
     UnknownCampaign(String),
     #[error("no host has the id {0:?}")]
@@ -41,6 +48,8 @@ impl EngineError {
             EngineError::Plan(e) => e.kind(),
             EngineError::Apply(e) => e.kind(),
             EngineError::Manual(_) => "maintenance_refused",
+            EngineError::Refused(e) => e.kind(),
+            EngineError::HostBusy { .. } => "host_busy",
             EngineError::UnknownCampaign(_) => "unknown_campaign",
             EngineError::UnknownHost(_) => "unknown_host",
             EngineError::Store(_) => "store_failed",

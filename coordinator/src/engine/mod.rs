@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 pub use error::EngineError;
 pub use outbox::Outbox;
-pub use state::{CampaignControl, Hold, HostControl};
+pub use state::{CampaignControl, Hold, HostControl, HostEdit};
 use state::{EngineState, Turn};
 pub use view::{CampaignView, HostPage, HostStatus};
 
@@ -201,6 +201,14 @@ impl Engine {
         self.call(|state, _, _| Ok(state.hosts())).await
     }
 
+    /// The hosts and who holds which out of service now: the fleet as it is, for a plan.
+    pub async fn fleet_now(
+        &self,
+    ) -> Result<(Vec<HostView>, pitcrew_scheduler::Holders), EngineError> {
+        self.call(|state, _, _| Ok((state.hosts(), state.holders())))
+            .await
+    }
+
     /// Adds a run planned and built by the caller from [`Engine::hosts`]; audited.
     pub async fn insert_run(
         &self,
@@ -256,6 +264,58 @@ impl Engine {
         .await
     }
 
+    /// Admits an operator's disruptive action (`pitcrew do`) on `host_id` against the slots,
+    /// or refuses it naming the holder; `force` admits it anyway, audited with what it
+    /// overrode. The host stays held until the returned hold is dropped (or the action's result
+    /// arrives), so no campaign starts it, or another manager of its cluster, meanwhile.
+    pub async fn begin_operator_action(
+        &self,
+        operator: String,
+        host_id: String,
+        action_id: String,
+        what: String,
+        force: bool,
+    ) -> Result<OperatorHold, EngineError> {
+        let id = action_id.clone();
+        self.call(move |state, turn, _| {
+            state.begin_operator_action(&operator, &host_id, &action_id, &what, force, turn)
+        })
+        .await?;
+        Ok(OperatorHold {
+            engine: self.clone(),
+            action_id: id,
+        })
+    }
+
+    /// Removes a host from the fleet (`pitcrew hosts remove`); audited. Returns what the
+    /// removal changed, once durable.
+    pub async fn remove_host(
+        &self,
+        operator: String,
+        host_id: String,
+    ) -> Result<Vec<String>, EngineError> {
+        self.call(move |state, turn, now| state.remove_host(&operator, &host_id, now, turn))
+            .await
+    }
+
+    /// Changes a host's role or labels (`pitcrew hosts set`); audited. Returns the new role
+    /// and labels, once durable.
+    pub async fn set_host(
+        &self,
+        operator: String,
+        host_id: String,
+        edit: HostEdit,
+    ) -> Result<
+        (
+            pitcrew_scheduler::Role,
+            std::collections::BTreeMap<String, String>,
+        ),
+        EngineError,
+    > {
+        self.call(move |state, turn, _| state.set_host(&operator, &host_id, &edit, turn))
+            .await
+    }
+
     /// Who holds each of these hosts out of service (in the same order).
     pub async fn holds(&self, host_ids: Vec<String>) -> Result<Vec<Hold>, EngineError> {
         self.call(move |state, _, _| Ok(state.holds(&host_ids)))
@@ -302,6 +362,25 @@ impl Engine {
     }
 }
 
+/// An operator's admitted disruptive action: while this lives, its host is held. Dropping it
+/// (whichever way the `do` ends) frees the host in the engine's next turn.
+pub struct OperatorHold {
+    engine: Engine,
+    action_id: String,
+}
+
+impl Drop for OperatorHold {
+    fn drop(&mut self) {
+        let id = std::mem::take(&mut self.action_id);
+        let command: Command = Box::new(move |state, turn, _| {
+            state.end_operator_action(&id, turn);
+            Box::new(|_| {})
+        });
+        // A stopped engine holds nothing any more.
+        let _ = self.engine.inbox.send(Input::Command(command));
+    }
+}
+
 /// The loop's own state.
 struct Runner {
     state: EngineState,
@@ -324,6 +403,7 @@ impl Runner {
             let started = std::time::Instant::now();
             if self.grace_over() {
                 wake = self.state.decide_and_apply(now, &mut turn);
+                self.state.release_free_holds(now, &mut turn);
             }
             let decided = std::time::Instant::now();
             let wrote = self.commit(turn, std::mem::take(&mut replies)).await?;

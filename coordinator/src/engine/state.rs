@@ -17,6 +17,12 @@ use pitcrew_scheduler::{
 use prost::Message;
 use rusqlite::Connection;
 
+mod lifecycle;
+mod unit_holds;
+
+pub(crate) use lifecycle::HostChange;
+pub use lifecycle::HostEdit;
+
 use super::EngineError;
 use super::view::{CampaignView, HostPage, LastTurn, campaign_view};
 use crate::store::{
@@ -69,6 +75,8 @@ pub(crate) struct Turn {
     finished: Vec<(String, Vec<u8>)>,
     events: Vec<EventRecord>,
     manual: Vec<(String, Option<ManualState>)>,
+    /// Host rows changed by an operator (removed, role or labels).
+    host_changes: Vec<HostChange>,
     /// Messages for agents, sent only after the writes are durable.
     pub sends: Vec<(String, v1::CoordinatorMessage)>,
     /// Whether any campaign changed (watchers are told after the commit).
@@ -91,6 +99,7 @@ pub(crate) struct Writes {
     finished: Vec<(String, Vec<u8>)>,
     events: Vec<EventRecord>,
     manual: Vec<(String, Option<ManualState>)>,
+    host_changes: Vec<HostChange>,
 }
 
 impl Writes {
@@ -102,6 +111,7 @@ impl Writes {
             && self.finished.is_empty()
             && self.events.is_empty()
             && self.manual.is_empty()
+            && self.host_changes.is_empty()
     }
 
     /// Runs inside one writer transaction; returns the events with their ids.
@@ -123,6 +133,9 @@ impl Writes {
         }
         for (host, state) in &self.manual {
             campaigns::put_manual(conn, host, state.as_ref())?;
+        }
+        for change in &self.host_changes {
+            change.apply(conn)?;
         }
         let mut logged = self.events;
         for event in &mut logged {
@@ -258,6 +271,8 @@ pub(crate) struct EngineState {
     meta: Vec<Meta>,
     by_id: HashMap<String, usize>,
     last: LastTurn,
+    /// Units held down on hosts, as their facts report them (see `unit_holds.rs`).
+    unit_holds: unit_holds::UnitHolds,
 }
 
 impl EngineState {
@@ -274,6 +289,7 @@ impl EngineState {
             meta: Vec::new(),
             by_id: HashMap::new(),
             last: LastTurn::default(),
+            unit_holds: unit_holds::UnitHolds::default(),
         };
         for record in campaigns::load_all(conn)? {
             state.push_run(record.run, record.spec_toml, record.created_by);
@@ -352,6 +368,7 @@ impl EngineState {
             }
         }
         writes.manual = std::mem::take(&mut turn.manual);
+        writes.host_changes = std::mem::take(&mut turn.host_changes);
         Ok(writes)
     }
 
@@ -369,6 +386,7 @@ impl EngineState {
         };
         match facts {
             Some(facts) => {
+                self.unit_holds.reported(host, &facts.held_units);
                 view.connected = true;
                 view.healthy = true;
                 view.boot_id = facts.boot_id;
@@ -388,6 +406,7 @@ impl EngineState {
         if self.generations.get(host).is_some_and(|g| *g > generation) {
             return;
         }
+        self.unit_holds.reported(host, &facts.held_units);
         if let Some(view) = self.fleet.hosts.get_mut(host) {
             view.boot_id = facts.boot_id;
             view.policy = facts
@@ -439,7 +458,8 @@ impl EngineState {
             | Event::HostReconnected { host }
             | Event::Retry { host }
             | Event::Skip { host }
-            | Event::Release { host } => by_name(host),
+            | Event::Release { host }
+            | Event::Removed { host, .. } => by_name(host),
             Event::Pause { .. } | Event::Resume | Event::Cancel => None,
         }
     }
@@ -633,6 +653,15 @@ impl EngineState {
         now_ms: i64,
         turn: &mut Turn,
     ) {
+        // An operator's action that finished no longer holds its host.
+        if self
+            .fleet
+            .operator_actions
+            .remove(&result.action_id)
+            .is_some()
+        {
+            turn.campaigns_changed = true;
+        }
         let ci = self.by_id.get(&record.campaign_id).copied();
         let serviced = ci
             .and_then(|ci| {
@@ -684,6 +713,11 @@ impl EngineState {
     /// The hosts a new campaign may select, as the engine sees them now.
     pub fn hosts(&self) -> Vec<HostView> {
         self.fleet.hosts.values().cloned().collect()
+    }
+
+    /// Who holds which host out of service now (campaigns, manual maintenance, operators).
+    pub fn holders(&self) -> scheduler::Holders {
+        scheduler::Holders::from_state(&self.fleet, &self.runs)
     }
 
     /// Adds a new run (planned and built by the caller off the engine's loop).
@@ -891,6 +925,17 @@ impl EngineState {
                     holder: run.id.clone(),
                 };
             }
+        }
+        if let Some(op) = self
+            .fleet
+            .operator_actions
+            .values()
+            .find(|op| op.host == id)
+        {
+            return Hold {
+                state: "running".into(),
+                holder: format!("operator {} (pitcrew do)", op.by),
+            };
         }
         Hold {
             state: "running".into(),

@@ -16,6 +16,9 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::store::{HostRecord, Store, actions, campaigns, hosts};
 
+mod lifecycle;
+mod unit_holds;
+
 const SPEC: &str = r#"
 name = "patch"
 [concurrency]
@@ -39,6 +42,7 @@ struct Sent {
     recorded: bool,
     /// The host's stored progress had this action in flight when it was sent.
     in_flight_stored: bool,
+    request: v1::ActionRequest,
 }
 
 /// Reads the store file directly (its own connection) whenever the engine sends.
@@ -77,9 +81,10 @@ impl Outbox for CheckingOutbox {
         });
         let _ = self.sent.send(Sent {
             host: host_id.to_owned(),
-            action_id: request.action_id,
+            action_id: request.action_id.clone(),
             recorded,
             in_flight_stored,
+            request,
         });
         self.deliver
     }
@@ -100,6 +105,7 @@ fn workers(store: &Store, n: usize) -> Vec<String> {
             enrolled_at_ms: 1,
             last_seen_ms: 0,
             facts: Vec::new(),
+            removed_at_ms: 0,
         })
         .collect();
     store

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pitcrew_proto::v1::{self, admin_server::Admin};
-use pitcrew_scheduler::{CampaignRun, CampaignSpec};
+use pitcrew_scheduler::{CampaignRun, CampaignSpec, Role};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -20,13 +20,17 @@ use super::Coordinator;
 use super::convert::{self, page_size};
 use super::operators;
 use super::roles::{GuardedStream, caller, until_revoked};
-use crate::engine::{CampaignControl, HostControl, HostPage};
+use crate::engine::{CampaignControl, HostControl, HostEdit, HostPage};
 use crate::store::{ActionRecord, EventFilter, HostFilter, HostRecord, TokenRecord};
 use crate::store::{actions, events, hosts, tokens as token_store};
 use crate::tokens;
 
 /// Longest accepted token lifetime: a join token is for installing, not a standing credential.
 const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;
+
+/// After an interrupted `pitcrew do` is cancelled, how long its host stays held waiting for
+/// the agent to confirm the action stopped.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct AdminService {
     coordinator: Arc<Coordinator>,
@@ -38,10 +42,11 @@ impl AdminService {
     }
 }
 
-/// Finds a host by id or by unique hostname (one indexed lookup each).
+/// Finds a host by id or by unique hostname (one indexed lookup each). A removed host is
+/// found by its id, or by its name when no enrolled host has that name.
 pub async fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Status> {
     let wanted = name.to_owned();
-    let (by_id, by_name) = c
+    let (by_id, by_name, removed) = c
         .store
         .read(move |conn| {
             let by_id = hosts::get(conn, &wanted)?;
@@ -50,10 +55,15 @@ pub async fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Sta
             } else {
                 Vec::new()
             };
-            Ok((by_id, by_name))
+            let removed = if by_id.is_none() && by_name.is_empty() {
+                hosts::removed_by_hostname(conn, &wanted)?
+            } else {
+                None
+            };
+            Ok((by_id, by_name, removed))
         })
         .await?;
-    if let Some(host) = by_id {
+    if let Some(host) = by_id.or(removed) {
         return Ok(host);
     }
     let mut matches = by_name.into_iter();
@@ -137,6 +147,26 @@ fn parse_spec(text: &str, source: &str) -> Result<CampaignSpec, Status> {
     CampaignSpec::parse(text, source).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// How far in the past a planned start may be and still mean "now": the CLI's clock and the
+/// coordinator's differ a little, and `--at +0s` is now.
+const PLAN_START_SKEW_MS: i64 = 60_000;
+
+/// When a plan starts: now (0, or an instant not after now), or a later instant.
+fn plan_start(start_at_ms: i64, now_ms: i64) -> Result<pitcrew_scheduler::PlanStart, Status> {
+    use pitcrew_scheduler::PlanStart;
+    if start_at_ms == 0 || (start_at_ms <= now_ms && start_at_ms >= now_ms - PLAN_START_SKEW_MS) {
+        return Ok(PlanStart::Now(now_ms));
+    }
+    if start_at_ms < now_ms {
+        return Err(Status::invalid_argument(format!(
+            "the planned start {} is in the past (it is {} now): plan from now, or from a later time",
+            pitcrew_scheduler::window::fmt_ms(start_at_ms),
+            pitcrew_scheduler::window::fmt_ms(now_ms)
+        )));
+    }
+    Ok(PlanStart::At(start_at_ms))
+}
+
 fn new_campaign_id() -> String {
     format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
@@ -170,6 +200,7 @@ fn host_filter(r: &v1::ListHostsRequest, limit: usize) -> Result<HostFilter, Sta
         label,
         after,
         limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        removed: r.removed,
     })
 }
 
@@ -389,6 +420,29 @@ impl Admin for AdminService {
                 host.hostname
             )));
         }
+        // Every path honours the slots: a disruptive action is admitted by the engine against
+        // campaigns, manual maintenance and the manager slot (or forced, audited there), and
+        // holds its host until this `do` ends. Read-only checks are never refused.
+        let read_only = action
+            .action
+            .as_ref()
+            .and_then(|a| a.kind.as_ref())
+            .is_some_and(pitcrew_proto::disruptive::is_read_only);
+        let hold = if read_only {
+            None
+        } else {
+            Some(
+                c.engine
+                    .begin_operator_action(
+                        operator.clone(),
+                        host.host_id.clone(),
+                        action.action_id.clone(),
+                        pitcrew_proto::describe::action(action.action.as_ref()),
+                        r.force,
+                    )
+                    .await?,
+            )
+        };
         // A reboot takes its host away by design: its result comes when the host is back.
         let is_reboot = matches!(
             action.action.as_ref().and_then(|a| a.kind.as_ref()),
@@ -445,6 +499,8 @@ impl Admin for AdminService {
         let (tx, rx) = mpsc::channel(64);
         let mut sessions = c.registry.subscribe_sessions();
         tokio::spawn(async move {
+            // Held for as long as this task follows the action.
+            let _hold = hold;
             let mut announced = false;
             loop {
                 tokio::select! {
@@ -491,6 +547,18 @@ impl Admin for AdminService {
                         };
                         c.registry.try_send(&host.host_id, cancel);
                         c.events.audit(&operator, &host.host_id, "", &format!("interrupted {id}: cancel sent to {}", host.hostname));
+                        // The host stays held until its agent says the action stopped (or
+                        // the grace ends): a campaign must not start it under a dying action.
+                        let _ = tokio::time::timeout(CANCEL_GRACE, async {
+                            loop {
+                                match events.recv().await {
+                                    Ok(event) if matches!(event.event, Some(v1::action_event::Event::Result(_))) => return,
+                                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                                }
+                            }
+                        })
+                        .await;
                         return;
                     }
                 }
@@ -512,10 +580,12 @@ impl Admin for AdminService {
         caller(&request)?;
         let r = request.into_inner();
         let spec = parse_spec(&r.spec_toml, &r.source_name)?;
-        let hosts = self.coordinator.engine.hosts().await?;
+        let start = plan_start(r.start_at_ms, pitcrew_proto::now_ms())?;
+        // From the fleet as it is: who holds which host, who is connected.
+        let (hosts, holders) = self.coordinator.engine.fleet_now().await?;
         // Planning simulates the whole run: it runs off the async workers and the engine.
         let plan = tokio::task::spawn_blocking(move || {
-            pitcrew_scheduler::plan(&spec, "(plan)", &hosts, pitcrew_proto::now_ms())
+            pitcrew_scheduler::plan_from(&spec, "(plan)", &hosts, &holders, start)
         })
         .await
         .map_err(|e| Status::internal(format!("planning failed: {e}")))?
@@ -535,8 +605,9 @@ impl Admin for AdminService {
         let id = new_campaign_id();
         let run = tokio::task::spawn_blocking(move || {
             let now = pitcrew_proto::now_ms();
-            // The same refusals as `plan`: nothing that cannot run is started.
-            pitcrew_scheduler::plan(&spec, &id, &hosts, now)?;
+            // The same refusals as `plan` (every one of them): nothing that cannot run is
+            // started. What is held or disconnected now only delays it, as its blockers say.
+            pitcrew_scheduler::plan(&spec, &id, &hosts, now)?.refused()?;
             CampaignRun::new(&id, &spec, &hosts, now)
         })
         .await
@@ -806,6 +877,100 @@ impl Admin for AdminService {
             .await
             .map(Response::new)
     }
+
+    async fn remove_host(
+        &self,
+        request: Request<v1::RemoveHostRequest>,
+    ) -> Result<Response<v1::RemoveHostResponse>, Status> {
+        let operator = caller(&request)?.name;
+        let c = &self.coordinator;
+        let host = resolve_host(c, &request.get_ref().host).await?;
+        if host.removed_at_ms != 0 {
+            return Err(Status::failed_precondition(format!(
+                "host {} was already removed from the fleet",
+                host.hostname
+            )));
+        }
+        // Durable first (its serials are cleared, so no session or renewal of it is accepted
+        // from here on), then end the session it still holds.
+        let changes = c.engine.remove_host(operator, host.host_id.clone()).await?;
+        c.registry
+            .close_session(&host.host_id, "the host was removed from the fleet");
+        let id = host.host_id.clone();
+        let record = c
+            .store
+            .read(move |conn| hosts::get(conn, &id))
+            .await?
+            .ok_or_else(|| Status::internal("the host vanished while being removed"))?;
+        let info = host_infos(c, vec![record]).await?.pop();
+        Ok(Response::new(v1::RemoveHostResponse {
+            host: info,
+            changes,
+        }))
+    }
+
+    async fn set_host(
+        &self,
+        request: Request<v1::SetHostRequest>,
+    ) -> Result<Response<v1::HostInfo>, Status> {
+        let operator = caller(&request)?.name;
+        let c = &self.coordinator;
+        let r = request.into_inner();
+        let host = resolve_host(c, &r.host).await?;
+        if host.removed_at_ms != 0 {
+            return Err(Status::failed_precondition(format!(
+                "host {} was removed from the fleet",
+                host.hostname
+            )));
+        }
+        let edit = host_edit(&r)?;
+        c.engine
+            .set_host(operator, host.host_id.clone(), edit)
+            .await?;
+        let id = host.host_id.clone();
+        let record = c
+            .store
+            .read(move |conn| hosts::get(conn, &id))
+            .await?
+            .ok_or_else(|| Status::internal("the host vanished while being changed"))?;
+        host_infos(c, vec![record])
+            .await?
+            .pop()
+            .map(Response::new)
+            .ok_or_else(|| Status::internal("the host vanished while being read"))
+    }
+}
+
+/// Checks what `pitcrew hosts set` asks: a known role, valid labels, and no label both set and
+/// removed.
+fn host_edit(r: &v1::SetHostRequest) -> Result<HostEdit, Status> {
+    let role = if r.role.is_empty() {
+        None
+    } else {
+        Role::parse(&parse_role(&r.role)?)
+    };
+    let set_labels = validate_labels(&r.set_labels)?;
+    let unset = r
+        .unset_labels
+        .iter()
+        .map(|key| (key.clone(), String::new()))
+        .collect();
+    validate_labels(&unset)?;
+    if let Some(key) = r.unset_labels.iter().find(|k| set_labels.contains_key(*k)) {
+        return Err(Status::invalid_argument(format!(
+            "label {key:?} is both set and removed"
+        )));
+    }
+    if role.is_none() && set_labels.is_empty() && r.unset_labels.is_empty() {
+        return Err(Status::invalid_argument(
+            "nothing to change: give a role, labels to set or labels to remove",
+        ));
+    }
+    Ok(HostEdit {
+        role,
+        set_labels,
+        unset_labels: r.unset_labels.clone(),
+    })
 }
 
 async fn event_filter(c: &Coordinator, r: &v1::ListEventsRequest) -> Result<EventFilter, Status> {

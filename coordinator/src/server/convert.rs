@@ -93,6 +93,34 @@ pub fn plan(plan: &Plan) -> v1::CampaignPlan {
             .collect(),
         text: plan.text(),
         warnings: plan.warnings.clone(),
+        blockers: plan
+            .blockers
+            .iter()
+            .map(|b| v1::PlanBlocker {
+                wave: b.wave,
+                host_id: b.host_id.clone(),
+                hostname: b.hostname.clone(),
+                kind: b.kind.clone(),
+                held_by: b.held_by.clone(),
+                text: b.text.clone(),
+            })
+            .collect(),
+        refusals: plan
+            .refusals
+            .iter()
+            .map(|r| v1::PlanRefusal {
+                host: r.host.clone(),
+                serviced: r.serviced.clone(),
+                step: r.step.clone(),
+                phase: r.phase.as_str().to_owned(),
+                rule: r.rule.clone(),
+                message: r.message.clone(),
+                text: r.to_string(),
+            })
+            .collect(),
+        runnable: plan.runnable(),
+        start_at_ms: plan.start_ms,
+        first_start_ms: plan.first_start_ms,
     }
 }
 
@@ -118,6 +146,7 @@ pub fn host_info(
         maintenance_state: hold.state,
         held_by: hold.holder,
         enrolled_at_ms: host.enrolled_at_ms,
+        removed_at_ms: host.removed_at_ms,
     }
 }
 

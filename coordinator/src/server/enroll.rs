@@ -147,6 +147,11 @@ enum Refusal {
         host: String,
         hostname: String,
     },
+    /// The host id was removed from the fleet and the token is not one made to bring it back.
+    Removed {
+        host: String,
+        hostname: String,
+    },
     /// A re-enrollment token used for another host.
     WrongHost {
         token_for: String,
@@ -165,6 +170,10 @@ impl std::fmt::Display for Refusal {
             Refusal::Taken { host, hostname } => write!(
                 f,
                 "host {host} ({hostname}) is already enrolled; re-enrolling it needs a token made for it (pitcrew token create --replace {hostname})"
+            ),
+            Refusal::Removed { host, hostname } => write!(
+                f,
+                "host {host} ({hostname}) was removed from the fleet; bringing it back needs a token made for it (pitcrew token create --replace {host})"
             ),
             Refusal::WrongHost { token_for } => {
                 write!(f, "this token re-enrolls host {token_for} only")
@@ -266,6 +275,12 @@ impl Enrollment for EnrollmentService {
                     Err(refusal) => return Ok(Err(Refusal::Token(refusal))),
                 };
                 match (&existing, token.replace_host.as_str()) {
+                    (Some(host), replace) if replace != host.host_id && host.removed_at_ms != 0 => {
+                        return Ok(Err(Refusal::Removed {
+                            host: host.host_id.clone(),
+                            hostname: host.hostname.clone(),
+                        }));
+                    }
                     (Some(host), replace) if replace != host.host_id => {
                         return Ok(Err(Refusal::Taken {
                             host: host.host_id.clone(),
@@ -281,12 +296,27 @@ impl Enrollment for EnrollmentService {
                 }
                 let record = match existing {
                     // A re-enrolled host keeps everything but its certificate.
-                    Some(host) => HostRecord {
-                        cert_serial: serial,
-                        pending_serial: String::new(),
-                        enrolled_at_ms: now,
-                        ..host
-                    },
+                    Some(host) => {
+                        // A removed host comes back under its name only if no enrolled host
+                        // took that name meanwhile.
+                        if host.removed_at_ms != 0
+                            && let Some(other) = hosts::by_hostname(conn, &host.hostname)?
+                                .into_iter()
+                                .find(|o| o.host_id != host.host_id)
+                        {
+                            return Ok(Err(Refusal::NameTaken {
+                                hostname: host.hostname,
+                                by: other.host_id,
+                            }));
+                        }
+                        HostRecord {
+                            cert_serial: serial,
+                            pending_serial: String::new(),
+                            enrolled_at_ms: now,
+                            removed_at_ms: 0,
+                            ..host
+                        }
+                    }
                     None => {
                         if let Some(other) = hosts::by_hostname(conn, &name)?.first() {
                             return Ok(Err(Refusal::NameTaken {
@@ -304,6 +334,7 @@ impl Enrollment for EnrollmentService {
                             enrolled_at_ms: now,
                             last_seen_ms: 0,
                             facts: Vec::new(),
+                            removed_at_ms: 0,
                         }
                     }
                 };
@@ -316,9 +347,10 @@ impl Enrollment for EnrollmentService {
             Ok(done) => done,
             Err(refusal) => {
                 let status = match refusal {
-                    Refusal::Token(_) | Refusal::Taken { .. } | Refusal::WrongHost { .. } => {
-                        Status::permission_denied(refusal.to_string())
-                    }
+                    Refusal::Token(_)
+                    | Refusal::Taken { .. }
+                    | Refusal::Removed { .. }
+                    | Refusal::WrongHost { .. } => Status::permission_denied(refusal.to_string()),
                     Refusal::NameTaken { .. } => Status::already_exists(refusal.to_string()),
                 };
                 return Err(refuse(status, &request.host_id));

@@ -51,9 +51,11 @@ impl From<EngineError> for Status {
             EngineError::UnknownCampaign(_) | EngineError::UnknownHost(_) => {
                 Status::not_found(message)
             }
-            EngineError::Plan(_) | EngineError::Apply(_) | EngineError::Manual(_) => {
-                Status::failed_precondition(message)
-            }
+            EngineError::Plan(_)
+            | EngineError::Apply(_)
+            | EngineError::Manual(_)
+            | EngineError::Refused(_)
+            | EngineError::HostBusy { .. } => Status::failed_precondition(message),
             EngineError::Stopped => Status::unavailable(message),
             EngineError::Store(_) => {
                 tracing::error!(message = "store failure", %error);

@@ -32,8 +32,10 @@ use crate::operators::{OperatorDirectory, Role};
 
 /// The minimum role of every Admin method, by its name in `service Admin`
 /// (proto/pitcrew/v1/pitcrew.proto). Reads are `Viewer`; acting on hosts and campaigns is
-/// `Operator`; granting access (join tokens, operators) is `Admin`. Renewing is open to every
-/// operator: it only ever renews the caller's own certificate, with the caller's own role.
+/// `Operator` (changing a host's role or labels included); granting and ending access (join
+/// tokens, operators, removing a host, which revokes its certificate) is `Admin`. Renewing is
+/// open to every operator: it only ever renews the caller's own certificate, with the caller's
+/// own role.
 pub const ADMIN_ROLES: &[(&str, Role)] = &[
     ("ListHosts", Role::Viewer),
     ("GetHost", Role::Viewer),
@@ -55,6 +57,8 @@ pub const ADMIN_ROLES: &[(&str, Role)] = &[
     ("ListOperators", Role::Admin),
     ("RevokeOperator", Role::Admin),
     ("RenewOperator", Role::Viewer),
+    ("RemoveHost", Role::Admin),
+    ("SetHost", Role::Operator),
 ];
 
 /// The method name of an Admin request path (`/pitcrew.v1.Admin/ListHosts` → `ListHosts`).

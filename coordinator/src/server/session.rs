@@ -53,6 +53,13 @@ async fn check_current_certificate(
             "host {host_id} is not enrolled"
         )));
     };
+    if host.removed_at_ms != 0 {
+        // Decommissioned (`pitcrew hosts remove`): none of its certificates works any more.
+        tracing::warn!(message = "refused a session of a removed host", %host_id, presented = %serial);
+        return Err(Status::permission_denied(format!(
+            "host {host_id} was removed from the fleet; its certificate is no longer accepted"
+        )));
+    }
     if !host.pending_serial.is_empty() && host.pending_serial == serial {
         let (id, new) = (host_id.to_owned(), serial.to_owned());
         if c.store
@@ -142,6 +149,22 @@ impl AgentSession for SessionService {
         let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let now = pitcrew_proto::now_ms();
         let (generation, shared) = c.registry.connect(&host_id, tx.clone(), now);
+        // A removal committed while this hello was awaited found no session to close: look
+        // again now that this one is registered (a later removal closes it in the registry).
+        let id = host_id.clone();
+        let removed = match c.store.read(move |conn| hosts::get(conn, &id)).await {
+            Ok(host) => host.is_none_or(|h| h.removed_at_ms != 0),
+            Err(error) => {
+                c.registry.disconnect(&host_id, generation);
+                return Err(error.into());
+            }
+        };
+        if removed {
+            c.registry.disconnect(&host_id, generation);
+            return Err(Status::permission_denied(format!(
+                "host {host_id} was removed from the fleet; its certificate is no longer accepted"
+            )));
+        }
         let live = Live {
             host_id: host_id.clone(),
             generation,

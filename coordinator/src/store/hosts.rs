@@ -1,5 +1,7 @@
 //! The durable host registry: enrollment (role, labels, accepted certificate), the latest
-//! facts and when the host was last seen.
+//! facts and when the host was last seen. A removed host (`pitcrew hosts remove`) keeps its
+//! row, so its history still names it, but no certificate of it is accepted, it lists only
+//! with `--removed`, and its hostname is free for a new machine.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +25,8 @@ pub struct HostRecord {
     pub last_seen_ms: i64,
     /// prost-encoded `v1::Facts`, empty before the first hello.
     pub facts: Vec<u8>,
+    /// When the host was removed from the fleet (Unix ms); 0 while enrolled.
+    pub removed_at_ms: i64,
 }
 
 /// Which hosts to list, and from where: pages are ordered by (hostname, host_id) and continue
@@ -35,10 +39,12 @@ pub struct HostFilter {
     /// Continue after this (hostname, host_id).
     pub after: Option<(String, String)>,
     pub limit: u32,
+    /// List removed hosts instead of enrolled ones.
+    pub removed: bool,
 }
 
 const COLUMNS: &str = "host_id, hostname, role, labels, cert_serial, enrolled_at_ms, last_seen_ms, \
-     facts, pending_serial";
+     facts, pending_serial, removed_at_ms";
 
 fn from_row(row: &Row<'_>) -> Result<HostRecord, StoreError> {
     let labels: String = row.get("labels")?;
@@ -52,6 +58,7 @@ fn from_row(row: &Row<'_>) -> Result<HostRecord, StoreError> {
         last_seen_ms: row.get("last_seen_ms")?,
         facts: row.get("facts")?,
         pending_serial: row.get("pending_serial")?,
+        removed_at_ms: row.get("removed_at_ms")?,
     })
 }
 
@@ -60,10 +67,10 @@ fn from_row(row: &Row<'_>) -> Result<HostRecord, StoreError> {
 pub fn upsert_enrolled(conn: &Connection, host: &HostRecord) -> Result<(), StoreError> {
     conn.execute(
         &format!(
-            "INSERT INTO hosts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '')
+            "INSERT INTO hosts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '', 0)
              ON CONFLICT(host_id) DO UPDATE SET hostname = excluded.hostname, role = excluded.role,
                 labels = excluded.labels, cert_serial = excluded.cert_serial, pending_serial = '',
-                enrolled_at_ms = excluded.enrolled_at_ms"
+                enrolled_at_ms = excluded.enrolled_at_ms, removed_at_ms = 0"
         ),
         params![
             host.host_id,
@@ -114,10 +121,11 @@ pub fn get(conn: &Connection, host_id: &str) -> Result<Option<HostRecord>, Store
     rows.next()?.map(from_row).transpose()
 }
 
-/// Hosts with this hostname (at most a few; the index makes it one lookup).
+/// Enrolled hosts with this hostname (at most a few; the index makes it one lookup). Removed
+/// hosts do not count: their hostname is free for a new machine.
 pub fn by_hostname(conn: &Connection, hostname: &str) -> Result<Vec<HostRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM hosts WHERE hostname = ?1 LIMIT 2"
+        "SELECT {COLUMNS} FROM hosts WHERE hostname = ?1 AND removed_at_ms = 0 LIMIT 2"
     ))?;
     let mut rows = stmt.query(params![hostname])?;
     let mut out = Vec::new();
@@ -125,6 +133,45 @@ pub fn by_hostname(conn: &Connection, hostname: &str) -> Result<Vec<HostRecord>,
         out.push(from_row(row)?);
     }
     Ok(out)
+}
+
+/// The most recently removed host with this hostname, if any (so `events --host NAME` and
+/// `token create --replace NAME` still find a removed host by its name).
+pub fn removed_by_hostname(
+    conn: &Connection,
+    hostname: &str,
+) -> Result<Option<HostRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM hosts WHERE hostname = ?1 AND removed_at_ms != 0
+         ORDER BY removed_at_ms DESC LIMIT 1"
+    ))?;
+    let mut rows = stmt.query(params![hostname])?;
+    rows.next()?.map(from_row).transpose()
+}
+
+/// Marks a host removed from the fleet: no certificate of it is accepted from now on (both
+/// serials are cleared), and it lists only among removed hosts. Its row stays for its history.
+pub fn mark_removed(conn: &Connection, host_id: &str, now_ms: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE hosts SET removed_at_ms = ?2, cert_serial = '', pending_serial = ''
+         WHERE host_id = ?1",
+        params![host_id, now_ms.max(1)],
+    )?;
+    Ok(())
+}
+
+/// Changes an enrolled host's role and labels (`pitcrew hosts set`).
+pub fn set_role_labels(
+    conn: &Connection,
+    host_id: &str,
+    role: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE hosts SET role = ?2, labels = ?3 WHERE host_id = ?1 AND removed_at_ms = 0",
+        params![host_id, role, to_json("host labels", labels)?],
+    )?;
+    Ok(())
 }
 
 /// One page of hosts in (hostname, host_id) order. A limit of 0 means every host (start-up
@@ -149,6 +196,7 @@ pub fn list(conn: &Connection, filter: &HostFilter) -> Result<Vec<HostRecord>, S
          WHERE (?1 = 0 OR (hostname, host_id) > (?2, ?3))
            AND (?4 IS NULL OR role = ?4)
            AND (?5 IS NULL OR json_extract(labels, ?5) = ?6)
+           AND ((?8 = 0) = (removed_at_ms = 0))
          ORDER BY hostname, host_id LIMIT ?7"
     ))?;
     let mut rows = stmt.query(params![
@@ -158,7 +206,8 @@ pub fn list(conn: &Connection, filter: &HostFilter) -> Result<Vec<HostRecord>, S
         filter.role,
         label_key,
         label_value,
-        limit
+        limit,
+        filter.removed
     ])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
@@ -209,6 +258,7 @@ mod tests {
             enrolled_at_ms: 1,
             last_seen_ms: 0,
             facts: Vec::new(),
+            removed_at_ms: 0,
         }
     }
 
@@ -283,5 +333,59 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn a_removed_host_keeps_its_row_lists_apart_and_frees_its_hostname() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .write_blocking(|c| {
+                upsert_enrolled(c, &host("id1", "mgr-1", "manager", "a"))?;
+                upsert_enrolled(c, &host("id2", "mgr-2", "manager", "a"))?;
+                mark_removed(c, "id1", 50)
+            })
+            .unwrap();
+        let enrolled = store
+            .read_blocking(|c| list(c, &HostFilter::default()))
+            .unwrap();
+        assert_eq!(enrolled.len(), 1);
+        assert_eq!(enrolled[0].host_id, "id2");
+        let removed = store
+            .read_blocking(|c| {
+                list(
+                    c,
+                    &HostFilter {
+                        removed: true,
+                        ..Default::default()
+                    },
+                )
+            })
+            .unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].removed_at_ms, 50);
+        assert!(
+            removed[0].cert_serial.is_empty(),
+            "its certificate is no longer accepted"
+        );
+        assert!(
+            store
+                .read_blocking(|c| by_hostname(c, "mgr-1"))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .read_blocking(|c| removed_by_hostname(c, "mgr-1"))
+                .unwrap()
+                .is_some()
+        );
+        // Re-enrolled (a token made for it), it is back with its new certificate.
+        store
+            .write_blocking(|c| upsert_enrolled(c, &host("id1", "mgr-1", "manager", "a")))
+            .unwrap();
+        let back = store.read_blocking(|c| get(c, "id1")).unwrap().unwrap();
+        assert_eq!(back.removed_at_ms, 0);
+        assert_eq!(back.cert_serial, "01");
     }
 }

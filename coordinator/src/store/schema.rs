@@ -5,7 +5,8 @@
 //! host's row only; it converts any campaign and manual-maintenance data written by version 1.
 //! Version 4 adds the operators' certificates (name, role, serial, validity, revocation); a
 //! fleet upgraded to it starts with none, and `serve` registers the certificates `init` left
-//! in the data dir (see `crate::operators::load`).
+//! in the data dir (see `crate::operators::load`). Version 5 marks hosts removed from the fleet
+//! (`pitcrew hosts remove`) rather than deleting them, so their history keeps naming them.
 
 use std::collections::BTreeMap;
 
@@ -126,6 +127,12 @@ CREATE TABLE operator_certs (
 CREATE INDEX operator_certs_by_name ON operator_certs(name);
 ";
 
+const V5: &str = "
+-- When the host was removed from the fleet (Unix ms); 0 while enrolled. A removed host's row
+-- stays for its history; its certificate serials are cleared so none of them is accepted.
+ALTER TABLE hosts ADD COLUMN removed_at_ms INTEGER NOT NULL DEFAULT 0;
+";
+
 /// The key version 1 kept manual maintenance under.
 const V1_MANUAL_KEY: &str = "manual_maintenance";
 
@@ -155,6 +162,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let tx = conn.transaction()?;
         tx.execute_batch(V4)?;
         tx.pragma_update(None, "user_version", 4)?;
+        tx.commit()?;
+    }
+    if version < 5 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(V5)?;
+        tx.pragma_update(None, "user_version", 5)?;
         tx.commit()?;
     }
     Ok(())
