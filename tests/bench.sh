@@ -5,7 +5,8 @@
 #   tests/bench.sh                      the figures above
 #   tests/bench.sh fleet --agents N     a real coordinator loaded with N simulated agents over
 #                                       real mTLS: enroll time, connected, RSS, idle CPU,
-#                                       campaign times for 100 / 1,000 / N hosts, sessions lost
+#                                       campaign times for 100 / 1,000 / N hosts, sessions lost,
+#                                       operator calls (hosts, campaign show, events) during the N
 #                                       (`--help` for the knobs; bounded by --deadline-seconds)
 #   tests/bench.sh hostile [--seconds S] a real coordinator and agents while one client floods
 #                                       enrollments, one holds idle connections and one agent

@@ -120,7 +120,7 @@ pub fn collect(
         package_manager,
         systemd: systemd_booted(),
         policy: Some(config.policy.to_proto()),
-        held_units: crate::holds::Holds::new(&config.host.unit_dir).list(),
+        held_units: crate::holds::Holds::of(config).list(),
     }
 }
 

@@ -10,6 +10,11 @@
 //! so a drop-in of theirs that resets the conditions list cannot undo it. The file also records
 //! which action made the hold, so a late release of an older hold never lifts a newer one.
 //!
+//! The agent also records each hold in its state directory (`holds/<unit>`, the hold id): the
+//! record is what pitcrew holds, the drop-in how. A drop-in removed by hand (`rm`, `systemctl
+//! revert`) leaves the record, so the agent still knows the unit was meant to stay down and can
+//! say the hold was broken instead of forgetting it.
+//!
 //! Callers reload systemd after a change (a hold takes effect once systemd has read it).
 
 use std::fs;
@@ -19,16 +24,29 @@ use std::path::{Path, PathBuf};
 use pitcrew_proto::policy::validate_unit_name;
 use pitcrew_proto::v1;
 
+use crate::config::AgentConfig;
+
 /// The drop-in's file name inside `<unit>.d/`.
 pub const HOLD_FILE: &str = "zz-pitcrew-hold.conf";
 
 /// The line that names the action that made a hold.
 const HOLD_ID_PREFIX: &str = "# pitcrew-hold-id: ";
 
-/// Where hold drop-ins live: systemd's administrator unit directory (`/etc/systemd/system`).
+/// Where holds live: the drop-ins in systemd's administrator unit directory
+/// (`/etc/systemd/system`), the records in the agent's state directory.
 #[derive(Debug, Clone)]
 pub struct Holds {
     unit_dir: PathBuf,
+    record_dir: PathBuf,
+}
+
+/// One hold as the agent knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub unit: String,
+    pub hold_id: String,
+    /// Whether its drop-in is in place (false: removed outside pitcrew).
+    pub intact: bool,
 }
 
 /// What a hold (or a failed attempt at one) went wrong on.
@@ -51,89 +69,165 @@ pub enum HoldError {
 }
 
 impl Holds {
-    pub fn new(unit_dir: impl Into<PathBuf>) -> Holds {
+    /// Holds with drop-ins under `unit_dir` and records under `record_dir`.
+    pub fn new(unit_dir: impl Into<PathBuf>, record_dir: impl Into<PathBuf>) -> Holds {
         Holds {
             unit_dir: unit_dir.into(),
+            record_dir: record_dir.into(),
         }
     }
 
-    fn path_of(&self, unit: &str) -> Result<PathBuf, HoldError> {
+    /// The holds of an agent with this configuration.
+    pub fn of(config: &AgentConfig) -> Holds {
+        Holds::new(&config.host.unit_dir, config.state_dir.join("holds"))
+    }
+
+    fn paths_of(&self, unit: &str) -> Result<(PathBuf, PathBuf), HoldError> {
         // A valid unit name has no '/' and is not "." or "..": it stays one directory down.
         validate_unit_name(unit).map_err(|r| HoldError::BadUnit(r.message))?;
-        Ok(self.unit_dir.join(format!("{unit}.d")).join(HOLD_FILE))
+        Ok((
+            self.unit_dir.join(format!("{unit}.d")).join(HOLD_FILE),
+            self.record_dir.join(unit),
+        ))
     }
 
     /// Holds `unit` down, recording `hold_id` (the action that made the hold). Replaces an
-    /// older hold of the same unit.
+    /// older hold of the same unit. The record is written first: a crash between the two
+    /// leaves a hold the agent knows about, never a drop-in it does not.
     pub fn hold(&self, unit: &str, hold_id: &str) -> Result<(), HoldError> {
-        let path = self.path_of(unit)?;
-        let contents = drop_in(unit, &path, hold_id);
-        pitcrew_proto::files::write_atomic(&path, contents.as_bytes(), 0o644).map_err(|source| {
-            HoldError::Write {
-                unit: unit.to_owned(),
-                path: path.clone(),
-                source,
-            }
-        })
+        let (drop_in_path, record) = self.paths_of(unit)?;
+        // Action ids are checked by the journal (no newlines), but neither file may ever get a
+        // second line (a directive in the drop-in) whatever it is given.
+        let hold_id: String = hold_id.chars().filter(|c| !c.is_control()).collect();
+        let write = |path: &Path, contents: &[u8]| {
+            pitcrew_proto::files::write_atomic(path, contents, 0o644).map_err(|source| {
+                HoldError::Write {
+                    unit: unit.to_owned(),
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })
+        };
+        write(&record, format!("{hold_id}\n").as_bytes())?;
+        write(
+            &drop_in_path,
+            drop_in(unit, &drop_in_path, &hold_id).as_bytes(),
+        )
     }
 
     /// Lifts the hold of `unit`: any hold, or only the one `hold_id` made. Returns whether a
     /// hold was lifted (false: there was none, or a newer one stays).
     pub fn lift(&self, unit: &str, hold_id: Option<&str>) -> Result<bool, HoldError> {
-        let path = self.path_of(unit)?;
-        let current = match read_hold_id(&path) {
-            Some(current) => current,
-            None => return Ok(false),
+        let (drop_in_path, record) = self.paths_of(unit)?;
+        let Some(current) = read_record(&record).or_else(|| read_hold_id(&drop_in_path)) else {
+            return Ok(false);
         };
         if hold_id.is_some_and(|wanted| wanted != current) {
             return Ok(false);
         }
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(source) => {
-                return Err(HoldError::Remove {
-                    unit: unit.to_owned(),
-                    path,
-                    source,
-                });
+        // The drop-in first: a crash between the two leaves a record without a drop-in, which
+        // reads as a broken hold (refused until released), never as a silent one.
+        for path in [&drop_in_path, &record] {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(HoldError::Remove {
+                        unit: unit.to_owned(),
+                        path: path.clone(),
+                        source,
+                    });
+                }
             }
         }
         // The `<unit>.d` directory goes too when the hold was all it held.
-        if let Some(dir) = path.parent() {
+        if let Some(dir) = drop_in_path.parent() {
             let _ = fs::remove_dir(dir);
         }
         Ok(true)
     }
 
-    /// Every unit held now, sorted by unit name.
-    pub fn list(&self) -> Vec<v1::HeldUnit> {
-        let Ok(entries) = fs::read_dir(&self.unit_dir) else {
-            return Vec::new();
-        };
-        let mut held: Vec<v1::HeldUnit> = entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let name = entry.file_name().into_string().ok()?;
-                let unit = name.strip_suffix(".d")?;
-                validate_unit_name(unit).ok()?;
-                let hold_id = read_hold_id(&entry.path().join(HOLD_FILE))?;
-                Some(v1::HeldUnit {
-                    unit: unit.to_owned(),
+    /// Every hold, sorted by unit name: those recorded, and any drop-in without a record.
+    pub fn holds(&self) -> Vec<Hold> {
+        let mut found: std::collections::BTreeMap<String, Hold> = Default::default();
+        for entry in read_dir(&self.record_dir) {
+            let Some(unit) = valid_unit(&entry.file_name()) else {
+                continue;
+            };
+            let Some(hold_id) = read_record(&entry.path()) else {
+                continue;
+            };
+            let intact = self
+                .paths_of(&unit)
+                .is_ok_and(|(drop_in_path, _)| drop_in_path.exists());
+            found.insert(
+                unit.clone(),
+                Hold {
+                    unit,
                     hold_id,
-                })
-            })
-            .collect();
-        held.sort_by(|a, b| a.unit.cmp(&b.unit));
-        held
+                    intact,
+                },
+            );
+        }
+        for entry in read_dir(&self.unit_dir) {
+            let Some(unit) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".d"))
+                .and_then(|u| valid_unit(std::ffi::OsStr::new(u)))
+            else {
+                continue;
+            };
+            if found.contains_key(&unit) {
+                continue;
+            }
+            if let Some(hold_id) = read_hold_id(&entry.path().join(HOLD_FILE)) {
+                found.insert(
+                    unit.clone(),
+                    Hold {
+                        unit,
+                        hold_id,
+                        intact: true,
+                    },
+                );
+            }
+        }
+        found.into_values().collect()
     }
+
+    /// Every hold, as facts report them.
+    pub fn list(&self) -> Vec<v1::HeldUnit> {
+        self.holds()
+            .into_iter()
+            .map(|h| v1::HeldUnit {
+                unit: h.unit,
+                hold_id: h.hold_id,
+            })
+            .collect()
+    }
+}
+
+fn read_dir(dir: &Path) -> impl Iterator<Item = fs::DirEntry> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+}
+
+/// A directory entry's name as a unit name, if it is a valid one.
+fn valid_unit(name: &std::ffi::OsStr) -> Option<String> {
+    let name = name.to_str()?;
+    validate_unit_name(name).ok()?;
+    Some(name.to_owned())
+}
+
+/// The hold id in a record; `None` when there is no record.
+fn read_record(path: &Path) -> Option<String> {
+    Some(fs::read_to_string(path).ok()?.trim().to_owned())
 }
 
 /// The drop-in that holds `unit`, naming the action that made the hold.
 fn drop_in(unit: &str, path: &Path, hold_id: &str) -> String {
-    // Action ids are checked by the journal (no newlines), but the comment must never become
-    // a directive whatever it is given.
-    let hold_id: String = hold_id.chars().filter(|c| !c.is_control()).collect();
     format!(
         "# Written by the pitcrew agent: {unit} is held down during maintenance. Every start of it\n\
          # is skipped while this file exists. pitcrew removes it when the host's run starts the\n\
@@ -164,7 +258,7 @@ mod tests {
     #[test]
     fn a_hold_is_a_drop_in_whose_condition_fails_while_it_exists() {
         let dir = tempfile::tempdir().unwrap();
-        let holds = Holds::new(dir.path());
+        let holds = Holds::new(dir.path(), dir.path().join("records"));
         holds.hold("mesos.service", "c1:h1:0").unwrap();
         let path = dir.path().join("mesos.service.d").join(HOLD_FILE);
         let text = fs::read_to_string(&path).unwrap();
@@ -190,9 +284,27 @@ mod tests {
     }
 
     #[test]
+    fn a_drop_in_removed_by_hand_leaves_a_broken_hold_not_a_forgotten_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let holds = Holds::new(dir.path(), dir.path().join("records"));
+        holds.hold("a.service", "c1:h:0").unwrap();
+        fs::remove_file(dir.path().join("a.service.d").join(HOLD_FILE)).unwrap();
+        assert_eq!(
+            holds.holds(),
+            vec![Hold {
+                unit: "a.service".into(),
+                hold_id: "c1:h:0".into(),
+                intact: false
+            }]
+        );
+        assert!(holds.lift("a.service", Some("c1:h:0")).unwrap());
+        assert!(holds.holds().is_empty());
+    }
+
+    #[test]
     fn a_release_of_an_older_hold_leaves_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
-        let holds = Holds::new(dir.path());
+        let holds = Holds::new(dir.path(), dir.path().join("records"));
         holds.hold("a.service", "old").unwrap();
         holds.hold("a.service", "new").unwrap();
         assert!(!holds.lift("a.service", Some("old")).unwrap());
@@ -203,7 +315,7 @@ mod tests {
     #[test]
     fn the_unit_s_own_drop_ins_stay_and_bad_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let holds = Holds::new(dir.path());
+        let holds = Holds::new(dir.path(), dir.path().join("records"));
         let own = dir.path().join("a.service.d").join("override.conf");
         fs::create_dir_all(own.parent().unwrap()).unwrap();
         fs::write(&own, "[Service]\nRestart=always\n").unwrap();
@@ -223,7 +335,7 @@ mod tests {
     #[test]
     fn a_hold_id_cannot_add_a_directive() {
         let dir = tempfile::tempdir().unwrap();
-        let holds = Holds::new(dir.path());
+        let holds = Holds::new(dir.path(), dir.path().join("records"));
         holds
             .hold("a.service", "x\n[Unit]\nConditionPathExists=/")
             .unwrap();

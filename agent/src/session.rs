@@ -220,9 +220,7 @@ impl<R> SessionCtx<R> {
     /// for a simulated host.
     fn held_units(&self) -> Option<Vec<v1::HeldUnit>> {
         match &self.facts {
-            FactsSource::Host(config) => {
-                Some(crate::holds::Holds::new(&config.host.unit_dir).list())
-            }
+            FactsSource::Host(config) => Some(crate::holds::Holds::of(config).list()),
             FactsSource::Fixed(_) => None,
         }
     }

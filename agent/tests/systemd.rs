@@ -590,3 +590,46 @@ async fn a_stop_without_hold_holds_nothing() {
     assert!(!hold_file(&agent).exists());
     assert_eq!(fake.state.lock().unwrap().reloads, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_removed_by_hand_is_a_broken_hold_until_it_is_released() {
+    let fake = FakeSystemd::start().await;
+    fake.add_unit(UNIT, "active").await;
+    let agent = agent_on(&fake).await;
+    let executor = agent.open();
+    let stop = Kind::Unit(v1::UnitAction {
+        unit: UNIT.into(),
+        operation: v1::UnitOperation::Stop as i32,
+        hold: true,
+    });
+    let (stopped, _) = run(&executor, request("c1:h:0", stop, 0)).await;
+    assert_eq!(outcome(&stopped), Outcome::Succeeded, "{}", stopped.message);
+    // `systemctl revert` or an `rm`: the unit is still down, but nothing keeps it down.
+    std::fs::remove_file(hold_file(&agent)).unwrap();
+    let (next, _) = run(
+        &executor,
+        request("c1:h:1", Kind::DaemonReload(v1::DaemonReload {}), 0),
+    )
+    .await;
+    assert_eq!(outcome(&next), Outcome::Refused, "{}", next.message);
+    assert_eq!(next.refused_by, "held-unit");
+    assert!(
+        next.message.contains("removed outside pitcrew"),
+        "{}",
+        next.message
+    );
+    // Leaving maintenance releases it like any hold; then actions run again.
+    let (released, _) = run(&executor, request("r1", release("c1:h:0"), 0)).await;
+    assert_eq!(
+        outcome(&released),
+        Outcome::Succeeded,
+        "{}",
+        released.message
+    );
+    let (after, _) = run(
+        &executor,
+        request("d1", Kind::DaemonReload(v1::DaemonReload {}), 0),
+    )
+    .await;
+    assert_eq!(outcome(&after), Outcome::Succeeded, "{}", after.message);
+}

@@ -682,6 +682,81 @@ pub async fn admin(
         .max_decoding_message_size(pitcrew_proto::MAX_MESSAGE_BYTES))
 }
 
+/// How long an operator waited for the calls behind `pitcrew hosts`, `campaign show` and
+/// `events` (first page each), measured while something else runs.
+#[derive(Debug, Default)]
+pub struct OperatorLatency {
+    pub hosts: Vec<Duration>,
+    pub campaign_show: Vec<Duration>,
+    pub events: Vec<Duration>,
+    pub errors: u64,
+}
+
+impl OperatorLatency {
+    /// "p50 …, p99 …, max … (n calls)" for one kind of call.
+    pub fn summary(samples: &[Duration]) -> String {
+        if samples.is_empty() {
+            return "no answer".to_owned();
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort();
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        format!(
+            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} calls)",
+            at(0.5).as_secs_f64() * 1000.0,
+            at(0.99).as_secs_f64() * 1000.0,
+            sorted[sorted.len() - 1].as_secs_f64() * 1000.0,
+            sorted.len()
+        )
+    }
+}
+
+/// Asks what an operator asks (`pitcrew hosts`, `campaign show` of the running campaign,
+/// `events`), one after the other with a short pause, until `stop` turns true.
+pub async fn probe_operator_latency(
+    mut admin: v1::admin_client::AdminClient<Channel>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> OperatorLatency {
+    let mut seen = OperatorLatency::default();
+    let mut campaign = String::new();
+    while !*stop.borrow() {
+        let started = Instant::now();
+        match admin.list_hosts(v1::ListHostsRequest::default()).await {
+            Ok(_) => seen.hosts.push(started.elapsed()),
+            Err(_) => seen.errors += 1,
+        }
+        if campaign.is_empty()
+            && let Ok(list) = admin.list_campaigns(v1::ListCampaignsRequest {}).await
+        {
+            campaign = list
+                .into_inner()
+                .campaigns
+                .into_iter()
+                .find(|c| c.state == "running")
+                .map(|c| c.id)
+                .unwrap_or_default();
+        }
+        if !campaign.is_empty() {
+            let started = Instant::now();
+            let request = v1::GetCampaignRequest {
+                id: campaign.clone(),
+                ..Default::default()
+            };
+            match admin.get_campaign(request).await {
+                Ok(_) => seen.campaign_show.push(started.elapsed()),
+                Err(_) => seen.errors += 1,
+            }
+        }
+        let started = Instant::now();
+        match admin.list_events(v1::ListEventsRequest::default()).await {
+            Ok(_) => seen.events.push(started.elapsed()),
+            Err(_) => seen.errors += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
+}
+
 /// A join token for `uses` hosts of `role` with `labels`, good for two hours.
 // The request keeps growing options (all off by default): the update spells "none of them".
 #[allow(clippy::needless_update)]

@@ -224,7 +224,7 @@ fn scenario_1_dcos_agent_update_on_every_host() {
     // a stop at once) cut the agent's drain short, and the agent's own record says so.
     let unit = "dcos-mesos-slave.service";
     for args in [
-        vec!["do", "d1", "signal_unit", unit, "SIGUSR1"],
+        vec!["do", "d1", "signal-unit", unit, "SIGUSR1"],
         vec!["do", "d1", "unit", "stop", unit],
     ] {
         let out = fleet.coordinator.cli(&args);

@@ -332,7 +332,7 @@ impl Executor {
         }
         Ok(Arc::new(Executor {
             policy: config.policy.clone(),
-            holds: Holds::new(&config.host.unit_dir),
+            holds: Holds::of(config),
             groups_dir,
             boot_id_file: config.host.boot_id_file.clone(),
             options,

@@ -185,10 +185,11 @@ pub async fn release_holds(
     Report::succeeded(message).with_detail("lifted", lifted.join(" "))
 }
 
-/// A held unit that is running anyway (started outside pitcrew, or its hold removed by hand),
-/// as a refusal (rule `held-unit`) naming it; `None` when every held unit is down (or nothing is held).
+/// A held unit that is running anyway (its hold removed by hand, then started), or whose hold
+/// was removed outside pitcrew, as a refusal (rule `held-unit`) naming it; `None` when every
+/// held unit is down and held (or nothing is held).
 pub async fn held_unit_running(holds: &Holds, bus: Option<&str>) -> Option<Report> {
-    let held = holds.list();
+    let held = holds.holds();
     if held.is_empty() {
         return None;
     }
@@ -197,6 +198,16 @@ pub async fn held_unit_running(holds: &Holds, bus: Option<&str>) -> Option<Repor
         Err(e) => return Some(systemd_failure(e)),
     };
     for hold in held {
+        let broken = (!hold.intact).then(|| {
+            Report::refused(Refusal {
+                rule: "held-unit".into(),
+                message: format!(
+                    "the hold of {} (made by action {}) was removed outside pitcrew: the unit could start on its own, so the maintenance can no longer be vouched for",
+                    hold.unit, hold.hold_id
+                ),
+            })
+            .with_detail("held_unit_broken", hold.unit.clone())
+        });
         match systemd.snapshot(&hold.unit).await {
             Ok(now) if !matches!(now.active_state.as_str(), "inactive" | "failed") => {
                 // Refused, not failed: trying the step again cannot undo what happened.
@@ -211,6 +222,7 @@ pub async fn held_unit_running(holds: &Holds, bus: Option<&str>) -> Option<Repor
                     .with_detail("held_unit_running", hold.unit),
                 );
             }
+            Ok(_) if broken.is_some() => return broken,
             Ok(_) => {}
             Err(e) => return Some(systemd_failure(e)),
         }

@@ -399,7 +399,20 @@ async fn fleet_run(
             bench.within(Duration::from_secs(60).max(Duration::from_millis(60 * *size as u64)));
         let answered_before = sims.counters().actions_answered;
         let cpu_before = (fleet::cpu_time(pid), fleet::cpu_time(std::process::id()));
+        // During the whole-fleet campaign, an operator asks what operators ask.
+        let (stop_probe, stopped) = tokio::sync::watch::channel(false);
+        let probe = if size == &bench.agents {
+            let admin = fleet::admin(coordinator).await?;
+            Some(tokio::spawn(fleet::probe_operator_latency(admin, stopped)))
+        } else {
+            None
+        };
         let result = fleet::run_campaign(&mut admin, &spec, *size, within).await;
+        let _ = stop_probe.send(true);
+        let seen = match probe {
+            Some(probe) => Some(probe.await?),
+            None => None,
+        };
         // Where the time went: the coordinator's CPU, and ours (the simulated agents).
         let cpu = |before: Option<Duration>, pid: u32| match (before, fleet::cpu_time(pid)) {
             (Some(before), Some(after)) => {
@@ -431,6 +444,15 @@ async fn fleet_run(
                 fleet::cancel_campaign(&mut admin, &outcome.id).await;
             }
             Err(error) => println!("  campaign of {size:>5} hosts: {error:#}"),
+        }
+        if let Some(seen) = seen {
+            println!(
+                "  operator calls while it ran ({} errors):\n    hosts:         {}\n    campaign show: {}\n    events:        {}",
+                seen.errors,
+                fleet::OperatorLatency::summary(&seen.hosts),
+                fleet::OperatorLatency::summary(&seen.campaign_show),
+                fleet::OperatorLatency::summary(&seen.events)
+            );
         }
     }
     println!(
