@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(grpc)
         .build_server(grpc)
         .build_transport(false)
+        // Small per-call buffers: the coordinator holds one agent session call per host.
+        .codec_path("crate::codec::SmallBufferCodec")
         .type_attribute(".", "#[derive(serde::Serialize)]")
         .compile_fds(descriptors)?;
     Ok(())

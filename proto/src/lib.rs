@@ -9,6 +9,8 @@
 #[cfg(feature = "grpc")]
 pub mod accept;
 #[cfg(feature = "grpc")]
+pub mod codec;
+#[cfg(feature = "grpc")]
 pub mod csr;
 pub mod describe;
 pub mod disruptive;

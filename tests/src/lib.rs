@@ -97,6 +97,10 @@ fn rand_bytes() -> [u8; 16] {
 /// A child process killed on drop, with its stderr kept in a log file for failure messages.
 pub struct Proc {
     child: Option<Child>,
+    /// When a wrapper (a profiler) runs the program: the program's own process. Signals and
+    /// figures (RSS, CPU) go to it, not to the wrapper, which ends when it does and so gets to
+    /// write its report.
+    wrapped: Option<u32>,
     pub log: PathBuf,
 }
 
@@ -115,14 +119,28 @@ impl Proc {
             .with_context(|| format!("starting {command:?}"))?;
         Ok(Proc {
             child: Some(child),
+            wrapped: None,
             log,
         })
+    }
+
+    /// Sends `signal` to process `pid` (SIGKILL, SIGTERM).
+    fn signal(pid: u32, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status();
     }
 
     /// SIGKILL: the process gets no chance to clean up (a crash).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            match self.wrapped {
+                Some(pid) => Proc::signal(pid, "KILL"),
+                None => {
+                    let _ = child.kill();
+                }
+            }
             let _ = child.wait();
         }
     }
@@ -130,10 +148,7 @@ impl Proc {
     /// SIGTERM and wait: a graceful stop. Returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        Proc::signal(self.wrapped.unwrap_or(child.id()), "TERM");
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -149,7 +164,8 @@ impl Proc {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        let child = self.child.as_ref()?;
+        Some(self.wrapped.unwrap_or(child.id()))
     }
 
     /// Whether the process has exited (and its code if so).
@@ -267,18 +283,39 @@ impl Coordinator {
     }
 
     /// Starts `serve` and waits until it accepts connections.
+    ///
+    /// `PITCREW_COORDINATOR_WRAPPER` runs it under a profiler, e.g.
+    /// `PITCREW_COORDINATOR_WRAPPER="heaptrack -o /tmp/coord" target/release/pitcrew-bench fleet
+    /// --agents 3000`: the words of the variable (split on whitespace, no quoting) come before
+    /// the coordinator's command line. Signals and the figures read from the process go to the
+    /// coordinator itself, so the wrapper sees it exit and writes its report.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let mut command = Command::new(bin("pitcrew-coordinator"));
+        let wrapper = std::env::var("PITCREW_COORDINATOR_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(bin("pitcrew-coordinator"));
+                command
+            }
+            None => Command::new(bin("pitcrew-coordinator")),
+        };
         command
             .args(["serve", "--data-dir"])
             .arg(&self.dir)
             .env("PITCREW_LOG", "info");
-        let proc = Proc::spawn(command, self.dir.join("coordinator.log"))?;
-        self.proc = Some(proc);
+        let mut proc = Proc::spawn(command, self.dir.join("coordinator.log"))?;
         let (ip, port) = (self.ip.clone(), self.port);
         wait_for("the coordinator to listen", || {
             std::net::TcpStream::connect((ip.as_str(), port)).ok()
         });
+        if !wrapper.trim().is_empty() {
+            let wrapper_pid = proc.pid().context("the wrapper exited at once")?;
+            // A wrapper that runs the program in its own process (valgrind) has no such child.
+            proc.wrapped =
+                Some(descendant_named(wrapper_pid, "pitcrew-coordinator").unwrap_or(wrapper_pid));
+        }
+        self.proc = Some(proc);
         Ok(())
     }
 
@@ -374,6 +411,38 @@ impl Coordinator {
     pub fn host(&self, host_id: &str) -> Option<Value> {
         self.hosts().into_iter().find(|h| h["host_id"] == host_id)
     }
+}
+
+/// The first process below `ancestor` (children first) whose command name is `name` (as the
+/// kernel keeps it: at most 15 bytes).
+fn descendant_named(ancestor: u32, name: &str) -> Option<u32> {
+    let short = &name.as_bytes()[..name.len().min(15)];
+    // (pid, parent pid, command name) of every process; the name is between the parentheses of
+    // /proc/PID/stat, and may itself hold spaces or parentheses.
+    let processes: Vec<(u32, u32, Vec<u8>)> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+            let open = stat.iter().position(|b| *b == b'(')?;
+            let close = stat.iter().rposition(|b| *b == b')')?;
+            let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
+            let parent = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, parent, stat[open + 1..close].to_vec()))
+        })
+        .collect();
+    let mut level = vec![ancestor];
+    while !level.is_empty() {
+        let children: Vec<&(u32, u32, Vec<u8>)> = processes
+            .iter()
+            .filter(|(_, parent, _)| level.contains(parent))
+            .collect();
+        if let Some((pid, _, _)) = children.iter().find(|(_, _, comm)| comm == short) {
+            return Some(*pid);
+        }
+        level = children.iter().map(|(pid, _, _)| *pid).collect();
+    }
+    None
 }
 
 /// One agent process with its own state dir and machine id.

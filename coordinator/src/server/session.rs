@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use pitcrew_proto::identity::require_host;
 use pitcrew_proto::v1::{
     self, AgentMessage, CoordinatorMessage, RenewRequest, RenewResponse, agent_message::Msg,
@@ -195,20 +195,23 @@ impl AgentSession for SessionService {
         c.registry.try_send(&host_id, welcome);
 
         let unacknowledged = hello.unacknowledged;
+        // This task lives as long as the session, and a task holds room for the largest state
+        // its future can be in, idle or not: the rare, large steps (recording a result, reading
+        // what to re-send) are boxed so that an idle session holds only its read loop.
         tokio::spawn(async move {
             // Results that finished while we were apart come first: they may complete actions
             // we would otherwise re-send.
             let mut acks = Vec::new();
             for result in unacknowledged {
                 let id = result.action_id.clone();
-                if record_result(&c, &live.host_id, result).await {
+                if Box::pin(record_result(&c, &live.host_id, result)).await {
                     acks.push(id);
                 }
             }
             if !acks.is_empty() {
                 c.registry.try_send(&live.host_id, ack(acks));
             }
-            resend_unfinished(&c, &live.host_id).await;
+            Box::pin(resend_unfinished(&c, &live.host_id)).await;
             let reason = run_inbound(&c, &live, &mut inbound).await;
             if c.registry.disconnect(&live.host_id, live.generation) {
                 tracing::info!(message = "agent disconnected", host_id = %live.host_id, %reason);
@@ -223,9 +226,8 @@ impl AgentSession for SessionService {
                     .host(&live.host_id, "", "session", "disconnected", &reason);
             }
         });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as ConnectStream
-        ))
+        let outbound = ReceiverStream::new(rx).map(|message| Ok(*message));
+        Ok(Response::new(Box::pin(outbound) as ConnectStream))
     }
 
     async fn renew(
@@ -343,32 +345,50 @@ async fn run_inbound(
         };
         let now = pitcrew_proto::now_ms();
         live.shared.seen(now);
-        match message.msg {
-            Some(Msg::Heartbeat(_)) => {}
-            Some(Msg::Facts(facts)) => {
-                if facts.host_id != host_id {
-                    tracing::warn!(message = "ignored facts claiming another host's id", %host_id, claimed = %facts.host_id);
-                    continue;
-                }
-                store_facts(c, host_id, &facts, now);
-                c.engine.facts_changed(host_id, live.generation, facts);
-            }
-            Some(Msg::Event(event)) => match event.event {
-                Some(v1::action_event::Event::Result(result)) => {
-                    let id = result.action_id.clone();
-                    if record_result(c, host_id, result).await {
-                        c.registry.try_send(host_id, ack(vec![id]));
-                    }
-                }
-                Some(_) => c.registry.publish_action_event(host_id, event),
-                None => {}
-            },
-            Some(Msg::Hello(_)) => {
-                tracing::warn!(message = "ignored a second hello on one session", %host_id);
-            }
-            None => {}
+        // Only a result waits (for the engine), and it waits after the message is gone: the
+        // session task keeps room for whatever is held across its awaits for as long as the
+        // session lives, and a whole message is large.
+        let Some(result) = take_message(c, live, message, now) else {
+            continue;
+        };
+        let id = result.action_id.clone();
+        // Boxed: see the session task in `connect`.
+        if Box::pin(record_result(c, host_id, result)).await {
+            c.registry.try_send(host_id, ack(vec![id]));
         }
     }
+}
+
+/// Handles one message of the agent's that needs no waiting; returns a final result, which
+/// the caller makes durable before acknowledging it.
+fn take_message(
+    c: &Coordinator,
+    live: &Live,
+    message: AgentMessage,
+    now: i64,
+) -> Option<v1::ActionResult> {
+    let host_id = live.host_id.as_str();
+    match message.msg {
+        Some(Msg::Heartbeat(_)) => {}
+        Some(Msg::Facts(facts)) => {
+            if facts.host_id != host_id {
+                tracing::warn!(message = "ignored facts claiming another host's id", %host_id, claimed = %facts.host_id);
+                return None;
+            }
+            store_facts(c, host_id, &facts, now);
+            c.engine.facts_changed(host_id, live.generation, facts);
+        }
+        Some(Msg::Event(event)) => match event.event {
+            Some(v1::action_event::Event::Result(result)) => return Some(result),
+            Some(_) => c.registry.publish_action_event(host_id, event),
+            None => {}
+        },
+        Some(Msg::Hello(_)) => {
+            tracing::warn!(message = "ignored a second hello on one session", %host_id);
+        }
+        None => {}
+    }
+    None
 }
 
 /// Makes a final result durable (with what it changes in its campaign) and tells watchers.
