@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every pitcrew test on a Debian machine: unit, model and property tests, integration
-# tests over real processes, root-only namespace tests, and the lab fleet (real systemd hosts in
-# systemd-nspawn with agents installed from the built .deb and .rpm). Installs what it needs.
+# tests over real processes, root-only namespace tests, the lab fleet (real systemd hosts in
+# systemd-nspawn with agents installed from the built .deb and .rpm) and, as root, bounded
+# fuzzing (tests/fuzz/run.sh). Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,8 @@ if [ "$(id -u)" = 0 ]; then
         export PITCREW_LAB=1
     fi
 else
-    echo "not root: root-only and lab tests will be skipped (they say so when they run)" >&2
+    echo "not root: root-only and lab tests will be skipped (they say so when they run), and so" >&2
+    echo "  will fuzzing (run tests/fuzz/run.sh [SECONDS] for it)" >&2
 fi
 
 if [ "${PITCREW_LAB:-}" = 1 ] && [ -x packaging/build-packages.sh ]; then
@@ -28,3 +30,11 @@ cargo build --workspace --all-targets --locked
 
 log "running the tests"
 cargo test --workspace --locked -- --test-threads="${PITCREW_TEST_THREADS:-2}"
+
+# Bounded fuzzing of everything parsed from untrusted input (tests/fuzz/README.md): on a fresh
+# 2-core machine about 10 min to install cargo-fuzz and build the targets, then
+# PITCREW_FUZZ_SECONDS per target (5 targets).
+if [ "$(id -u)" = 0 ]; then
+    log "fuzzing (${PITCREW_FUZZ_SECONDS:-30} s per target)"
+    tests/fuzz/run.sh "${PITCREW_FUZZ_SECONDS:-30}"
+fi
