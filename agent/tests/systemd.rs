@@ -618,6 +618,12 @@ async fn a_hold_removed_by_hand_is_a_broken_hold_until_it_is_released() {
         "{}",
         next.message
     );
+    // A check only looks: it still runs (and reports the unit's real state).
+    let check = Kind::Health(v1::Health {
+        check: Some(v1::health::Check::UnitActive(UNIT.into())),
+    });
+    let (looked, _) = run(&executor, request("c1:h:2", check, 0)).await;
+    assert_ne!(outcome(&looked), Outcome::Refused, "{}", looked.message);
     // Leaving maintenance releases it like any hold; then actions run again.
     let (released, _) = run(&executor, request("r1", release("c1:h:0"), 0)).await;
     assert_eq!(

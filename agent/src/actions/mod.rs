@@ -477,8 +477,9 @@ impl Executor {
         };
         let work = async {
             // A unit held down that runs anyway means the maintenance did not happen as
-            // planned: every action but the release of holds fails, naming it.
-            if !matches!(kind, Kind::ReleaseHolds(_)) {
+            // planned: every action that changes the host is refused, naming it. Checks and
+            // the release of holds only look or give back, so they still run.
+            if !pitcrew_proto::disruptive::is_read_only(&kind) {
                 let bus = self.options.system_bus_address.as_deref();
                 if let Some(report) = unit::held_unit_running(&self.holds, bus).await {
                     return report;
