@@ -8,7 +8,7 @@
 //! come back), and the simulation goes on. Each note is shown on the wave of the first host it
 //! delayed, so the plan says where a run would wait, and why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -90,8 +90,17 @@ impl Delays {
 
     /// After a round: which pending hosts of `run` wait for a window (and since when).
     pub fn observe(&mut self, run: &CampaignRun, decided: &Decisions, now_ms: i64) {
+        // One pass over the round's blockers, then one lookup per host: looking each host up
+        // in the list made every round quadratic in the campaign's size (planning a
+        // 10,000-host campaign took tens of seconds of the coordinator's CPU).
+        let mut first: HashMap<&str, &Blocker> = HashMap::new();
+        for entry in decided.blockers.iter().filter(|b| b.campaign == run.id) {
+            if let Some(host) = entry.host.as_deref() {
+                first.entry(host).or_insert(&entry.blocker);
+            }
+        }
         for h in run.hosts.iter().filter(|h| h.state == HostState::Pending) {
-            match decided.blocker_for(&run.id, &h.host_id) {
+            match first.get(h.host_id.as_str()).copied() {
                 Some(Blocker::WindowClosed {
                     opens_at_ms: Some(opens),
                 }) => {

@@ -382,6 +382,8 @@ pub fn plan_from(
     let mut first_start = None;
     let mut wave = 0u32;
     let mut planned: Vec<PlannedHost> = Vec::new();
+    // Where each started host is in `planned` (a scan per dispatch made planning quadratic).
+    let mut planned_at: std::collections::HashMap<String, usize> = Default::default();
     // Each host may be lifted out of a stall a few times (held, disconnected, a target).
     let budget = 100
         + run.hosts.iter().map(|h| h.steps.len() + 4).sum::<usize>() * 4
@@ -437,6 +439,7 @@ pub fn plan_from(
                     first_start.get_or_insert(now);
                     delays.started(&run, host);
                     if let Some(h) = run.host(host) {
+                        planned_at.insert(h.host_id.clone(), planned.len());
                         planned.push(PlannedHost {
                             host_id: h.host_id.clone(),
                             hostname: h.hostname.clone(),
@@ -483,7 +486,10 @@ pub fn plan_from(
                     } else {
                         format!("{}: {}", dispatch.step_label, dispatch.action)
                     };
-                    if let Some(p) = planned.iter_mut().find(|p| p.host_id == dispatch.host) {
+                    if let Some(p) = planned_at
+                        .get(&dispatch.host)
+                        .and_then(|&i| planned.get_mut(i))
+                    {
                         p.steps.push(PlannedStep {
                             phase: dispatch.phase,
                             host: target_name,

@@ -249,9 +249,51 @@ pub struct CampaignRun {
     /// Cancel asked: no new host starts; the run is Cancelled once none is in progress.
     pub cancel_requested: bool,
     pub created_at_ms: i64,
+    /// Where each host is in `hosts`, by id and by hostname: every event names its host, and a
+    /// scan of `hosts` per event made a whole campaign quadratic in its size. Derived data:
+    /// never stored, built on first use, and checked against `hosts` at every use.
+    #[serde(skip)]
+    index: HostIndex,
+}
+
+/// `hosts` positions by host id and hostname (see [`CampaignRun`]). Equal, and hashed alike,
+/// whatever it holds: it says nothing a run's own fields do not.
+#[derive(Debug, Clone, Default)]
+struct HostIndex(std::sync::OnceLock<std::collections::HashMap<String, usize>>);
+
+impl PartialEq for HostIndex {
+    fn eq(&self, _: &HostIndex) -> bool {
+        true
+    }
+}
+
+impl Eq for HostIndex {}
+
+impl std::hash::Hash for HostIndex {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 impl CampaignRun {
+    /// The position of the host named `name` (id or hostname): from the index when it still
+    /// agrees with `hosts`, else by a scan.
+    fn position(&self, name: &str) -> Option<usize> {
+        let index = self.index.0.get_or_init(|| {
+            let mut index = std::collections::HashMap::with_capacity(self.hosts.len() * 2);
+            // Hostnames first, so that an id equal to another host's hostname finds the id,
+            // as the scan below does (it takes the first host matching either).
+            for (i, h) in self.hosts.iter().enumerate().rev() {
+                index.insert(h.hostname.clone(), i);
+                index.insert(h.host_id.clone(), i);
+            }
+            index
+        });
+        let named = |h: &HostRun| h.host_id == name || h.hostname == name;
+        match index.get(name) {
+            Some(&i) if self.hosts.get(i).is_some_and(named) => Some(i),
+            _ => self.hosts.iter().position(named),
+        }
+    }
+
     /// Creates a run: selects the hosts, orders them and renders every step for each.
     pub fn new(
         id: &str,
@@ -339,21 +381,20 @@ impl CampaignRun {
             pause_reason: None,
             cancel_requested: false,
             created_at_ms: now_ms,
+            index: HostIndex::default(),
         })
     }
 
     /// Finds a host of this run by id or hostname.
     pub fn host(&self, name: &str) -> Option<&HostRun> {
-        self.hosts
-            .iter()
-            .find(|h| h.host_id == name || h.hostname == name)
+        self.position(name).map(|i| &self.hosts[i])
     }
 
     fn host_mut(&mut self, name: &str) -> Result<&mut HostRun, ApplyError> {
-        self.hosts
-            .iter_mut()
-            .find(|h| h.host_id == name || h.hostname == name)
-            .ok_or_else(|| ApplyError::UnknownHost(name.to_owned()))
+        match self.position(name) {
+            Some(i) => Ok(&mut self.hosts[i]),
+            None => Err(ApplyError::UnknownHost(name.to_owned())),
+        }
     }
 
     /// Failures not yet accepted by an operator, which the error budget is checked against.

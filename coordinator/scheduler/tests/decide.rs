@@ -792,3 +792,23 @@ fn blockers_read_like_sentences() {
     };
     assert_eq!(b.to_string(), "error budget spent (1 failures, max 0)");
 }
+
+#[test]
+fn hosts_are_found_by_id_or_hostname_even_after_the_list_is_replaced() {
+    let fleet = fleet(3, 0);
+    let mut run = run(
+        "c1",
+        "name = \"x\"\n[[steps]]\naction = \"daemon_reload\"\n",
+        &fleet,
+    );
+    assert_eq!(run.host("w2").map(|h| h.host_id.as_str()), Some("w2"));
+    // The lookup index is derived data: a list replaced under it (as a store load may do)
+    // still answers by the list itself, and equality ignores the index.
+    let before = run.clone();
+    run.hosts.reverse();
+    assert_eq!(run.host("w2").map(|h| h.hostname.as_str()), Some("w2"));
+    assert_eq!(run.host("w3").map(|h| h.host_id.as_str()), Some("w3"));
+    assert!(run.host("w9").is_none());
+    run.hosts.reverse();
+    assert_eq!(run, before);
+}
