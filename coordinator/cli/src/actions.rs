@@ -263,7 +263,26 @@ pub async fn run(connect: &ConnectArgs, format: Format, args: DoArgs) -> anyhow:
         .into_inner();
     let mut result = None;
     let mut events = Vec::new();
-    while let Some(event) = stream.message().await.map_err(status)? {
+    // Ctrl-C ends the command and its stream, and the coordinator then cancels the action on
+    // its host. Handled here rather than left to the default disposition, which a parent may
+    // have set to "ignore" (a background job of a script), leaving the action running.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut action_id = String::new();
+    loop {
+        let event = tokio::select! {
+            event = stream.message() => event.map_err(status)?,
+            _ = &mut interrupted => {
+                let what = if action_id.is_empty() { "the action" } else { action_id.as_str() };
+                anyhow::bail!("interrupted: the coordinator cancels {what} on {}", args.host);
+            }
+        };
+        let Some(event) = event else {
+            break;
+        };
+        if action_id.is_empty() {
+            action_id = event.action_id.clone();
+        }
         match &event.event {
             Some(Event::Log(line)) if format == Format::Table => {
                 crate::say!("{}: {line}", args.host)
