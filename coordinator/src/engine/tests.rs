@@ -90,16 +90,29 @@ impl Outbox for CheckingOutbox {
     }
 }
 
-fn workers(store: &Store, n: usize) -> Vec<String> {
-    let ids: Vec<String> = (0..n).map(|i| format!("{i:032x}")).collect();
+/// Enrolls `n` hosts of `role` named `<prefix>0..`, with ids counted from `first_id`, in the
+/// store (before the engine starts, it reads hosts then; after, tell it with [`announce`]).
+fn enroll(
+    store: &Store,
+    role: &str,
+    prefix: &str,
+    first_id: usize,
+    labels: &[(&str, &str)],
+    n: usize,
+) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{:032x}", first_id + i)).collect();
+    let labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let records: Vec<HostRecord> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| HostRecord {
             host_id: id.clone(),
-            hostname: format!("w{i}"),
-            role: "worker".into(),
-            labels: BTreeMap::new(),
+            hostname: format!("{prefix}{i}"),
+            role: role.into(),
+            labels: labels.clone(),
             cert_serial: "01".into(),
             pending_serial: String::new(),
             enrolled_at_ms: 1,
@@ -117,6 +130,25 @@ fn workers(store: &Store, n: usize) -> Vec<String> {
         })
         .unwrap();
     ids
+}
+
+/// Workers w0.. without labels.
+fn workers(store: &Store, n: usize) -> Vec<String> {
+    enroll(store, "worker", "w", 0, &[], n)
+}
+
+/// Tells a running engine of hosts enrolled in its store, as enrollment does.
+async fn announce(rig: &Rig, ids: &[String]) {
+    for id in ids {
+        let id = id.clone();
+        let record = rig
+            .store
+            .read(move |c| hosts::get(c, &id))
+            .await
+            .unwrap()
+            .unwrap();
+        rig.engine.host_enrolled(record);
+    }
 }
 
 struct Rig {
@@ -217,16 +249,7 @@ async fn every_dispatch_is_durable_before_it_is_sent() {
     let mut rig = start(&dir.path().join("s.db"), true).await;
     let ids = workers(&rig.store, 5);
     // The engine read no hosts at start; it learns of them as they enroll.
-    for id in &ids {
-        let id = id.clone();
-        let record = rig
-            .store
-            .read(move |c| hosts::get(c, &id))
-            .await
-            .unwrap()
-            .unwrap();
-        rig.engine.host_enrolled(record);
-    }
+    announce(&rig, &ids).await;
     connect_all(&rig.engine, &ids);
     create(&rig.engine).await;
     let mut seen = BTreeSet::new();

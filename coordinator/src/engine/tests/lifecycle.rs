@@ -11,32 +11,7 @@ use crate::store::{EventFilter, events};
 
 /// Enrolls managers m0.. of cluster "swarm-a" (before the engine starts; it reads hosts then).
 fn managers(store: &Store, n: usize) -> Vec<String> {
-    let ids: Vec<String> = (0..n).map(|i| format!("{:032x}", 0xff00 + i)).collect();
-    let records: Vec<HostRecord> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| HostRecord {
-            host_id: id.clone(),
-            hostname: format!("m{i}"),
-            role: "manager".into(),
-            labels: BTreeMap::from([("cluster".into(), "swarm-a".into())]),
-            cert_serial: "01".into(),
-            pending_serial: String::new(),
-            enrolled_at_ms: 1,
-            last_seen_ms: 0,
-            facts: Vec::new(),
-            removed_at_ms: 0,
-        })
-        .collect();
-    store
-        .write_blocking(move |c| {
-            for r in &records {
-                hosts::upsert_enrolled(c, r)?;
-            }
-            Ok(())
-        })
-        .unwrap();
-    ids
+    enroll(store, "manager", "m", 0xff00, &[("cluster", "swarm-a")], n)
 }
 
 async fn audit_messages(store: &Store) -> Vec<String> {

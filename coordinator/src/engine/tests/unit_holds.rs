@@ -29,16 +29,7 @@ fn released(sent: &Sent) -> Vec<v1::HeldUnit> {
 
 async fn enrolled(rig: &Rig, n: usize) -> Vec<String> {
     let ids = workers(&rig.store, n);
-    for id in &ids {
-        let id = id.clone();
-        let record = rig
-            .store
-            .read(move |c| hosts::get(c, &id))
-            .await
-            .unwrap()
-            .unwrap();
-        rig.engine.host_enrolled(record);
-    }
+    announce(rig, &ids).await;
     ids
 }
 
