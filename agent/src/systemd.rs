@@ -81,40 +81,38 @@ pub struct Systemd {
     connection: Connection,
 }
 
+/// The D-Bus error name of an error the peer answered with (as a method error or one of the
+/// standard `org.freedesktop.DBus.Error.*` ones zbus decodes), if it is one.
+fn error_name(error: &zbus::Error) -> Option<String> {
+    use zbus::DBusError;
+    match error {
+        zbus::Error::MethodError(name, _, _) => Some(name.to_string()),
+        zbus::Error::FDO(fdo) => Some(fdo.name().to_string()),
+        _ => None,
+    }
+}
+
+/// Whether `error` is one of the standard D-Bus errors `org.freedesktop.DBus.Error.<short>`.
+fn is_dbus_error(error: &zbus::Error, short: &[&str]) -> bool {
+    error_name(error).is_some_and(|name| {
+        name.strip_prefix("org.freedesktop.DBus.Error.")
+            .is_some_and(|s| short.contains(&s))
+    })
+}
+
 /// Whether a D-Bus error means "nobody is serving that name" rather than an answer.
 fn is_unreachable(error: &zbus::Error) -> bool {
-    match error {
-        zbus::Error::MethodError(name, _, _) => matches!(
-            name.as_str(),
-            "org.freedesktop.DBus.Error.ServiceUnknown"
-                | "org.freedesktop.DBus.Error.NameHasNoOwner"
-                | "org.freedesktop.DBus.Error.NoReply"
-        ),
-        zbus::Error::FDO(fdo) => matches!(
-            **fdo,
-            zbus::fdo::Error::ServiceUnknown(_)
-                | zbus::fdo::Error::NameHasNoOwner(_)
-                | zbus::fdo::Error::NoReply(_)
-        ),
-        zbus::Error::InputOutput(_) => true,
-        _ => false,
-    }
+    matches!(error, zbus::Error::InputOutput(_))
+        || is_dbus_error(error, &["ServiceUnknown", "NameHasNoOwner", "NoReply"])
 }
 
 /// Whether the bus connection broke while a call was in flight (the peer went away).
 pub fn is_disconnect(error: &zbus::Error) -> bool {
     match error {
         zbus::Error::InputOutput(_) => true,
-        zbus::Error::MethodError(name, _, _) => {
-            matches!(
-                name.as_str(),
-                "org.freedesktop.DBus.Error.NoReply" | "org.freedesktop.DBus.Error.Disconnected"
-            )
+        zbus::Error::MethodError(..) | zbus::Error::FDO(_) => {
+            is_dbus_error(error, &["NoReply", "Disconnected"])
         }
-        zbus::Error::FDO(fdo) => matches!(
-            **fdo,
-            zbus::fdo::Error::NoReply(_) | zbus::fdo::Error::Disconnected(_)
-        ),
         other => {
             let text = other.to_string().to_ascii_lowercase();
             text.contains("connection reset") || text.contains("broken pipe")
@@ -124,21 +122,10 @@ pub fn is_disconnect(error: &zbus::Error) -> bool {
 
 /// Whether an error reading a service property means the unit is not a service.
 fn not_a_service(error: &zbus::Error) -> bool {
-    match error {
-        zbus::Error::MethodError(name, _, _) => matches!(
-            name.as_str(),
-            "org.freedesktop.DBus.Error.UnknownInterface"
-                | "org.freedesktop.DBus.Error.UnknownProperty"
-                | "org.freedesktop.DBus.Error.InvalidArgs"
-        ),
-        zbus::Error::FDO(fdo) => matches!(
-            **fdo,
-            zbus::fdo::Error::UnknownInterface(_)
-                | zbus::fdo::Error::UnknownProperty(_)
-                | zbus::fdo::Error::InvalidArgs(_)
-        ),
-        _ => false,
-    }
+    is_dbus_error(
+        error,
+        &["UnknownInterface", "UnknownProperty", "InvalidArgs"],
+    )
 }
 
 fn message_of(error: &zbus::Error) -> String {
