@@ -154,21 +154,11 @@ pub struct Journal {
 
 /// The name of an action's kind as the journal and log lines spell it.
 pub fn kind_name(request: &v1::ActionRequest) -> &'static str {
-    use v1::action::Kind;
-    match request.action.as_ref().and_then(|a| a.kind.as_ref()) {
-        None => "none",
-        Some(Kind::Unit(_)) => "unit",
-        Some(Kind::SignalUnit(_)) => "signal_unit",
-        Some(Kind::WaitUnit(_)) => "wait_unit",
-        Some(Kind::DaemonReload(_)) => "daemon_reload",
-        Some(Kind::RemovePath(_)) => "remove_path",
-        Some(Kind::DedupeShm(_)) => "dedupe_shm",
-        Some(Kind::Patch(_)) => "patch",
-        Some(Kind::Reboot(_)) => "reboot",
-        Some(Kind::Health(_)) => "health",
-        Some(Kind::Exec(_)) => "exec",
-        Some(Kind::ReleaseHolds(_)) => "release_holds",
-    }
+    request
+        .action
+        .as_ref()
+        .and_then(|a| a.kind.as_ref())
+        .map_or("none", pitcrew_proto::actions::name)
 }
 
 impl Journal {

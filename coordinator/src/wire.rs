@@ -42,7 +42,7 @@ mod tests {
             phase: Phase::Main,
             step: 0,
             step_label: "noop".into(),
-            action: StepAction::DaemonReload,
+            action: StepAction::DaemonReload(Default::default()),
             timeout_ms: 1500,
         };
         let request = action_request(&d);

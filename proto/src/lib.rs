@@ -1,5 +1,5 @@
-//! The pitcrew wire protocol (`pitcrew.v1`) and the helpers every part shares: the agent's
-//! policy, action wording, time, and — with the `grpc` feature — the services, TLS set-up,
+//! The pitcrew wire protocol (`pitcrew.v1`) and the helpers every part shares: the action
+//! catalogue, the agent's policy, time, and — with the `grpc` feature — the services, TLS set-up,
 //! certificate identities, key and CSR making, file helpers and logging.
 //!
 //! Without `grpc` this crate pulls in no tonic, tokio or rustls: the pure scheduler depends on
@@ -8,12 +8,11 @@
 
 #[cfg(feature = "grpc")]
 pub mod accept;
+pub mod actions;
 #[cfg(feature = "grpc")]
 pub mod codec;
 #[cfg(feature = "grpc")]
 pub mod csr;
-pub mod describe;
-pub mod disruptive;
 pub mod files;
 #[cfg(feature = "grpc")]
 pub mod identity;
@@ -27,20 +26,6 @@ pub mod tls;
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/pitcrew.v1.rs"));
-}
-
-/// How long `signal_unit` waits for its signal's effect when the request names no deadline.
-pub const DEFAULT_SIGNAL_WAIT_SECONDS: u32 = 60;
-
-impl v1::SignalUnit {
-    /// How long to wait for the signal's effect (when `wait` asks for one).
-    pub fn wait_deadline(&self) -> std::time::Duration {
-        let seconds = match self.wait_seconds {
-            0 => DEFAULT_SIGNAL_WAIT_SECONDS,
-            n => n,
-        };
-        std::time::Duration::from_secs(u64::from(seconds))
-    }
 }
 
 /// Milliseconds since the Unix epoch, the one time unit on the wire and in the store.

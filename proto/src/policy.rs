@@ -19,7 +19,8 @@ use globset::Glob;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::v1::{self, action::Kind, health::Check};
+use crate::actions;
+use crate::v1;
 
 /// The planner's view of a host's `[policy]` table, as facts report it: the keys every agent
 /// version has. Every default refuses: no units, no removal, no patch, no reboot, no
@@ -577,7 +578,7 @@ impl Policy {
         Ok(())
     }
 
-    fn unit_allowed(&self, unit: &str) -> Result<(), Refusal> {
+    pub(crate) fn unit_allowed(&self, unit: &str) -> Result<(), Refusal> {
         validate_unit_name(unit)?;
         let allowed = self.units.iter().any(|pattern| {
             Glob::new(pattern)
@@ -594,7 +595,7 @@ impl Policy {
         }
     }
 
-    fn argv_allowed(&self, argv: &[String], what: &str) -> Result<(), Refusal> {
+    pub(crate) fn argv_allowed(&self, argv: &[String], what: &str) -> Result<(), Refusal> {
         if argv.is_empty() || argv[0].is_empty() {
             return Err(refuse("policy.exec", format!("{what} has an empty argv")));
         }
@@ -640,67 +641,12 @@ impl Policy {
         ))
     }
 
-    /// Checks an action against this policy: `Ok` if the agent may run it.
+    /// Checks an action against this policy: `Ok` if the agent may run it. Each action's rule
+    /// is its catalogue entry's (`crate::actions`).
     pub fn check(&self, action: &v1::Action) -> Result<(), Refusal> {
-        let Some(kind) = &action.kind else {
-            return Err(refuse("action", "the request carries no action"));
-        };
-        match kind {
-            Kind::Unit(u) => self.unit_allowed(&u.unit),
-            Kind::SignalUnit(s) => self.unit_allowed(&s.unit),
-            // Waiting reads state only, but the name must still be a real unit name.
-            Kind::WaitUnit(w) => validate_unit_name(&w.unit),
-            Kind::DaemonReload(_) => {
-                if self.units.is_empty() {
-                    Err(refuse(
-                        "policy.units",
-                        "daemon-reload needs policy.units to allow some unit",
-                    ))
-                } else {
-                    Ok(())
-                }
-            }
-            Kind::RemovePath(r) => self.removal_allowed(&r.path).map(|_| ()),
-            Kind::DedupeShm(_) => {
-                if self.allow_dedupe_shm {
-                    Ok(())
-                } else {
-                    Err(refuse(
-                        "policy.allow_dedupe_shm",
-                        "the /dev/shm fix is not allowed on this host",
-                    ))
-                }
-            }
-            Kind::Patch(_) => {
-                if self.allow_patch {
-                    Ok(())
-                } else {
-                    Err(refuse(
-                        "policy.allow_patch",
-                        "patching is not allowed on this host",
-                    ))
-                }
-            }
-            Kind::Reboot(_) => {
-                if self.allow_reboot {
-                    Ok(())
-                } else {
-                    Err(refuse(
-                        "policy.allow_reboot",
-                        "reboot and power-off are not allowed on this host",
-                    ))
-                }
-            }
-            Kind::Health(h) => match &h.check {
-                Some(Check::UnitActive(unit)) => validate_unit_name(unit),
-                Some(Check::Command(c)) => self.argv_allowed(&c.argv, "health command"),
-                Some(Check::Tcp(_)) | Some(Check::Http(_)) => Ok(()),
-                None => Err(refuse("action", "the health action names no check")),
-            },
-            Kind::Exec(e) => self.argv_allowed(&e.argv, "exec"),
-            // Lifting pitcrew's own holds only gives a unit back its usual behaviour; the names
-            // must still be real unit names (they name drop-in directories).
-            Kind::ReleaseHolds(r) => r.holds.iter().try_for_each(|h| validate_unit_name(&h.unit)),
+        match &action.kind {
+            Some(kind) => actions::check(kind, self),
+            None => Err(refuse("action", "the request carries no action")),
         }
     }
 }
@@ -832,7 +778,7 @@ impl LocalPolicy {
 
     /// The lexical part of the health target rule: a host written as an IP address is checked
     /// here; a name is checked by the agent against the addresses it resolves to.
-    fn health_literal_allowed(&self, host: &str, port: u32) -> Result<(), Refusal> {
+    pub(crate) fn health_literal_allowed(&self, host: &str, port: u32) -> Result<(), Refusal> {
         let (Ok(ip), Ok(port)) = (
             host.trim_matches(['[', ']']).parse::<IpAddr>(),
             u16::try_from(port),
@@ -928,26 +874,8 @@ impl LocalPolicy {
     /// Checks an action against the whole policy: `Ok` if the agent may run it.
     pub fn check(&self, action: &v1::Action) -> Result<(), Refusal> {
         match &action.kind {
-            Some(Kind::Exec(e)) => self.exec_allowed(e),
-            Some(Kind::SignalUnit(s)) => {
-                self.rules().check(action)?;
-                self.signal_allowed(&s.signal).map(|_| ())
-            }
-            Some(Kind::Health(h)) => {
-                self.rules().check(action)?;
-                match &h.check {
-                    Some(Check::Tcp(tcp)) => self.health_literal_allowed(&tcp.host, tcp.port),
-                    Some(Check::Http(http)) => match parse_http_url(&http.url) {
-                        Ok(target) => {
-                            self.health_literal_allowed(&target.host, u32::from(target.port))
-                        }
-                        // The check itself reports a URL it cannot use.
-                        Err(_) => Ok(()),
-                    },
-                    _ => Ok(()),
-                }
-            }
-            _ => self.rules().check(action),
+            Some(kind) => actions::check_local(kind, self),
+            None => Err(refuse("action", "the request carries no action")),
         }
     }
 }
@@ -955,6 +883,7 @@ impl LocalPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::v1::{action::Kind, health::Check};
 
     fn exec(argv: &[&str]) -> v1::Action {
         v1::Action {

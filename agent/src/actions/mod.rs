@@ -33,27 +33,6 @@ pub mod unit;
 
 use v1::action::Kind;
 
-/// How long an action may take when the request does not say (`timeout_seconds` 0).
-pub fn default_timeout(kind: &Kind) -> Duration {
-    let seconds = match kind {
-        // A signal's own wait ends first, so that running out is reported with what it saw.
-        Kind::SignalUnit(s) if s.wait != v1::SignalWait::None as i32 => {
-            (s.wait_deadline().as_secs() + 10).max(120)
-        }
-        Kind::Unit(_) | Kind::SignalUnit(_) | Kind::DaemonReload(_) => 120,
-        Kind::WaitUnit(_) => 300,
-        Kind::RemovePath(_) => 300,
-        Kind::DedupeShm(_) => 60,
-        Kind::Patch(_) => 3600,
-        // From the request to logind until the host goes down.
-        Kind::Reboot(_) => 600,
-        Kind::Health(_) => 30,
-        Kind::Exec(_) => 600,
-        Kind::ReleaseHolds(_) => 120,
-    };
-    Duration::from_secs(seconds)
-}
-
 /// Why an action stopped before it finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -449,7 +428,7 @@ impl Executor {
             );
         };
         let timeout = match request.timeout_seconds {
-            0 => default_timeout(&kind),
+            0 => pitcrew_proto::actions::default_timeout(&kind),
             s => Duration::from_secs(u64::from(s)),
         };
         let ctx = Ctx {
@@ -479,7 +458,7 @@ impl Executor {
             // A unit held down that runs anyway means the maintenance did not happen as
             // planned: every action that changes the host is refused, naming it. Checks and
             // the release of holds only look or give back, so they still run.
-            if !pitcrew_proto::disruptive::is_read_only(&kind) {
+            if !pitcrew_proto::actions::is_read_only(&kind) {
                 let bus = self.options.system_bus_address.as_deref();
                 if let Some(report) = unit::held_unit_running(&self.holds, bus).await {
                     return report;

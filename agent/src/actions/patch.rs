@@ -10,7 +10,7 @@
 //! strictly by the package manager's own naming rules (no trailing `-` or `+` for apt, no
 //! leading `-`, no version or release suffix, no glob), and each must be a package that is
 //! installed on the host, judged from the same listing, before the package manager runs. A dpkg/apt lock held by someone else is
-//! waited for up to `lock_timeout_seconds` (apt's `DPkg::Lock::Timeout`), then reported as
+//! waited for up to `lock_timeout_seconds` (0: the catalogue's default; apt's `DPkg::Lock::Timeout`), then reported as
 //! such. dnf has no lock-wait option: it waits for the other process itself, bounded by the
 //! action timeout.
 
@@ -312,7 +312,7 @@ pub async fn run(ctx: &Ctx, tools: &PatchTools, request: &v1::Patch) -> Report {
     let mut log = String::new();
     let (list, steps): (CommandSpec, Vec<(CommandSpec, &str)>) = match tools.manager.as_str() {
         "apt" => {
-            let lock = format!("DPkg::Lock::Timeout={}", request.lock_timeout_seconds);
+            let lock = format!("DPkg::Lock::Timeout={}", request.lock_timeout().as_secs());
             let update = spec(&tools.apt_get, &["-o", &lock, "update"], &[]);
             let common = [
                 "-y",

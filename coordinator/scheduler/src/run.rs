@@ -332,11 +332,12 @@ impl CampaignRun {
             };
             let mut steps = Vec::new();
             for (phase, index, s) in spec.flat_steps(h.role) {
-                let action = s.action.render(&vars).map_err(|e| PlanError::Template {
-                    host: h.hostname.clone(),
-                    line: s.line,
-                    error: e.to_string(),
-                })?;
+                let action =
+                    crate::action::render(&s.action, &vars).map_err(|e| PlanError::Template {
+                        host: h.hostname.clone(),
+                        line: s.line,
+                        error: e.to_string(),
+                    })?;
                 steps.push(RunStep {
                     phase,
                     index,
@@ -864,9 +865,7 @@ fn finished(
     let mut outcome = outcome;
     let mut message = message.to_owned();
     if outcome == Outcome::Succeeded
-        && let StepAction::Reboot {
-            only_if_required, ..
-        } = &step.action
+        && let StepAction::Reboot(reboot) = &step.action
     {
         let before = flight.boot_id_before.clone().unwrap_or_default();
         match boot_id {
@@ -874,7 +873,7 @@ fn finished(
                 h.pre_reboot_boot_id = Some(before);
             }
             // Nothing required a reboot: the agent succeeded without one.
-            _ if *only_if_required => {}
+            _ if reboot.only_if_required => {}
             _ => {
                 outcome = Outcome::Failed;
                 message = format!(

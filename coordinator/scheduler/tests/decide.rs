@@ -632,7 +632,7 @@ action = "patch"
     assert_eq!(x.step_label, "drain");
     assert_eq!(
         x.action.to_string(),
-        "exec [\"/usr/local/bin/swarm-node\", \"update\", \"--availability\", \"drain\", \"w1\"]"
+        "exec /usr/local/bin/swarm-node update --availability drain w1"
     );
     // For a manager, the drain runs on a manager other than itself.
     let mut f2 = fleet(0, 2);

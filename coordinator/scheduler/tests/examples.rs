@@ -65,19 +65,16 @@ fn swarm_patch_takes_workers_then_managers_one_at_a_time_leader_last() {
         (
             Phase::PreGate,
             "manager-2",
-            "swarm healthy: health: [\"/usr/local/bin/lab-health\"] exits 0"
+            "swarm healthy: health: /usr/local/bin/lab-health exits 0"
         )
     );
-    assert_eq!(
-        steps[1].2,
-        "backup UCP: exec [\"/usr/local/bin/ucp-backup\"]"
-    );
+    assert_eq!(steps[1].2, "backup UCP: exec /usr/local/bin/ucp-backup");
     assert_eq!(steps[2].0, Phase::Before);
     assert_ne!(steps[2].1, "manager-2", "the drain runs on another manager");
-    assert!(steps[2].2.contains("\"drain\", \"manager-2\""));
-    assert_eq!(steps[3].2, "patch (full upgrade)");
+    assert!(steps[2].2.contains("drain manager-2"), "{}", steps[2].2);
+    assert_eq!(steps[3].2, "patch (upgrade all packages)");
     assert_eq!(steps[4].2, "reboot if required: reboot (only if required)");
-    assert!(steps[5].2.contains("\"active\", \"manager-2\""));
+    assert!(steps[5].2.contains("active manager-2"), "{}", steps[5].2);
     assert_eq!(steps[6].0, Phase::PostGate);
     assert_eq!(steps.len(), 8);
     let text = p.text();
@@ -138,8 +135,8 @@ fn dcos_agent_update_follows_the_runbook_order() {
     assert_eq!(
         steps,
         vec![
-            "before drain agent (SIGUSR1): signal_unit SIGUSR1 to dcos-mesos-slave.service (main), wait up to 300s for it to exit",
-            "before stop agent: unit stop dcos-mesos-slave.service",
+            "before drain agent (SIGUSR1): signal_unit SIGUSR1 to main process of dcos-mesos-slave.service, then wait up to 300 s for it to exit",
+            "before stop agent: unit stop dcos-mesos-slave.service (and hold it down)",
             "main daemon-reload: daemon_reload",
             "main remove latest agent metadata pointer: remove_path /var/lib/mesos/slave/meta/slaves/latest",
             "after start agent: unit start dcos-mesos-slave.service",

@@ -595,7 +595,7 @@ impl EngineState {
                     "{} on {}: {}",
                     d.step_label,
                     self.hostname(&d.target_host),
-                    pitcrew_proto::describe::action(Some(&d.action.to_proto()))
+                    pitcrew_proto::actions::describe(Some(&d.action.to_proto()))
                 ),
             ),
             Decision::ReleaseHost { host, .. } => host_event(
@@ -692,7 +692,7 @@ impl EngineState {
                 &serviced,
                 &record.campaign_id,
                 &result.action_id,
-                pitcrew_proto::describe::outcome(result.outcome),
+                pitcrew_proto::actions::outcome(result.outcome),
                 message,
             ));
         }

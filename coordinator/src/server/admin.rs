@@ -427,7 +427,7 @@ impl Admin for AdminService {
             .action
             .as_ref()
             .and_then(|a| a.kind.as_ref())
-            .is_some_and(pitcrew_proto::disruptive::is_read_only);
+            .is_some_and(pitcrew_proto::actions::is_read_only);
         let hold = if read_only {
             None
         } else {
@@ -437,7 +437,7 @@ impl Admin for AdminService {
                         operator.clone(),
                         host.host_id.clone(),
                         action.action_id.clone(),
-                        pitcrew_proto::describe::action(action.action.as_ref()),
+                        pitcrew_proto::actions::describe(action.action.as_ref()),
                         r.force,
                     )
                     .await?,
@@ -480,7 +480,7 @@ impl Admin for AdminService {
             "",
             &format!(
                 "ran {} on {} as {id}",
-                pitcrew_proto::describe::action(action.action.as_ref()),
+                pitcrew_proto::actions::describe(action.action.as_ref()),
                 host.hostname
             ),
         );

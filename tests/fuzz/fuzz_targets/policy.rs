@@ -11,7 +11,7 @@
 use libfuzzer_sys::fuzz_target;
 use pitcrew_fuzz::split_nul;
 use pitcrew_proto::policy::LocalPolicy;
-use pitcrew_proto::{describe, v1};
+use pitcrew_proto::{actions, v1};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(action) = action else {
         return;
     };
-    let _ = describe::action(Some(&action));
+    let _ = actions::describe(Some(&action));
     let policies = [policy, Some(LocalPolicy::default())];
     for policy in policies.iter().flatten() {
         let verdict = policy.check(&action);

@@ -22,13 +22,13 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use pitcrew_agent::actions::{self, Executor, ExecutorOptions};
+use pitcrew_agent::actions::{Executor, ExecutorOptions};
 use pitcrew_agent::config::AgentConfig;
 use pitcrew_agent::journal;
 use pitcrew_coordinator::server::enroll::validate_hostname;
 use pitcrew_coordinator::wire;
 use pitcrew_fuzz::{NOW_MS, fleet, scratch_dir};
-use pitcrew_proto::describe;
+use pitcrew_proto::actions as catalogue;
 use pitcrew_proto::identity::validate_host_id;
 use pitcrew_proto::policy::LocalPolicy;
 use pitcrew_proto::v1::{
@@ -155,10 +155,10 @@ fn agent_handles(message: CoordinatorMessage) {
 /// The executor's gate, for a request it must refuse; then the same id after a restart.
 fn gate(agent: &Agent, request: &v1::ActionRequest) {
     // What the agent logs and journals of any request, refused or not.
-    let _ = describe::action(request.action.as_ref());
+    let _ = catalogue::describe(request.action.as_ref());
     let _ = journal::kind_name(request);
     if let Some(kind) = request.action.as_ref().and_then(|a| a.kind.as_ref()) {
-        let _ = actions::default_timeout(kind);
+        let _ = catalogue::default_timeout(kind);
     }
     let id_ok = journal::validate_id(&request.action_id).is_ok();
     let action = request.action.clone().unwrap_or_default();
@@ -345,7 +345,7 @@ fn facts_arrive(facts: &v1::Facts) {
 /// the engine applies results, then decided on for as many rounds as a turn has. `hello` is
 /// the facts of the hello that carried the result, which the engine has seen first.
 fn result_arrives(result: &v1::ActionResult, hello: Option<&v1::Facts>) {
-    let _ = describe::outcome(result.outcome);
+    let _ = catalogue::outcome(result.outcome);
     let c = coordinator();
     let pick = result.started_at_ms.unsigned_abs() % c.waiting.len() as u64;
     let Waiting {

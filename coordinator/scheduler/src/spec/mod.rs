@@ -12,11 +12,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::action::{
-    ACTION_NAMES, HealthCheck, SignalWait, SignalWhom, StepAction, UnitOp, WaitState,
-};
+use crate::action::StepAction;
 use crate::fleet::{HostView, Role};
 use crate::window::{MAX_WINDOW_MS, Window, WindowTime};
+
+mod step;
+use step::RawStep;
 
 /// A campaign file that cannot be used, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -384,105 +385,6 @@ struct RawRoleSteps {
     before: Option<Vec<Spanned<RawStep>>>,
     steps: Option<Vec<Spanned<RawStep>>>,
     after: Option<Vec<Spanned<RawStep>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStep {
-    action: Spanned<String>,
-    name: Option<Spanned<String>>,
-    timeout: Option<Spanned<String>>,
-    on: Option<Spanned<String>>,
-    retries: Option<Spanned<i64>>,
-    retry_delay: Option<Spanned<String>>,
-    unit: Option<Spanned<String>>,
-    operation: Option<Spanned<String>>,
-    signal: Option<Spanned<String>>,
-    target: Option<Spanned<String>>,
-    wait: Option<Spanned<String>>,
-    wait_timeout: Option<Spanned<String>>,
-    state: Option<Spanned<String>>,
-    path: Option<Spanned<String>>,
-    recursive: Option<Spanned<bool>>,
-    packages: Option<Spanned<Vec<String>>>,
-    lock_timeout: Option<Spanned<String>>,
-    only_if_required: Option<Spanned<bool>>,
-    poweroff: Option<Spanned<bool>>,
-    unit_active: Option<Spanned<String>>,
-    tcp: Option<Spanned<String>>,
-    http: Option<Spanned<String>>,
-    expect_status: Option<Spanned<i64>>,
-    command: Option<Spanned<Vec<String>>>,
-    argv: Option<Spanned<Vec<String>>>,
-    env: Option<Spanned<BTreeMap<String, String>>>,
-    workdir: Option<Spanned<String>>,
-}
-
-impl RawStep {
-    /// The action-specific fields that are present, with their spans.
-    fn present(&self) -> Vec<(&'static str, std::ops::Range<usize>)> {
-        let mut out = Vec::new();
-        macro_rules! field {
-            ($($f:ident),*) => {$(
-                if let Some(v) = &self.$f { out.push((stringify!($f), v.span())); }
-            )*};
-        }
-        field!(
-            unit,
-            operation,
-            signal,
-            target,
-            wait,
-            wait_timeout,
-            state,
-            path,
-            recursive,
-            packages,
-            lock_timeout,
-            only_if_required,
-            poweroff,
-            unit_active,
-            tcp,
-            http,
-            expect_status,
-            command,
-            argv,
-            env,
-            workdir
-        );
-        out
-    }
-}
-
-/// The fields each action accepts besides `action`, `name`, `timeout`, `on`, `retries` and
-/// `retry_delay`.
-fn fields_of(action: &str) -> &'static [&'static str] {
-    match action {
-        "unit" => &["unit", "operation"],
-        "signal_unit" => &["unit", "signal", "target", "wait", "wait_timeout"],
-        "wait_unit" => &["unit", "state"],
-        "remove_path" => &["path", "recursive"],
-        "patch" => &["packages", "lock_timeout"],
-        "reboot" => &["only_if_required", "poweroff"],
-        "health" => &["unit_active", "tcp", "http", "expect_status", "command"],
-        "exec" => &["argv", "env", "workdir"],
-        _ => &[],
-    }
-}
-
-/// How much longer than its own wait a step's timeout must be.
-const WAIT_MARGIN_MS: i64 = 10_000;
-
-/// Default timeout per action when the step gives none: long enough for the slow ones
-/// (a full upgrade, a reboot and reconnect), short for checks.
-fn default_timeout_ms(action: &str) -> i64 {
-    let minutes = match action {
-        "patch" => 60,
-        "reboot" => 20,
-        "exec" | "unit" | "wait_unit" => 10,
-        _ => 2,
-    };
-    minutes * 60_000
 }
 
 /// Parsing context: the text (to turn spans into lines) and the file name.
@@ -926,432 +828,6 @@ impl Cx<'_> {
             hosts: w.hosts,
         })
     }
-
-    fn gate(&self, s: Spanned<RawStep>, field: &str) -> Result<StepSpec, SpecError> {
-        let action = s.get_ref().action.clone();
-        if !matches!(action.get_ref().as_str(), "health" | "exec") {
-            return Err(self.err(
-                Some(action.span()),
-                &format!("{field}.action"),
-                format!(
-                    "a gate is a check: use action \"health\" or \"exec\", not {:?}",
-                    action.get_ref()
-                ),
-            ));
-        }
-        self.step(s, field)
-    }
-
-    fn steps(
-        &self,
-        list: Option<Vec<Spanned<RawStep>>>,
-        field: &str,
-    ) -> Result<Vec<StepSpec>, SpecError> {
-        list.unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| self.step(s, &format!("{field}[{i}]")))
-            .collect()
-    }
-
-    fn step(&self, s: Spanned<RawStep>, field: &str) -> Result<StepSpec, SpecError> {
-        let step_span = s.span();
-        let s = s.into_inner();
-        let kind = s.action.get_ref().trim().to_owned();
-        if !ACTION_NAMES.contains(&kind.as_str()) {
-            return Err(self.err(
-                Some(s.action.span()),
-                &format!("{field}.action"),
-                format!(
-                    "unknown action {kind:?}; actions are {}",
-                    ACTION_NAMES.join(", ")
-                ),
-            ));
-        }
-        let allowed = fields_of(&kind);
-        for (name, span) in s.present() {
-            if !allowed.contains(&name) {
-                return Err(self.err(
-                    Some(span),
-                    &format!("{field}.{name}"),
-                    format!(
-                        "does not apply to action {kind:?} (it takes: {})",
-                        if allowed.is_empty() {
-                            "no fields".to_owned()
-                        } else {
-                            allowed.join(", ")
-                        }
-                    ),
-                ));
-            }
-        }
-        let f = |name: &str| format!("{field}.{name}");
-        let required = |v: &Option<Spanned<String>>, name: &str| -> Result<String, SpecError> {
-            match v {
-                Some(v) if !v.get_ref().trim().is_empty() => Ok(v.get_ref().trim().to_owned()),
-                Some(v) => Err(self.err(Some(v.span()), &f(name), "must not be empty")),
-                None => Err(self.err(
-                    Some(step_span.clone()),
-                    &f(name),
-                    format!("action {kind:?} needs {name}"),
-                )),
-            }
-        };
-        let action = match kind.as_str() {
-            "unit" => {
-                let unit = required(&s.unit, "unit")?;
-                let op = required(&s.operation, "operation")?;
-                let operation = UnitOp::parse(&op).ok_or_else(|| {
-                    self.err(
-                        s.operation.as_ref().map(|o| o.span()),
-                        &f("operation"),
-                        format!(
-                            "unknown operation {op:?}; use start, stop, restart, reload, enable or disable"
-                        ),
-                    )
-                })?;
-                StepAction::Unit { unit, operation }
-            }
-            "signal_unit" => {
-                let unit = required(&s.unit, "unit")?;
-                let signal = required(&s.signal, "signal")?;
-                let bare = signal.strip_prefix("SIG").unwrap_or(&signal);
-                if bare.is_empty() || !bare.chars().all(|c| c.is_ascii_alphanumeric()) {
-                    return Err(self.err(
-                        s.signal.as_ref().map(|v| v.span()),
-                        &f("signal"),
-                        format!("{signal:?} is not a signal name like \"SIGUSR1\""),
-                    ));
-                }
-                let target = match s.target.as_ref().map(|t| t.get_ref().as_str()) {
-                    None | Some("main") => SignalWhom::Main,
-                    Some("all") => SignalWhom::All,
-                    Some(other) => {
-                        return Err(self.err(
-                            s.target.as_ref().map(|v| v.span()),
-                            &f("target"),
-                            format!("{other:?} is not \"main\" or \"all\""),
-                        ));
-                    }
-                };
-                let wait = match &s.wait {
-                    None => SignalWait::None,
-                    Some(v) => SignalWait::parse(v.get_ref().trim()).ok_or_else(|| {
-                        self.err(
-                            Some(v.span()),
-                            &f("wait"),
-                            format!(
-                                "{:?} is not \"exit\" (the signalled main process has exited), \"inactive\" (the unit left active) or \"none\"",
-                                v.get_ref()
-                            ),
-                        )
-                    })?,
-                };
-                let wait_seconds = match &s.wait_timeout {
-                    None => 0,
-                    Some(_) if wait == SignalWait::None => {
-                        return Err(self.err(
-                            s.wait_timeout.as_ref().map(|v| v.span()),
-                            &f("wait_timeout"),
-                            "is only used with wait = \"exit\" or \"inactive\"",
-                        ));
-                    }
-                    Some(v) => {
-                        let ms = self.duration(v, &f("wait_timeout"))?;
-                        let seconds = u32::try_from(ms / 1000).map_err(|_| {
-                            self.err(Some(v.span()), &f("wait_timeout"), "is too long")
-                        })?;
-                        if seconds == 0 {
-                            return Err(self.err(
-                                Some(v.span()),
-                                &f("wait_timeout"),
-                                "must be at least 1s",
-                            ));
-                        }
-                        seconds
-                    }
-                };
-                StepAction::SignalUnit {
-                    unit,
-                    signal,
-                    target,
-                    wait,
-                    wait_seconds,
-                }
-            }
-            "wait_unit" => {
-                let unit = required(&s.unit, "unit")?;
-                let state = match &s.state {
-                    None => WaitState::Active,
-                    Some(v) => WaitState::parse(v.get_ref().trim()).ok_or_else(|| {
-                        self.err(
-                            Some(v.span()),
-                            &f("state"),
-                            format!("{:?} is not active, inactive or failed", v.get_ref()),
-                        )
-                    })?,
-                };
-                StepAction::WaitUnit { unit, state }
-            }
-            "daemon_reload" => StepAction::DaemonReload,
-            "remove_path" => {
-                let path = required(&s.path, "path")?;
-                if !path.starts_with('/') {
-                    return Err(self.err(
-                        s.path.as_ref().map(|v| v.span()),
-                        &f("path"),
-                        format!("{path:?} is not an absolute path"),
-                    ));
-                }
-                StepAction::RemovePath {
-                    path,
-                    recursive: s.recursive.as_ref().is_some_and(|v| *v.get_ref()),
-                }
-            }
-            "dedupe_shm" => StepAction::DedupeShm,
-            "patch" => {
-                let lock_timeout_seconds = match &s.lock_timeout {
-                    None => 300,
-                    Some(v) => u32::try_from(self.duration(v, &f("lock_timeout"))? / 1000)
-                        .map_err(|_| self.err(Some(v.span()), &f("lock_timeout"), "is too long"))?,
-                };
-                StepAction::Patch {
-                    packages: s
-                        .packages
-                        .as_ref()
-                        .map(|p| p.get_ref().clone())
-                        .unwrap_or_default(),
-                    lock_timeout_seconds,
-                }
-            }
-            "reboot" => StepAction::Reboot {
-                only_if_required: s.only_if_required.as_ref().is_some_and(|v| *v.get_ref()),
-                poweroff: s.poweroff.as_ref().is_some_and(|v| *v.get_ref()),
-            },
-            "health" => {
-                let given: Vec<&str> = [
-                    ("unit_active", s.unit_active.is_some()),
-                    ("tcp", s.tcp.is_some()),
-                    ("http", s.http.is_some()),
-                    ("command", s.command.is_some()),
-                ]
-                .iter()
-                .filter(|(_, p)| *p)
-                .map(|(n, _)| *n)
-                .collect();
-                if given.len() != 1 {
-                    return Err(self.err(
-                        Some(step_span.clone()),
-                        field,
-                        format!(
-                            "a health step checks exactly one of unit_active, tcp, http or command (got {})",
-                            if given.is_empty() { "none".to_owned() } else { given.join(", ") }
-                        ),
-                    ));
-                }
-                if s.expect_status.is_some() && s.http.is_none() {
-                    return Err(self.err(
-                        s.expect_status.as_ref().map(|v| v.span()),
-                        &f("expect_status"),
-                        "only an http check has an expected status",
-                    ));
-                }
-                let check = if s.unit_active.is_some() {
-                    HealthCheck::UnitActive(required(&s.unit_active, "unit_active")?)
-                } else if let Some(tcp) = &s.tcp {
-                    let (host, port) = tcp
-                        .get_ref()
-                        .rsplit_once(':')
-                        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-                        .filter(|(h, p)| !h.is_empty() && *p > 0)
-                        .ok_or_else(|| {
-                            self.err(
-                                Some(tcp.span()),
-                                &f("tcp"),
-                                format!("{:?} is not \"host:port\"", tcp.get_ref()),
-                            )
-                        })?;
-                    HealthCheck::Tcp {
-                        host: host.to_owned(),
-                        port,
-                    }
-                } else if let Some(http) = &s.http {
-                    let url = http.get_ref().trim().to_owned();
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(self.err(
-                            Some(http.span()),
-                            &f("http"),
-                            format!("{url:?} is not an http:// or https:// URL"),
-                        ));
-                    }
-                    let expect_status = match &s.expect_status {
-                        None => 200,
-                        Some(v) => u16::try_from(*v.get_ref())
-                            .ok()
-                            .filter(|c| (100..=599).contains(c))
-                            .ok_or_else(|| {
-                                self.err(
-                                    Some(v.span()),
-                                    &f("expect_status"),
-                                    format!("{} is not an HTTP status", v.get_ref()),
-                                )
-                            })?,
-                    };
-                    HealthCheck::Http { url, expect_status }
-                } else {
-                    let command = s.command.as_ref().map(|c| c.get_ref().clone());
-                    let argv =
-                        self.argv(command, s.command.as_ref().map(|c| c.span()), &f("command"))?;
-                    HealthCheck::Command(argv)
-                };
-                StepAction::Health { check }
-            }
-            "exec" => {
-                let argv = self.argv(
-                    s.argv.as_ref().map(|c| c.get_ref().clone()),
-                    s.argv
-                        .as_ref()
-                        .map(|c| c.span())
-                        .or(Some(step_span.clone())),
-                    &f("argv"),
-                )?;
-                StepAction::Exec {
-                    argv,
-                    env: s
-                        .env
-                        .as_ref()
-                        .map(|e| e.get_ref().clone())
-                        .unwrap_or_default(),
-                    workdir: s
-                        .workdir
-                        .as_ref()
-                        .map(|w| w.get_ref().clone())
-                        .unwrap_or_default(),
-                }
-            }
-            other => {
-                return Err(self.err(
-                    Some(s.action.span()),
-                    &f("action"),
-                    format!("unknown action {other:?}"),
-                ));
-            }
-        };
-        action
-            .check_templates()
-            .map_err(|e| self.err(Some(step_span.clone()), field, e.to_string()))?;
-
-        // A step's own wait (signal_unit's) must end before the step's timeout, so that a wait
-        // that runs out is reported with what it saw rather than as a bare timeout.
-        let wait_ms = match &action {
-            StepAction::SignalUnit {
-                wait, wait_seconds, ..
-            } if *wait != SignalWait::None => {
-                let seconds = match wait_seconds {
-                    0 => pitcrew_proto::DEFAULT_SIGNAL_WAIT_SECONDS,
-                    n => *n,
-                };
-                Some(i64::from(seconds) * 1000)
-            }
-            _ => None,
-        };
-        let timeout_ms = match &s.timeout {
-            None => default_timeout_ms(&kind).max(wait_ms.map_or(0, |w| w + WAIT_MARGIN_MS)),
-            Some(t) => {
-                let ms = self.duration(t, &f("timeout"))?;
-                if ms < 1000 {
-                    return Err(self.err(Some(t.span()), &f("timeout"), "must be at least 1s"));
-                }
-                if let Some(wait_ms) = wait_ms.filter(|w| ms < w + WAIT_MARGIN_MS) {
-                    return Err(self.err(
-                        Some(t.span()),
-                        &f("timeout"),
-                        format!(
-                            "must be at least {}s longer than the wait ({}s), so that a wait that runs out is reported with what it saw",
-                            WAIT_MARGIN_MS / 1000,
-                            wait_ms / 1000
-                        ),
-                    ));
-                }
-                ms
-            }
-        };
-        let on = match &s.on {
-            None => None,
-            Some(on) => Some(self.on(on, &f("on"))?),
-        };
-        let retries = match &s.retries {
-            None => 0,
-            Some(r) => u32::try_from(*r.get_ref())
-                .ok()
-                .filter(|r| *r <= 100)
-                .ok_or_else(|| {
-                    self.err(Some(r.span()), &f("retries"), "must be between 0 and 100")
-                })?,
-        };
-        let retry_delay_ms = match &s.retry_delay {
-            None => 10_000,
-            Some(d) => self.duration(d, &f("retry_delay"))?,
-        };
-        let name = match s.name {
-            Some(n) if n.get_ref().trim().is_empty() => {
-                return Err(self.err(Some(n.span()), &f("name"), "must not be empty"));
-            }
-            Some(n) => Some(n.into_inner()),
-            None => None,
-        };
-        Ok(StepSpec {
-            name,
-            action,
-            timeout_ms,
-            on,
-            retries,
-            retry_delay_ms,
-            line: self.line(step_span.start),
-        })
-    }
-
-    fn argv(
-        &self,
-        argv: Option<Vec<String>>,
-        span: Option<std::ops::Range<usize>>,
-        field: &str,
-    ) -> Result<Vec<String>, SpecError> {
-        match argv {
-            None => Err(self.err(
-                span,
-                field,
-                "is required: the program and its arguments, e.g. [\"/usr/local/bin/lab-health\"]",
-            )),
-            Some(argv) if argv.first().is_none_or(|p| !p.starts_with('/')) => Err(self.err(
-                span,
-                field,
-                "must start with the absolute path of a program (no shell is involved)",
-            )),
-            Some(argv) => Ok(argv),
-        }
-    }
-
-    fn on(&self, on: &Spanned<String>, field: &str) -> Result<OnHost, SpecError> {
-        let text = on.get_ref().trim();
-        let parsed = if let Some(role) = text.strip_prefix("role:") {
-            Role::parse(role.trim()).map(OnHost::Role)
-        } else if let Some(host) = text.strip_prefix("host:") {
-            let host = host.trim();
-            (!host.is_empty()).then(|| OnHost::Host(host.to_owned()))
-        } else {
-            None
-        };
-        parsed.ok_or_else(|| {
-            self.err(
-                Some(on.span()),
-                field,
-                format!(
-                    "{text:?} is not a host selector; use \"role:manager\", \"role:worker\" or \"host:NAME\""
-                ),
-            )
-        })
-    }
 }
 
 fn parse_day(text: &str) -> Option<u8> {
@@ -1381,6 +857,8 @@ fn parse_hhmm(text: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pitcrew_proto::actions::health::{Health, HealthCheck};
+    use pitcrew_proto::actions::signal_unit::SignalWait;
 
     const MINIMAL: &str = r#"
 name = "patch"
@@ -1471,12 +949,8 @@ action = "patch"
         let spec = step("wait = \"exit\"\nwait_timeout = \"5m\"\n").unwrap();
         let drain = &spec.worker.main[0];
         assert!(matches!(
-            drain.action,
-            StepAction::SignalUnit {
-                wait: SignalWait::Exit,
-                wait_seconds: 300,
-                ..
-            }
+            &drain.action,
+            StepAction::SignalUnit(s) if s.wait == SignalWait::Exit && s.wait_seconds == 300
         ));
         // No timeout given: the wait and a margin fit in the default.
         assert_eq!(drain.timeout_ms, 310_000);
@@ -1620,16 +1094,43 @@ action = "patch"
     fn health_checks_exactly_one_thing() {
         let text = "name = \"x\"\n[[steps]]\naction = \"health\"\ntcp = \"localhost:2377\"\nunit_active = \"docker.service\"\n";
         assert!(parse(text).unwrap_err().to_string().contains("exactly one"));
-        let text = "name = \"x\"\n[[steps]]\naction = \"health\"\nhttp = \"https://localhost/_ping\"\nexpect_status = 204\n";
+        let text = "name = \"x\"\n[[steps]]\naction = \"health\"\nhttp = \"http://localhost/_ping\"\nexpect_status = 204\n";
         let spec = parse(text).unwrap();
         assert_eq!(
             spec.worker.main[0].action,
-            StepAction::Health {
+            StepAction::Health(Health {
                 check: HealthCheck::Http {
-                    url: "https://localhost/_ping".into(),
+                    url: "http://localhost/_ping".into(),
                     expect_status: 204
                 }
-            }
+            })
+        );
+    }
+
+    /// A check every agent would refuse is refused in the file, at its line.
+    #[test]
+    fn an_https_health_check_is_refused_where_it_is_written() {
+        let text =
+            "name = \"x\"\n[[steps]]\naction = \"health\"\nhttp = \"https://localhost/_ping\"\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("steps[0].http"));
+        assert_eq!(err.line, Some(4));
+        assert!(
+            err.message
+                .contains("https:// health checks are not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_field_and_line() {
+        let text = "name = \"x\"\n[[steps]]\naction = \"remove_path\"\npath = \"/var/x\"\nrecursive = \"yes\"\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("steps[0].recursive"));
+        assert_eq!(err.line, Some(5));
+        assert!(
+            err.message.contains("must be true or false, not a string"),
+            "{err}"
         );
     }
 }
