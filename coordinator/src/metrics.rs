@@ -30,7 +30,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -109,7 +109,7 @@ impl Collector for SessionCount {
         let gauge = ConstGauge::new(sessions);
         let metric = encoder.encode_descriptor(
             "pitcrew_agent_sessions",
-            "Agent sessions open now",
+            "Agent sessions open now.",
             None,
             gauge.metric_type(),
         )?;
@@ -129,10 +129,9 @@ impl Metrics {
     pub fn new(engine: &EngineMetrics, store: &Store, sessions: Arc<Sessions>) -> Metrics {
         let mut registry = Registry::default();
         engine.register(&mut registry);
-        registry.register_with_unit(
-            "pitcrew_store_commit_duration",
+        registry.register(
+            "pitcrew_store_commit_duration_seconds",
             "Time of each store transaction, from its start to the end of its commit (fsync included); one transaction carries every write queued meanwhile",
-            Unit::Seconds,
             store.commit_seconds(),
         );
         registry.register_collector(Box::new(SessionCount(sessions)));

@@ -2,6 +2,9 @@
 //! durable, from the counts the state keeps current (`state/gauges.rs`). A scrape only reads
 //! them: it never reaches the engine's loop, so a busy engine does not slow a scrape and a
 //! scrape costs the engine nothing.
+//!
+//! Units are in the names (`_seconds`), without OpenMetrics UNIT lines: Prometheus reads the
+//! names, and some OpenMetrics parsers refuse a UNIT on a histogram.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use super::state::{CAMPAIGN_STATES, FleetGauges, HOST_STATES, HolderKind};
 
@@ -80,10 +83,14 @@ impl Collector for LongestWaits {
                 (*kind, seconds)
             })
             .collect();
+        if values.is_empty() {
+            // As the registry does for a family without series.
+            return Ok(());
+        }
         let mut family = encoder.encode_descriptor(
-            "pitcrew_host_wait",
-            "The longest time a host has been waiting on each kind of blocker now (0 when none waits)",
-            Some(&Unit::Seconds),
+            "pitcrew_host_wait_seconds",
+            "The longest time a host has been waiting on each kind of blocker now (0 when none waits).",
+            None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for (kind, seconds) in values {
@@ -185,17 +192,15 @@ impl EngineMetrics {
             "Hosts of campaigns waiting now, by the kind of blocker they wait on",
             self.hosts_waiting.clone(),
         );
-        registry.register_with_unit(
-            "pitcrew_host_wait_duration",
+        registry.register(
+            "pitcrew_host_wait_duration_seconds",
             "How long hosts waited on one kind of blocker, observed when the wait ended (the blocker went or changed kind)",
-            Unit::Seconds,
             self.waits.clone(),
         );
         registry.register_collector(Box::new(self.longest_waits.clone()));
-        registry.register_with_unit(
-            "pitcrew_engine_decision_duration",
+        registry.register(
+            "pitcrew_engine_decision_duration_seconds",
             "Time the engine took to decide and apply in one turn (every campaign at once)",
-            Unit::Seconds,
             self.decision_seconds.clone(),
         );
     }
