@@ -277,7 +277,11 @@ impl FleetGauges {
                     hosts.insert(host, wait);
                 }
                 None => {
-                    next.insert(campaign.to_owned(), HashMap::from([(host, wait)]));
+                    // Sized for the campaign's waits of the last turn: most are still there.
+                    let room = old.get(campaign).map_or(0, HashMap::len) + 1;
+                    let mut hosts = HashMap::with_capacity(room);
+                    hosts.insert(host, wait);
+                    next.insert(campaign.to_owned(), hosts);
                 }
             }
             let waiting = self.waiting.entry(kind).or_default();
