@@ -12,6 +12,7 @@ use crate::ca::Ca;
 use crate::config::{CoordinatorConfig, DataDir};
 use crate::engine::{Engine, EngineSettings, EngineTask};
 use crate::events::EventLog;
+use crate::metrics::Metrics;
 use crate::operators::OperatorDirectory;
 use crate::registry::Registry;
 use crate::store::{Store, events, hosts};
@@ -36,6 +37,8 @@ pub struct Coordinator {
     pub config: CoordinatorConfig,
     /// Campaigns and manual maintenance: one owner, committed before acted on.
     pub engine: Engine,
+    /// What `GET /metrics` shows (served when `metrics_listen` is set).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Coordinator {
@@ -66,7 +69,9 @@ impl Coordinator {
             Engine::start(store.clone(), events.clone(), registry.clone(), settings)
                 .await
                 .context("loading the campaigns")?;
+        let metrics = Arc::new(Metrics::new(engine.metrics(), &store, registry.clone()));
         let coordinator = Arc::new(Coordinator {
+            metrics,
             store,
             registry,
             events,

@@ -35,6 +35,10 @@ pub struct CoordinatorConfig {
     /// How long the event log is kept (`[events]`).
     #[serde(default)]
     pub events: EventRetention,
+    /// Address of the Prometheus metrics listener (plain HTTP, `GET /metrics`); "" turns it
+    /// off. Loopback by default: the metrics name no host, but say how the fleet is doing.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: String,
 }
 
 /// Limits that keep one misbehaving peer from taking the coordinator down for everyone. The
@@ -117,6 +121,10 @@ fn default_operator_cert_lifetime() -> std::time::Duration {
     crate::ca::OPERATOR_CERT_VALIDITY
 }
 
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".to_owned()
+}
+
 fn default_listen() -> String {
     "0.0.0.0:7443".to_owned()
 }
@@ -137,6 +145,7 @@ impl Default for CoordinatorConfig {
             operator_cert_lifetime: default_operator_cert_lifetime(),
             limits: Limits::default(),
             events: EventRetention::default(),
+            metrics_listen: default_metrics_listen(),
         }
     }
 }
@@ -207,6 +216,20 @@ impl CoordinatorConfig {
                 ),
             });
         }
+        if !config.metrics_listen.is_empty()
+            && config
+                .metrics_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(ConfigError {
+                file,
+                message: format!(
+                    "field metrics_listen: {:?} is not an address such as 127.0.0.1:9464 (\"\" turns metrics off)",
+                    config.metrics_listen
+                ),
+            });
+        }
         if config.host_cert_lifetime < std::time::Duration::from_secs(10) {
             return Err(ConfigError {
                 file,
@@ -245,12 +268,15 @@ impl CoordinatorConfig {
              host_cert_lifetime = {:?}\n\
              # Lifetime of operator certificates (at most 365days); renew with\n\
              # `pitcrew operator renew`.\n\
-             operator_cert_lifetime = {:?}\n",
+             operator_cert_lifetime = {:?}\n\
+             # Prometheus metrics over plain HTTP (GET /metrics); \"\" turns them off.\n\
+             metrics_listen = {:?}\n",
             self.listen,
             self.heartbeat_seconds,
             self.heartbeat_timeout_seconds,
             humantime::format_duration(self.host_cert_lifetime).to_string(),
-            humantime::format_duration(self.operator_cert_lifetime).to_string()
+            humantime::format_duration(self.operator_cert_lifetime).to_string(),
+            self.metrics_listen
         )
     }
 }
@@ -266,6 +292,7 @@ mod tests {
         std::fs::write(&path, CoordinatorConfig::default().render()).unwrap();
         let loaded = CoordinatorConfig::load(&path).unwrap();
         assert_eq!(loaded.listen, "0.0.0.0:7443");
+        assert_eq!(loaded.metrics_listen, "127.0.0.1:9464");
         assert_eq!(
             loaded.operator_cert_lifetime,
             std::time::Duration::from_secs(30 * 24 * 3600)
@@ -282,6 +309,16 @@ mod tests {
         std::fs::write(&path, "listen = \"nowhere\"\n").unwrap();
         let error = CoordinatorConfig::load(&path).unwrap_err();
         assert!(error.message.contains("field listen"), "{error}");
+        std::fs::write(&path, "metrics_listen = \"9464\"\n").unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err();
+        assert!(error.message.contains("field metrics_listen"), "{error}");
+        std::fs::write(&path, "metrics_listen = \"\"\n").unwrap();
+        assert!(
+            CoordinatorConfig::load(&path)
+                .unwrap()
+                .metrics_listen
+                .is_empty()
+        );
         std::fs::write(&path, "\nlisten_on = \"0.0.0.0:1\"\n").unwrap();
         let error = CoordinatorConfig::load(&path).unwrap_err();
         assert!(

@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod events;
 pub mod init;
+pub mod metrics;
 pub mod operators;
 pub mod registry;
 pub mod server;

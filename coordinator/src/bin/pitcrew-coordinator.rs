@@ -112,6 +112,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
     let dir = DataDir::new(&data_dir);
     let (coordinator, engine) = Coordinator::open(&dir).await?;
+    let metrics_address = &coordinator.config.metrics_listen;
+    if !metrics_address.is_empty() {
+        let listener = tokio::net::TcpListener::bind(metrics_address)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {metrics_address} for metrics (metrics_listen in coordinator.toml; \"\" turns them off)"
+                )
+            })?;
+        tracing::info!(message = "serving metrics", address = %listener.local_addr()?, path = "/metrics");
+        tokio::spawn(pitcrew_coordinator::metrics::serve(
+            listener,
+            coordinator.metrics.clone(),
+        ));
+    }
     let address = listen.unwrap_or_else(|| coordinator.config.listen.clone());
     let listener = tokio::net::TcpListener::bind(&address)
         .await

@@ -13,6 +13,7 @@
 //! [`Outbox`] trait, and nothing of gRPC (its errors are [`EngineError`]).
 
 mod error;
+mod metrics;
 mod outbox;
 mod state;
 pub mod view;
@@ -29,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use error::EngineError;
+pub use metrics::EngineMetrics;
 pub use outbox::Outbox;
 pub use state::{CampaignControl, Hold, HostControl, HostEdit};
 use state::{EngineState, Turn};
@@ -122,6 +124,8 @@ enum Input {
 pub struct Engine {
     inbox: mpsc::UnboundedSender<Input>,
     changes: watch::Receiver<u64>,
+    /// What the loop publishes for Prometheus once each turn is durable.
+    metrics: EngineMetrics,
 }
 
 /// The engine's loop, to be supervised: it ends only with the error that stopped it, or
@@ -156,7 +160,9 @@ impl Engine {
                 grace_s = settings.reconnect_grace.as_secs()
             );
         }
+        let metrics = EngineMetrics::default();
         let runner = Runner {
+            metrics: metrics.clone(),
             state,
             store,
             events,
@@ -169,7 +175,14 @@ impl Engine {
             )),
         };
         let task = tokio::spawn(runner.run(turn));
-        Ok((Engine { inbox, changes }, task))
+        Ok((
+            Engine {
+                inbox,
+                changes,
+                metrics,
+            },
+            task,
+        ))
     }
 
     /// Runs `f` on the state in the next turn; answers once the turn is durable.
@@ -189,6 +202,11 @@ impl Engine {
             .send(Input::Command(command))
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// The engine's metric families, for the coordinator's registry.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
     }
 
     /// A receiver that changes whenever a committed turn changed a campaign.
@@ -391,6 +409,7 @@ struct Runner {
     changes: watch::Sender<u64>,
     /// Until when, and for which hosts, deciding waits after a restart.
     grace: Option<(tokio::time::Instant, Vec<String>)>,
+    metrics: EngineMetrics,
 }
 
 impl Runner {
@@ -404,6 +423,8 @@ impl Runner {
             if self.grace_over() {
                 wake = self.state.decide_and_apply(now, &mut turn);
                 self.state.release_free_holds(now, &mut turn);
+                self.metrics.decided(started.elapsed());
+                self.state.track_waits(now);
             }
             let decided = std::time::Instant::now();
             let wrote = self.commit(turn, std::mem::take(&mut replies)).await?;
@@ -488,6 +509,7 @@ impl Runner {
     /// Commits the turn's writes, then (and only then) sends, publishes and answers. Returns
     /// whether anything was written.
     async fn commit(&mut self, mut turn: Turn, replies: Vec<Reply>) -> Result<bool, EngineError> {
+        let looked = self.state.refresh_gauges(&turn) || turn.campaigns_changed;
         let writes = match self.state.writes(&mut turn) {
             Ok(writes) => writes,
             Err(error) => return Err(fail(replies, error.into())),
@@ -504,6 +526,14 @@ impl Runner {
         for event in logged {
             self.events.publish(event);
         }
+        // Durable: the metrics may say so (before any reply, so an answered command's effect
+        // is in the next scrape).
+        if cfg!(debug_assertions) && looked {
+            let kept = self.state.gauges.counts.nonzero();
+            let recounted = self.state.recount_gauges().nonzero();
+            debug_assert_eq!(kept, recounted, "the fleet's kept counts went wrong");
+        }
+        self.metrics.publish(&mut self.state.gauges);
         for (host, message) in turn.sends {
             // Not connected or not reading: the action stays recorded and in flight, and is
             // re-sent when the agent's next session starts.

@@ -23,6 +23,7 @@ use pitcrew_proto::v1::{EnrollRequest, EnrollResponse, enrollment_server::Enroll
 use tonic::{Request, Response, Status};
 
 use super::Coordinator;
+use crate::metrics::EnrollRefusal;
 use crate::store::{HostRecord, TokenRefusal, hosts, tokens as token_store};
 use crate::tokens;
 
@@ -217,10 +218,14 @@ impl Enrollment for EnrollmentService {
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         let limit = c.config.limits.refused_enrollments_per_minute;
         let now = pitcrew_proto::now_ms();
-        self.refusals.admit(ip, limit, now)?;
+        if let Err(status) = self.refusals.admit(ip, limit, now) {
+            c.metrics.enrollment_refused(EnrollRefusal::RateLimited);
+            return Err(status);
+        }
         let request = request.into_inner();
         // Every refusal below is counted against the source, and audited while within limits.
-        let refuse = |status: Status, host_id: &str| {
+        let refuse = |status: Status, host_id: &str, why: EnrollRefusal| {
+            c.metrics.enrollment_refused(why);
             let reason = status.message().to_owned();
             tracing::warn!(message = "refused an enrollment", %peer, %host_id, %reason);
             if self.refusals.refused(ip, &reason, limit, now) {
@@ -237,6 +242,7 @@ impl Enrollment for EnrollmentService {
             return Err(refuse(
                 Status::invalid_argument(format!("host_id: {reason}")),
                 "",
+                EnrollRefusal::InvalidHostId,
             ));
         }
         let hostname = if request.hostname.is_empty() {
@@ -245,7 +251,11 @@ impl Enrollment for EnrollmentService {
             request.hostname.clone()
         };
         if let Err(reason) = validate_hostname(&hostname) {
-            return Err(refuse(Status::invalid_argument(reason), &request.host_id));
+            return Err(refuse(
+                Status::invalid_argument(reason),
+                &request.host_id,
+                EnrollRefusal::InvalidHostname,
+            ));
         }
         // Check the CSR before anything is spent on it.
         let issued = crate::ca::Ca::check_csr(&request.csr_der)
@@ -256,7 +266,13 @@ impl Enrollment for EnrollmentService {
                     c.config.host_cert_lifetime,
                 )
             })
-            .map_err(|e| refuse(Status::invalid_argument(e.to_string()), &request.host_id))?;
+            .map_err(|e| {
+                refuse(
+                    Status::invalid_argument(e.to_string()),
+                    &request.host_id,
+                    EnrollRefusal::InvalidCsr,
+                )
+            })?;
 
         // One transaction: the token's checks and use, the host's checks, and its record.
         let (hash, host_id, name, serial) = (
@@ -346,6 +362,16 @@ impl Enrollment for EnrollmentService {
         let (token, record, reenrolled) = match outcome {
             Ok(done) => done,
             Err(refusal) => {
+                let why = match &refusal {
+                    Refusal::Token(TokenRefusal::Unknown) => EnrollRefusal::TokenUnknown,
+                    Refusal::Token(TokenRefusal::Expired) => EnrollRefusal::TokenExpired,
+                    Refusal::Token(TokenRefusal::Revoked) => EnrollRefusal::TokenRevoked,
+                    Refusal::Token(TokenRefusal::UsedUp) => EnrollRefusal::TokenUsedUp,
+                    Refusal::Taken { .. } => EnrollRefusal::HostEnrolled,
+                    Refusal::Removed { .. } => EnrollRefusal::HostRemoved,
+                    Refusal::WrongHost { .. } => EnrollRefusal::TokenForAnotherHost,
+                    Refusal::NameTaken { .. } => EnrollRefusal::HostnameTaken,
+                };
                 let status = match refusal {
                     Refusal::Token(_)
                     | Refusal::Taken { .. }
@@ -353,7 +379,7 @@ impl Enrollment for EnrollmentService {
                     | Refusal::WrongHost { .. } => Status::permission_denied(refusal.to_string()),
                     Refusal::NameTaken { .. } => Status::already_exists(refusal.to_string()),
                 };
-                return Err(refuse(status, &request.host_id));
+                return Err(refuse(status, &request.host_id, why));
             }
         };
         c.engine.host_enrolled(record.clone());

@@ -24,6 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -67,6 +68,9 @@ pub struct Store {
     /// own writes, and fire-and-forget writes (events) follow the pace of what they record.
     writer: mpsc::UnboundedSender<Job>,
     reader: Arc<Mutex<Connection>>,
+    /// How long each of the writer's transactions took, from BEGIN to the end of COMMIT (its
+    /// fsync included), for the metrics.
+    commit_seconds: Histogram,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -94,9 +98,12 @@ impl Store {
         })?;
         let reader = open_connection(path)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        // 100 µs to about 13 s.
+        let commit_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
+        let observed = commit_seconds.clone();
         std::thread::Builder::new()
             .name("pitcrew-store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &observed))
             .map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
                 reason: format!("cannot start the writer thread: {e}"),
@@ -104,7 +111,14 @@ impl Store {
         Ok(Store {
             writer: tx,
             reader: Arc::new(Mutex::new(reader)),
+            commit_seconds,
         })
+    }
+
+    /// The histogram of the writer's transaction times (shared: observations made after this
+    /// call show in it).
+    pub fn commit_seconds(&self) -> Histogram {
+        self.commit_seconds.clone()
     }
 
     /// Runs `f` in the writer's next transaction and returns its result once that transaction
@@ -179,7 +193,7 @@ impl Store {
 }
 
 /// The writer thread: group commit until every sender is gone.
-fn writer_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn writer_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, commits: &Histogram) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -189,6 +203,7 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
             }
         }
         let mut afters = Vec::with_capacity(batch.len());
+        let began = std::time::Instant::now();
         let commit = match conn.execute_batch("BEGIN IMMEDIATE") {
             Err(error) => Err(StoreError::from(error)),
             Ok(()) => {
@@ -224,6 +239,7 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
                 }
             }
         };
+        commits.observe(began.elapsed().as_secs_f64());
         if let Err(error) = &commit {
             tracing::error!(message = "a store transaction failed; its writes are lost", %error);
         }

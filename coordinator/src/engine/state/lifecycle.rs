@@ -27,6 +27,13 @@ pub(crate) enum HostChange {
 }
 
 impl HostChange {
+    /// The host the change is about.
+    pub(super) fn host_id(&self) -> &str {
+        match self {
+            HostChange::Removed { host_id, .. } | HostChange::Set { host_id, .. } => host_id,
+        }
+    }
+
     pub(super) fn apply(&self, conn: &Connection) -> Result<(), StoreError> {
         match self {
             HostChange::Removed { host_id, at_ms } => hosts::mark_removed(conn, host_id, *at_ms),
