@@ -1,5 +1,5 @@
 //! The `pitcrew` command line: what an operator types. Each command maps to one Admin call (or
-//! a stream of them) and prints a table, or JSON with `-o json`.
+//! a stream of them) and prints a table, or JSON with `-o json` (and CSV for reports, `-o csv`).
 //!
 //! This crate knows only the wire (`pitcrew-proto`): it is what an operator's workstation
 //! installs (the `pitcrew-cli` package), without the coordinator.
@@ -12,6 +12,7 @@ pub mod hosts;
 pub mod lifecycle;
 pub mod operators;
 pub mod output;
+pub mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -92,12 +93,20 @@ pub enum Command {
         #[command(subcommand)]
         command: operators::OperatorCommand,
     },
+    /// Reports over the fleet: `report compliance` (`-o csv` for spreadsheets).
+    Report {
+        #[command(subcommand)]
+        command: report::ReportCommand,
+    },
 }
 
 /// Runs a parsed command line; the error is printed by `main`, which exits non-zero.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.output;
     let connect = cli.connect;
+    if format == Format::Csv && !matches!(cli.command, Command::Report { .. }) {
+        anyhow::bail!("-o csv is for `pitcrew report`; use -o json for other commands");
+    }
     match cli.command {
         Command::Hosts { command } => hosts::hosts(&connect, format, command).await,
         Command::Token { command } => hosts::token(&connect, format, command).await,
@@ -106,5 +115,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Maintenance { command } => campaigns::maintenance(&connect, format, command).await,
         Command::Events(args) => campaigns::events(&connect, format, args).await,
         Command::Operator { command } => operators::operator(&connect, format, command).await,
+        Command::Report { command } => report::report(&connect, format, command).await,
     }
 }

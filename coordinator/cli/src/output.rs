@@ -54,6 +54,8 @@ macro_rules! say_err {
 pub enum Format {
     Table,
     Json,
+    /// Only `pitcrew report`: rows for spreadsheets.
+    Csv,
 }
 
 /// Prints a value as pretty JSON.

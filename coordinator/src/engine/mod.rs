@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 pub use error::EngineError;
 pub use metrics::EngineMetrics;
 pub use outbox::Outbox;
-pub use state::{CampaignControl, Hold, HostControl, HostEdit};
+pub use state::{CampaignControl, CampaignSuccess, Hold, HostControl, HostEdit};
 use state::{EngineState, Turn};
 pub use view::{CampaignView, HostPage, HostStatus};
 
@@ -331,6 +331,15 @@ impl Engine {
         EngineError,
     > {
         self.call(move |state, turn, _| state.set_host(&operator, &host_id, &edit, turn))
+            .await
+    }
+
+    /// When each campaign last succeeded on each of these hosts (in the same order).
+    pub async fn last_successes(
+        &self,
+        host_ids: Vec<String>,
+    ) -> Result<Vec<Vec<CampaignSuccess>>, EngineError> {
+        self.call(move |state, _, _| Ok(state.last_successes(&host_ids)))
             .await
     }
 

@@ -17,9 +17,12 @@ use pitcrew_scheduler::{
 use prost::Message;
 use rusqlite::Connection;
 
+mod compliance;
 mod gauges;
 mod lifecycle;
 mod unit_holds;
+
+pub use compliance::CampaignSuccess;
 
 pub(crate) use gauges::{CAMPAIGN_STATES, FleetGauges, HOST_STATES, HolderKind, StepOutcome};
 

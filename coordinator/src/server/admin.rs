@@ -79,6 +79,51 @@ pub async fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Sta
 }
 
 /// The operator's view of some hosts (live session and holder included).
+/// One page of hosts for a listing request (ListHosts, ComplianceReport), and the token of the
+/// next page (empty at the end). Filters the store cannot apply (live session, holder) may
+/// thin a page: it reads on until the page is full or the fleet ends.
+async fn list_host_page(
+    c: &Coordinator,
+    r: v1::ListHostsRequest,
+) -> Result<(Vec<v1::HostInfo>, String), Status> {
+    let want = page_size(r.page_size);
+    let mut filter = host_filter(&r, want)?;
+    let connected = v1::ConnectedFilter::try_from(r.connected).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut last = None;
+    let mut exhausted = false;
+    while out.len() < want && !exhausted {
+        let page_filter = filter.clone();
+        let page = c
+            .store
+            .read(move |conn| hosts::list(conn, &page_filter))
+            .await?;
+        exhausted = page.len() < want;
+        let Some(tail) = page.last() else { break };
+        filter.after = Some((tail.hostname.clone(), tail.host_id.clone()));
+        for info in host_infos(c, page).await? {
+            if out.len() == want {
+                exhausted = false;
+                break;
+            }
+            last = Some((info.hostname.clone(), info.host_id.clone()));
+            let live_ok = match connected {
+                v1::ConnectedFilter::Any => true,
+                v1::ConnectedFilter::Connected => info.connected,
+                v1::ConnectedFilter::Disconnected => !info.connected,
+            };
+            if live_ok && (r.state.is_empty() || info.maintenance_state == r.state) {
+                out.push(info);
+            }
+        }
+    }
+    let next_page_token = match (exhausted, last) {
+        (false, Some((name, id))) => convert::host_page_token(&name, &id),
+        _ => String::new(),
+    };
+    Ok((out, next_page_token))
+}
+
 async fn host_infos(
     c: &Coordinator,
     records: Vec<HostRecord>,
@@ -225,47 +270,40 @@ impl Admin for AdminService {
         request: Request<v1::ListHostsRequest>,
     ) -> Result<Response<v1::ListHostsResponse>, Status> {
         caller(&request)?;
-        let c = &self.coordinator;
-        let r = request.into_inner();
-        let want = page_size(r.page_size);
-        let mut filter = host_filter(&r, want)?;
-        let connected = v1::ConnectedFilter::try_from(r.connected).unwrap_or_default();
-        // Filters the store cannot apply (live session, holder) may thin a page: read on
-        // until the page is full or the fleet ends.
-        let mut out = Vec::new();
-        let mut last = None;
-        let mut exhausted = false;
-        while out.len() < want && !exhausted {
-            let page_filter = filter.clone();
-            let page = c
-                .store
-                .read(move |conn| hosts::list(conn, &page_filter))
-                .await?;
-            exhausted = page.len() < want;
-            let Some(tail) = page.last() else { break };
-            filter.after = Some((tail.hostname.clone(), tail.host_id.clone()));
-            for info in host_infos(c, page).await? {
-                if out.len() == want {
-                    exhausted = false;
-                    break;
-                }
-                last = Some((info.hostname.clone(), info.host_id.clone()));
-                let live_ok = match connected {
-                    v1::ConnectedFilter::Any => true,
-                    v1::ConnectedFilter::Connected => info.connected,
-                    v1::ConnectedFilter::Disconnected => !info.connected,
-                };
-                if live_ok && (r.state.is_empty() || info.maintenance_state == r.state) {
-                    out.push(info);
-                }
-            }
-        }
-        let next_page_token = match (exhausted, last) {
-            (false, Some((name, id))) => convert::host_page_token(&name, &id),
-            _ => String::new(),
-        };
+        let (hosts, next_page_token) =
+            list_host_page(&self.coordinator, request.into_inner()).await?;
         Ok(Response::new(v1::ListHostsResponse {
-            hosts: out,
+            hosts,
+            next_page_token,
+        }))
+    }
+
+    async fn compliance_report(
+        &self,
+        request: Request<v1::ListHostsRequest>,
+    ) -> Result<Response<v1::ComplianceReportResponse>, Status> {
+        caller(&request)?;
+        let c = &self.coordinator;
+        let (hosts, next_page_token) = list_host_page(c, request.into_inner()).await?;
+        let ids = hosts.iter().map(|h| h.host_id.clone()).collect();
+        let successes = c.engine.last_successes(ids).await?;
+        let rows = hosts
+            .into_iter()
+            .zip(successes)
+            .map(|(host, successes)| v1::ComplianceRow {
+                host: Some(host),
+                last_successes: successes
+                    .into_iter()
+                    .map(|s| v1::CampaignSuccess {
+                        campaign: s.campaign,
+                        run_id: s.run_id,
+                        finished_at_ms: s.finished_at_ms,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(v1::ComplianceReportResponse {
+            rows,
             next_page_token,
         }))
     }

@@ -39,6 +39,7 @@ use crate::operators::{OperatorDirectory, Role};
 pub const ADMIN_ROLES: &[(&str, Role)] = &[
     ("ListHosts", Role::Viewer),
     ("GetHost", Role::Viewer),
+    ("ComplianceReport", Role::Viewer),
     ("CreateToken", Role::Admin),
     ("ListTokens", Role::Viewer),
     ("RevokeToken", Role::Admin),
@@ -323,6 +324,7 @@ mod tests {
         for read in [
             "ListHosts",
             "GetHost",
+            "ComplianceReport",
             "ListTokens",
             "PlanCampaign",
             "GetCampaign",
