@@ -4,10 +4,14 @@
 //! This crate knows only the wire (`pitcrew-proto`): it is what an operator's workstation
 //! installs (the `pitcrew-cli` package), without the coordinator.
 #![forbid(unsafe_code)]
+// Everything printed goes through `output` (`say!`, `output::json`), which ends the process
+// quietly when the reader of a pipe has gone; a stray `println!` would panic there instead.
+#![deny(clippy::print_stdout)]
 
 pub mod actions;
 pub mod campaigns;
 pub mod connect;
+pub mod generate;
 pub mod hosts;
 pub mod lifecycle;
 pub mod operators;
@@ -92,13 +96,27 @@ pub enum Command {
         #[command(subcommand)]
         command: operators::OperatorCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// bash: `pitcrew completions bash > ~/.local/share/bash-completion/completions/pitcrew`
+    /// (the packages install it for every user).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (pitcrew.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Runs a parsed command line; the error is printed by `main`, which exits non-zero.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.output;
     let connect = cli.connect;
-    match cli.command {
+    let result = match cli.command {
         Command::Hosts { command } => hosts::hosts(&connect, format, command).await,
         Command::Token { command } => hosts::token(&connect, format, command).await,
         Command::Do(args) => actions::run(&connect, format, args).await,
@@ -106,5 +124,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Maintenance { command } => campaigns::maintenance(&connect, format, command).await,
         Command::Events(args) => campaigns::events(&connect, format, args).await,
         Command::Operator { command } => operators::operator(&connect, format, command).await,
-    }
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { dir } => generate::man_pages(&dir),
+    };
+    result.map_err(|error| connect::explain(&connect, error))
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use pitcrew_coordinator::config::DataDir;
 use pitcrew_coordinator::server::{self, Coordinator};
 
@@ -52,6 +52,13 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Write the manual pages (pitcrew-coordinator.1 and one per command) into a directory; the packages
+    /// ship them.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,6 +103,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("CA certificate:       {}", made.ca_cert.display());
             Ok(())
         }
+        Command::Man { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            .with_context(|| format!("writing manual pages into {}", dir.display())),
         Command::Serve { data_dir, listen } => {
             // Blocking work is store reads on one connection and planning: a few threads are
             // plenty, and every extra one costs memory (its stack and allocator arena).

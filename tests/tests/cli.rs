@@ -1,0 +1,282 @@
+//! What operators expect of any command line, checked on the real `pitcrew` against a real
+//! coordinator: output piped into a reader that stops early ends quietly, and a certificate
+//! from another fleet (or an expired one) is named as the reason a connection fails.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+use pitcrew_coordinator::ca::Ca;
+use pitcrew_tests::{Coordinator, bin, wait_for};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `pitcrew ARGS` as the admin with its stdout a pipe whose reader has already gone.
+fn into_closed_pipe(coordinator: &Coordinator, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Command::new(bin("pitcrew"))
+        .args(args)
+        .envs(coordinator.operator_env())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running pitcrew")
+}
+
+#[test]
+fn output_into_a_pipe_whose_reader_has_gone_ends_quietly() {
+    let mut coordinator = Coordinator::init().unwrap();
+    coordinator.start().unwrap();
+    // Something in every listing: a token, and its creation in the audit trail.
+    coordinator.token("worker", &[], 1);
+    for args in [
+        &["events"][..],
+        &["events", "-o", "json"],
+        &["hosts"],
+        &["hosts", "-o", "json"],
+        &["token", "ls"],
+        &["operator", "ls"],
+        &["--help"],
+        &["completions", "bash"],
+    ] {
+        let out = into_closed_pipe(&coordinator, args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "pitcrew {args:?} into a closed pipe: {:?}, stderr: {}",
+            out.status,
+            text(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "pitcrew {args:?} into a closed pipe said: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// `pitcrew events --follow | head -1`: the follower ends at the first event after `head` left,
+/// not on the next Ctrl-C, and without a word.
+#[test]
+fn a_follower_ends_quietly_at_the_first_event_after_its_reader_left() {
+    let mut coordinator = Coordinator::init().unwrap();
+    coordinator.start().unwrap();
+    coordinator.token("worker", &[], 1);
+    let mut follower = Command::new(bin("pitcrew"))
+        .args(["events", "--follow"])
+        .envs(coordinator.operator_env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap());
+    // The backlog comes first, once the follower has subscribed to new events.
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert!(line.contains(" audit by "), "{line}");
+    // `head -1` exits: the pipe's reader is gone.
+    drop(lines);
+    coordinator.token("worker", &[], 1);
+    let status = wait_for("the follower to end", || follower.try_wait().unwrap());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}, stderr: {stderr}");
+    assert!(stderr.is_empty(), "the follower said: {stderr}");
+}
+
+/// `pitcrew hosts` as the admin of `coordinator`, with some connection settings replaced.
+fn hosts_with(coordinator: &Coordinator, replaced: &[(&str, &std::path::Path)]) -> Output {
+    Command::new(bin("pitcrew"))
+        .arg("hosts")
+        .envs(coordinator.operator_env())
+        .envs(replaced.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .output()
+        .expect("running pitcrew")
+}
+
+#[test]
+fn a_certificate_of_another_fleet_or_an_expired_one_is_named_as_the_reason() {
+    let mut coordinator = Coordinator::init().unwrap();
+    coordinator.start().unwrap();
+    let other = Coordinator::init().unwrap();
+    let ca = coordinator.dir.join("ca.crt");
+
+    // An operator certificate of another fleet: the coordinator refuses it at the handshake.
+    let foreign_cert = other.dir.join("operator/admin.crt");
+    let out = hosts_with(
+        &coordinator,
+        &[
+            ("PITCREW_CERT", &foreign_cert),
+            ("PITCREW_KEY", &other.dir.join("operator/admin.key")),
+        ],
+    );
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "the coordinator refused the operator certificate {}: it was not issued by this fleet's CA (the one in {})",
+            foreign_cert.display(),
+            ca.display()
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("operation was canceled"), "{said}");
+
+    // An expired certificate of this fleet.
+    let now = time::OffsetDateTime::now_utc();
+    let (expired, key) = Ca::load(&coordinator.dir)
+        .unwrap()
+        .issue_host_between(
+            "expired",
+            now - time::Duration::days(10),
+            now - time::Duration::days(1),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("old.crt"), dir.path().join("old.key"));
+    std::fs::write(&cert_path, &expired.cert_pem).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let out = hosts_with(
+        &coordinator,
+        &[("PITCREW_CERT", &cert_path), ("PITCREW_KEY", &key_path)],
+    );
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "the coordinator refused the operator certificate {}: it has expired",
+            cert_path.display()
+        )),
+        "{said}"
+    );
+
+    // This side refuses the coordinator: the CA given is another fleet's.
+    let foreign_ca = other.dir.join("ca.crt");
+    let out = hosts_with(&coordinator, &[("PITCREW_CA", &foreign_ca)]);
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "the coordinator's certificate is not signed by the CA in {}",
+            foreign_ca.display()
+        )),
+        "{said}"
+    );
+
+    // And with this fleet's own files all is well, so each refusal was about its certificate.
+    let out = hosts_with(&coordinator, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Runs `bash -c SCRIPT` and returns its stdout, requiring success.
+fn bash(script: &str) -> String {
+    let out = Command::new("bash").arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn bash_completes_the_commands_of_the_command_line_itself() {
+    let load = format!("source <({} completions bash)", bin("pitcrew").display());
+    let registered = bash(&format!("{load}; complete -p pitcrew"));
+    assert!(registered.contains("-F _pitcrew"), "{registered}");
+    // What bash offers after `pitcrew camp<TAB>` and `pitcrew campaign <TAB>`.
+    let offered = bash(&format!(
+        "{load}; COMP_WORDS=(pitcrew camp); COMP_CWORD=1; _pitcrew pitcrew camp pitcrew; echo \"${{COMPREPLY[@]}}\""
+    ));
+    assert_eq!(offered.trim(), "campaign");
+    let offered = bash(&format!(
+        "{load}; COMP_WORDS=(pitcrew campaign ''); COMP_CWORD=2; _pitcrew pitcrew '' campaign; echo \"${{COMPREPLY[@]}}\""
+    ));
+    for word in ["plan", "run", "watch", "pause", "resume", "cancel", "host"] {
+        assert!(
+            offered.split_whitespace().any(|w| w == word),
+            "{word}: {offered}"
+        );
+    }
+    // The other shells get scripts naming the same commands.
+    for shell in ["zsh", "fish"] {
+        let out = Command::new(bin("pitcrew"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for word in ["campaign", "maintenance", "operator", "events"] {
+            assert!(script.contains(word), "{shell} script lacks {word}");
+        }
+    }
+}
+
+/// Each binary writes its manual pages from its own command-line definition; every page
+/// renders with `man` (or at least has a title and the usual sections) without warnings.
+#[test]
+fn manual_pages_are_written_for_every_command_and_render() {
+    let dir = tempfile::tempdir().unwrap();
+    for program in ["pitcrew", "pitcrew-agent", "pitcrew-coordinator"] {
+        let out = Command::new(bin(program))
+            .args(["man", "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program} man: {}", text(&out.stderr));
+    }
+    let pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for page in [
+        "pitcrew.1",
+        "pitcrew-campaign-run.1",
+        "pitcrew-events.1",
+        "pitcrew-operator-add.1",
+        "pitcrew-completions.1",
+        "pitcrew-agent.1",
+        "pitcrew-agent-run.1",
+        "pitcrew-coordinator.1",
+        "pitcrew-coordinator-init.1",
+    ] {
+        assert!(pages.iter().any(|p| p == page), "{page} missing: {pages:?}");
+    }
+    // The hidden command that writes them has no page.
+    assert!(!pages.iter().any(|p| p.contains("-man")), "{pages:?}");
+    let man = Command::new("man").arg("--version").output().is_ok();
+    for page in &pages {
+        let path = dir.path().join(page);
+        let source = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            source.starts_with(".ie") || source.contains("\n.TH "),
+            "{page}"
+        );
+        for section in ["NAME", "SYNOPSIS", "DESCRIPTION"] {
+            assert!(
+                source.contains(&format!(".SH {section}")),
+                "{page}: no {section}"
+            );
+        }
+        if man {
+            // As lintian checks pages: man's own warnings on.
+            let out = Command::new("man")
+                .args(["--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z"])
+                .arg(&path)
+                .env("MANWIDTH", "80")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{page}: {}", text(&out.stderr));
+            assert!(out.stderr.is_empty(), "{page}: {}", text(&out.stderr));
+        }
+    }
+    let out = Command::new("man")
+        .args(["-l"])
+        .arg(dir.path().join("pitcrew.1"))
+        .env("MANWIDTH", "80")
+        .env("MANPAGER", "cat")
+        .output();
+    if let Ok(out) = out {
+        let shown = text(&out.stdout);
+        assert!(shown.contains("PITCREW_COORDINATOR"), "{shown}");
+        assert!(shown.contains("pitcrew-campaign(1)"), "{shown}");
+    }
+}
