@@ -256,6 +256,16 @@ fn manual_pages_are_written_for_every_command_and_render() {
                 "{page}: no {section}"
             );
         }
+        // What `man -k` (whatis) indexes: "name \- description".
+        let name = source
+            .split(".SH NAME\n")
+            .nth(1)
+            .and_then(|rest| rest.lines().next())
+            .unwrap_or_default();
+        assert!(
+            name.contains(" \\- "),
+            "{page}: NAME line {name:?} has no description"
+        );
         if man {
             // As lintian checks pages: man's own warnings on.
             let out = Command::new("man")
@@ -280,3 +290,4 @@ fn manual_pages_are_written_for_every_command_and_render() {
         assert!(shown.contains("pitcrew-campaign(1)"), "{shown}");
     }
 }
+
