@@ -291,3 +291,114 @@ fn manual_pages_are_written_for_every_command_and_render() {
     }
 }
 
+/// Starts an agent for `coordinator` whose machine id (its host id) is `id`.
+fn agent_with_id(coordinator: &Coordinator, name: &str, id: &str) -> pitcrew_tests::Agent {
+    let token = coordinator.token("worker", &[("cluster", "c1"), ("name", name)], 1);
+    let mut agent = pitcrew_tests::Agent::new(coordinator, name, &token, "").unwrap();
+    std::fs::write(agent.dir.join("machine-id"), format!("{id}\n")).unwrap();
+    agent.machine_id = id.to_owned();
+    agent.start().unwrap();
+    pitcrew_tests::wait_connected(coordinator, id);
+    agent
+}
+
+/// A host is named by its id, its hostname, or a unique prefix of its id (what the `hosts`
+/// table shows); an ambiguous prefix is refused listing the candidates. The table shows labels.
+#[test]
+fn hosts_are_named_by_a_unique_id_prefix_and_listed_with_their_labels() {
+    let mut coordinator = Coordinator::init().unwrap();
+    coordinator.start().unwrap();
+    let one = "c0ffee01aaaaaaaaaaaaaaaaaaaaaaaa";
+    let two = "c0ffee02bbbbbbbbbbbbbbbbbbbbbbbb";
+    let _agents = [
+        agent_with_id(&coordinator, "w1", one),
+        agent_with_id(&coordinator, "w2", two),
+    ];
+
+    let shown = coordinator.cli_json(&["hosts", "show", "c0ffee01"]);
+    assert_eq!(shown["host_id"], one, "{shown}");
+    // Every command that takes a host resolves it the same way.
+    let out = coordinator.cli(&["maintenance", "enable", &two[..12]]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("w2 is"), "{}", text(&out.stdout));
+
+    let out = coordinator.cli(&["hosts", "show", "c0ffee"]);
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("is ambiguous")
+            && said.contains(&format!("{one} (w1)"))
+            && said.contains(&format!("{two} (w2)")),
+        "{said}"
+    );
+    let out = coordinator.cli(&["hosts", "show", "c0ffee03"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not found"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let table = text(&coordinator.cli(&["hosts"]).stdout);
+    let row = table.lines().find(|l| l.contains(" w1 ")).unwrap();
+    assert!(row.contains("cluster=c1,name=w1"), "{table}");
+}
+
+/// A process killed when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `init` ends with the `export` lines `pitcrew` needs; pasted into a shell, they work.
+#[test]
+fn init_prints_the_exports_that_point_pitcrew_at_the_new_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fleet with space");
+    let port = pitcrew_tests::free_port();
+    let init = Command::new(bin("pitcrew-coordinator"))
+        .args(["init", "--san", "127.0.0.1", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    let exports: Vec<String> = text(&init.stdout)
+        .lines()
+        .filter(|l| l.starts_with("export PITCREW_"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(exports.len(), 4, "{}", text(&init.stdout));
+    let _serve = Running(
+        Command::new(bin("pitcrew-coordinator"))
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the coordinator to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    // In a shell with none of the PITCREW_* variables of this test's environment.
+    let script = format!("{}\n\"$0\" hosts -o json", exports.join("\n"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(bin("pitcrew"))
+        .env_remove("PITCREW_COORDINATOR")
+        .env_remove("PITCREW_CA")
+        .env_remove("PITCREW_CERT")
+        .env_remove("PITCREW_KEY")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "[]");
+}
