@@ -402,3 +402,118 @@ fn init_prints_the_exports_that_point_pitcrew_at_the_new_fleet() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "[]");
 }
+
+/// `pitcrew` with `env` and none of the test's own `PITCREW_*` variables.
+fn pitcrew_with(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(bin("pitcrew"));
+    for name in [
+        "PITCREW_COORDINATOR",
+        "PITCREW_CA",
+        "PITCREW_CERT",
+        "PITCREW_KEY",
+        "PITCREW_CONTEXT",
+        "PITCREW_CONFIG",
+    ] {
+        command.env_remove(name);
+    }
+    command
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The number of join tokens the fleet `pitcrew` reaches lists.
+fn tokens(out: Output) -> usize {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .map(Vec::len)
+        .unwrap()
+}
+
+/// Contexts of the client config name fleets: `context add` saves the connection given, the
+/// first is current, `--context`, PITCREW_CONTEXT and `context use` switch, flags and
+/// PITCREW_* still win, and relative paths in the file are relative to it.
+#[test]
+fn contexts_switch_between_fleets() {
+    let mut a = Coordinator::init().unwrap();
+    a.start().unwrap();
+    let mut b = Coordinator::init().unwrap();
+    b.start().unwrap();
+    b.token("worker", &[], 1); // b lists one token, a none
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let config = config.to_str().unwrap();
+    let env_of = |c: &Coordinator| -> Vec<(String, String)> {
+        let mut env = c.operator_env();
+        env.push(("PITCREW_CONFIG".into(), config.into()));
+        env
+    };
+    for (name, fleet) in [("a", &a), ("b", &b)] {
+        let env = env_of(fleet);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let out = pitcrew_with(&env, &["context", "add", name]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let only_config = [("PITCREW_CONFIG", config)];
+    let json = ["token", "ls", "-o", "json"];
+    assert_eq!(tokens(pitcrew_with(&only_config, &json)), 0, "a is current");
+    let mut args = vec!["--context", "b"];
+    args.extend(json);
+    assert_eq!(tokens(pitcrew_with(&only_config, &args)), 1);
+    let out = pitcrew_with(&only_config, &["context", "use", "b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(tokens(pitcrew_with(&only_config, &json)), 1);
+    let listed = text(&pitcrew_with(&only_config, &["context", "ls"]).stdout);
+    assert!(
+        listed.lines().any(|l| l.contains('*') && l.contains(" b ")),
+        "{listed}"
+    );
+    assert_eq!(
+        tokens(pitcrew_with(
+            &[("PITCREW_CONFIG", config), ("PITCREW_CONTEXT", "a")],
+            &json
+        )),
+        0
+    );
+    // PITCREW_* (here all of a's) win over the current context (b).
+    let env = env_of(&a);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(tokens(pitcrew_with(&env, &json)), 0);
+
+    let out = pitcrew_with(&only_config, &["--context", "nope", "hosts"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no context \"nope\"")
+            && text(&out.stderr).contains("contexts: a, b"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A file beside its certificates, as an operator copies them: relative paths.
+    let copied = dir.path().join("copied");
+    std::fs::create_dir(&copied).unwrap();
+    for (from, to) in [
+        ("ca.crt", "ca.crt"),
+        ("operator/admin.crt", "me.crt"),
+        ("operator/admin.key", "me.key"),
+    ] {
+        std::fs::copy(b.dir.join(from), copied.join(to)).unwrap();
+    }
+    std::fs::write(
+        copied.join("config.toml"),
+        format!(
+            "current = \"b\"\n[contexts.b]\ncoordinator = \"{}\"\nca = \"ca.crt\"\ncert = \"me.crt\"\nkey = \"me.key\"\n",
+            b.address()
+        ),
+    )
+    .unwrap();
+    let copied_config = copied.join("config.toml");
+    let out = pitcrew_with(
+        &[("PITCREW_CONFIG", copied_config.to_str().unwrap())],
+        &json,
+    );
+    assert_eq!(tokens(out), 1);
+}

@@ -15,40 +15,85 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tonic::transport::Channel;
 
-/// Connection flags shared by every command.
-#[derive(Debug, Clone, clap::Args)]
+/// The coordinator address when neither a flag, the environment nor a context gives one.
+pub const DEFAULT_COORDINATOR: &str = "https://127.0.0.1:7443";
+/// The files `pitcrew-coordinator init` writes, used when nothing else names them: they suit
+/// the coordinator's own host.
+pub const DEFAULT_CA: &str = "/var/lib/pitcrew-coordinator/ca.crt";
+pub const DEFAULT_CERT: &str = "/var/lib/pitcrew-coordinator/operator/admin.crt";
+pub const DEFAULT_KEY: &str = "/var/lib/pitcrew-coordinator/operator/admin.key";
+
+/// Connection flags shared by every command. Each is taken from the flag, else the
+/// environment, else the chosen context of the client config (`pitcrew context`), else the
+/// files `pitcrew-coordinator init` writes on the coordinator's host.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnectFlags {
+    /// Coordinator address [default: the context's, else https://127.0.0.1:7443].
+    #[arg(long, global = true, env = "PITCREW_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// The fleet CA certificate (PEM) [default: the context's, else
+    /// /var/lib/pitcrew-coordinator/ca.crt].
+    #[arg(long, global = true, env = "PITCREW_CA")]
+    pub ca: Option<PathBuf>,
+    /// Your operator certificate (PEM) [default: the context's, else
+    /// /var/lib/pitcrew-coordinator/operator/admin.crt].
+    #[arg(long, global = true, env = "PITCREW_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Your operator key (PEM) [default: the context's, else
+    /// /var/lib/pitcrew-coordinator/operator/admin.key].
+    #[arg(long, global = true, env = "PITCREW_KEY")]
+    pub key: Option<PathBuf>,
+    /// The context of the client config to use [default: its current one]. The config is
+    /// $PITCREW_CONFIG, else ~/.config/pitcrew/config.toml.
+    #[arg(long, global = true, env = "PITCREW_CONTEXT")]
+    pub context: Option<String>,
+}
+
+impl ConnectFlags {
+    /// The connection to use: each setting from the flag or environment, else the context,
+    /// else the default. The client config is read only when a context is named or a setting
+    /// is missing.
+    pub fn resolve(&self) -> anyhow::Result<ConnectArgs> {
+        let complete = self.coordinator.is_some()
+            && self.ca.is_some()
+            && self.cert.is_some()
+            && self.key.is_some();
+        let context = if complete && self.context.is_none() {
+            crate::contexts::Context::default()
+        } else {
+            crate::contexts::chosen(self.context.as_deref())?
+        };
+        Ok(ConnectArgs {
+            coordinator: self
+                .coordinator
+                .clone()
+                .or(context.coordinator)
+                .unwrap_or_else(|| DEFAULT_COORDINATOR.into()),
+            ca: self
+                .ca
+                .clone()
+                .or(context.ca)
+                .unwrap_or_else(|| DEFAULT_CA.into()),
+            cert: self
+                .cert
+                .clone()
+                .or(context.cert)
+                .unwrap_or_else(|| DEFAULT_CERT.into()),
+            key: self
+                .key
+                .clone()
+                .or(context.key)
+                .unwrap_or_else(|| DEFAULT_KEY.into()),
+        })
+    }
+}
+
+/// Where and as whom a command connects: [`ConnectFlags`] resolved.
+#[derive(Debug, Clone)]
 pub struct ConnectArgs {
-    /// Coordinator address.
-    #[arg(
-        long,
-        global = true,
-        env = "PITCREW_COORDINATOR",
-        default_value = "https://127.0.0.1:7443"
-    )]
     pub coordinator: String,
-    /// The fleet CA certificate (PEM).
-    #[arg(
-        long,
-        global = true,
-        env = "PITCREW_CA",
-        default_value = "/var/lib/pitcrew-coordinator/ca.crt"
-    )]
     pub ca: PathBuf,
-    /// Your operator certificate (PEM).
-    #[arg(
-        long,
-        global = true,
-        env = "PITCREW_CERT",
-        default_value = "/var/lib/pitcrew-coordinator/operator/admin.crt"
-    )]
     pub cert: PathBuf,
-    /// Your operator key (PEM).
-    #[arg(
-        long,
-        global = true,
-        env = "PITCREW_KEY",
-        default_value = "/var/lib/pitcrew-coordinator/operator/admin.key"
-    )]
     pub key: PathBuf,
 }
 

@@ -11,6 +11,7 @@
 pub mod actions;
 pub mod campaigns;
 pub mod connect;
+pub mod contexts;
 pub mod generate;
 pub mod hosts;
 pub mod lifecycle;
@@ -19,7 +20,7 @@ pub mod output;
 
 use clap::{Parser, Subcommand};
 
-use connect::ConnectArgs;
+use connect::{ConnectArgs, ConnectFlags};
 use output::Format;
 
 /// Exit status of `campaign watch` (and `run --watch`) when the campaign finished with hosts
@@ -51,7 +52,7 @@ impl std::error::Error for Exit {}
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub connect: ConnectFlags,
     /// Output format.
     #[arg(
         short = 'o',
@@ -96,6 +97,11 @@ pub enum Command {
         #[command(subcommand)]
         command: operators::OperatorCommand,
     },
+    /// The client config's contexts: each fleet you operate, by name.
+    Context {
+        #[command(subcommand)]
+        command: contexts::ContextCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// bash: `pitcrew completions bash > ~/.local/share/bash-completion/completions/pitcrew`
@@ -115,17 +121,30 @@ pub enum Command {
 /// Runs a parsed command line; the error is printed by `main`, which exits non-zero.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.output;
-    let connect = cli.connect;
-    let result = match cli.command {
-        Command::Hosts { command } => hosts::hosts(&connect, format, command).await,
-        Command::Token { command } => hosts::token(&connect, format, command).await,
-        Command::Do(args) => actions::run(&connect, format, args).await,
-        Command::Campaign { command } => campaigns::campaign(&connect, format, command).await,
-        Command::Maintenance { command } => campaigns::maintenance(&connect, format, command).await,
-        Command::Events(args) => campaigns::events(&connect, format, args).await,
-        Command::Operator { command } => operators::operator(&connect, format, command).await,
+    match cli.command {
         Command::Completions { shell } => generate::completions(shell),
         Command::Man { dir } => generate::man_pages(&dir),
-    };
-    result.map_err(|error| connect::explain(&connect, error))
+        Command::Context { command } => contexts::context(&cli.connect, format, command),
+        command => {
+            let connect = cli.connect.resolve()?;
+            fleet(&connect, format, command)
+                .await
+                .map_err(|error| connect::explain(&connect, error))
+        }
+    }
+}
+
+/// Runs a command that talks to the coordinator.
+async fn fleet(connect: &ConnectArgs, format: Format, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Hosts { command } => hosts::hosts(connect, format, command).await,
+        Command::Token { command } => hosts::token(connect, format, command).await,
+        Command::Do(args) => actions::run(connect, format, args).await,
+        Command::Campaign { command } => campaigns::campaign(connect, format, command).await,
+        Command::Maintenance { command } => campaigns::maintenance(connect, format, command).await,
+        Command::Events(args) => campaigns::events(connect, format, args).await,
+        Command::Operator { command } => operators::operator(connect, format, command).await,
+        // Answered by `run` without connecting.
+        Command::Context { .. } | Command::Completions { .. } | Command::Man { .. } => Ok(()),
+    }
 }

@@ -106,6 +106,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for line in cli_exports(&sans, &listen, &made) {
                 println!("{line}");
             }
+            println!(
+                "With those set, `pitcrew context add NAME` keeps them as a context of the operator's client config."
+            );
             Ok(())
         }
         Command::Man { dir } => std::fs::create_dir_all(&dir)
