@@ -23,6 +23,13 @@ fi
 if [ "${PITCREW_LAB:-}" = 1 ] && [ -x packaging/build-packages.sh ]; then
     log "building the .deb and .rpm packages the lab installs"
     packaging/build-packages.sh
+    # tests/tests/packages.rs lints them (packaging/lint-packages.sh).
+    if ! command -v lintian >/dev/null || ! command -v rpmlint >/dev/null; then
+        log "installing lintian and rpmlint"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            lintian rpmlint >/dev/null
+    fi
 fi
 
 log "building the workspace"

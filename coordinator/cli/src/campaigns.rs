@@ -386,7 +386,7 @@ pub async fn watch(connect: &ConnectArgs, format: Format, id: &str) -> anyhow::R
     let mut last: Option<v1::CampaignInfo> = None;
     while let Some(info) = stream.message().await.map_err(status)? {
         if format == Format::Json {
-            println!("{}", serde_json::to_string(&info)?);
+            output::json_line(&info)?;
         } else if live {
             let line = format!(
                 "campaign {} ({}): {}{}",
@@ -527,8 +527,7 @@ pub async fn events(connect: &ConnectArgs, format: Format, args: EventsArgs) -> 
     };
     let print = |e: &v1::Event| -> anyhow::Result<()> {
         if format == Format::Json {
-            println!("{}", serde_json::to_string(e)?);
-            return Ok(());
+            return output::json_line(e);
         }
         let who = if e.kind == "audit" {
             format!("audit by {}", e.actor)

@@ -142,6 +142,7 @@ pub async fn hosts(
                 "id",
                 "hostname",
                 "role",
+                "labels",
                 "state",
                 "maintenance",
                 "last seen",
@@ -155,6 +156,7 @@ pub async fn hosts(
                     h.host_id.chars().take(12).collect::<String>(),
                     h.hostname.clone(),
                     h.role.clone(),
+                    labels(&h.labels),
                     if h.removed_at_ms != 0 {
                         format!("removed {}", output::ago(h.removed_at_ms))
                     } else if h.connected {
@@ -376,4 +378,14 @@ pub async fn token(
             Ok(())
         }
     }
+}
+
+/// Labels as `k=v` words in key order ("-" when none), for the hosts table.
+fn labels(labels: &std::collections::HashMap<String, String>) -> String {
+    let mut words: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if words.is_empty() {
+        return "-".into();
+    }
+    words.sort();
+    words.join(",")
 }

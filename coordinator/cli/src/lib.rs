@@ -4,10 +4,15 @@
 //! This crate knows only the wire (`pitcrew-proto`): it is what an operator's workstation
 //! installs (the `pitcrew-cli` package), without the coordinator.
 #![forbid(unsafe_code)]
+// Everything printed goes through `output` (`say!`, `output::json`), which ends the process
+// quietly when the reader of a pipe has gone; a stray `println!` would panic there instead.
+#![deny(clippy::print_stdout)]
 
 pub mod actions;
 pub mod campaigns;
 pub mod connect;
+pub mod contexts;
+pub mod generate;
 pub mod hosts;
 pub mod lifecycle;
 pub mod operators;
@@ -16,7 +21,7 @@ pub mod report;
 
 use clap::{Parser, Subcommand};
 
-use connect::ConnectArgs;
+use connect::{ConnectArgs, ConnectFlags};
 use output::Format;
 
 /// Exit status of `campaign watch` (and `run --watch`) when the campaign finished with hosts
@@ -48,7 +53,7 @@ impl std::error::Error for Exit {}
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub connect: ConnectFlags,
     /// Output format.
     #[arg(
         short = 'o',
@@ -98,23 +103,58 @@ pub enum Command {
         #[command(subcommand)]
         command: report::ReportCommand,
     },
+    /// The client config's contexts: each fleet you operate, by name.
+    Context {
+        #[command(subcommand)]
+        command: contexts::ContextCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// bash: `pitcrew completions bash > ~/.local/share/bash-completion/completions/pitcrew`
+    /// (the packages install it for every user).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (pitcrew.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Runs a parsed command line; the error is printed by `main`, which exits non-zero.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.output;
-    let connect = cli.connect;
     if format == Format::Csv && !matches!(cli.command, Command::Report { .. }) {
         anyhow::bail!("-o csv is for `pitcrew report`; use -o json for other commands");
     }
     match cli.command {
-        Command::Hosts { command } => hosts::hosts(&connect, format, command).await,
-        Command::Token { command } => hosts::token(&connect, format, command).await,
-        Command::Do(args) => actions::run(&connect, format, args).await,
-        Command::Campaign { command } => campaigns::campaign(&connect, format, command).await,
-        Command::Maintenance { command } => campaigns::maintenance(&connect, format, command).await,
-        Command::Events(args) => campaigns::events(&connect, format, args).await,
-        Command::Operator { command } => operators::operator(&connect, format, command).await,
-        Command::Report { command } => report::report(&connect, format, command).await,
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { dir } => generate::man_pages(&dir),
+        Command::Context { command } => contexts::context(&cli.connect, format, command),
+        command => {
+            let connect = cli.connect.resolve()?;
+            fleet(&connect, format, command)
+                .await
+                .map_err(|error| connect::explain(&connect, error))
+        }
+    }
+}
+
+/// Runs a command that talks to the coordinator.
+async fn fleet(connect: &ConnectArgs, format: Format, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Hosts { command } => hosts::hosts(connect, format, command).await,
+        Command::Token { command } => hosts::token(connect, format, command).await,
+        Command::Do(args) => actions::run(connect, format, args).await,
+        Command::Campaign { command } => campaigns::campaign(connect, format, command).await,
+        Command::Maintenance { command } => campaigns::maintenance(connect, format, command).await,
+        Command::Events(args) => campaigns::events(connect, format, args).await,
+        Command::Operator { command } => operators::operator(connect, format, command).await,
+        Command::Report { command } => report::report(connect, format, command).await,
+        // Answered by `run` without connecting.
+        Command::Context { .. } | Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }

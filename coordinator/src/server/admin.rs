@@ -42,11 +42,17 @@ impl AdminService {
     }
 }
 
-/// Finds a host by id or by unique hostname (one indexed lookup each). A removed host is
-/// found by its id, or by its name when no enrolled host has that name.
+/// The shortest id prefix a host may be named by (shorter ones would match too often).
+const MIN_ID_PREFIX: usize = 4;
+/// How many candidates an ambiguous id prefix lists.
+const PREFIX_CANDIDATES: u32 = 8;
+
+/// Finds a host by id, by unique hostname, or by a unique prefix of its id (one indexed lookup
+/// each, in that order). A removed host is found by its id, or by its name when no enrolled
+/// host has that name; a prefix finds enrolled hosts only.
 pub async fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Status> {
     let wanted = name.to_owned();
-    let (by_id, by_name, removed) = c
+    let (by_id, by_name, removed, by_prefix) = c
         .store
         .read(move |conn| {
             let by_id = hosts::get(conn, &wanted)?;
@@ -60,7 +66,16 @@ pub async fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Sta
             } else {
                 None
             };
-            Ok((by_id, by_name, removed))
+            let by_prefix = if by_id.is_none()
+                && by_name.is_empty()
+                && removed.is_none()
+                && wanted.len() >= MIN_ID_PREFIX
+            {
+                hosts::by_id_prefix(conn, &wanted, PREFIX_CANDIDATES + 1)?
+            } else {
+                Vec::new()
+            };
+            Ok((by_id, by_name, removed, by_prefix))
         })
         .await?;
     if let Some(host) = by_id.or(removed) {
@@ -69,13 +84,36 @@ pub async fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Sta
     let mut matches = by_name.into_iter();
     match (matches.next(), matches.next()) {
         (Some(host), None) => Ok(host),
-        (None, _) => Err(Status::not_found(format!(
-            "no host has the id or hostname {name:?}"
-        ))),
         (Some(_), Some(_)) => Err(Status::invalid_argument(format!(
             "several hosts are named {name:?}; use the host id"
         ))),
+        (None, _) => by_id_prefix(name, by_prefix),
     }
+}
+
+/// The one host an id prefix names, or an error listing the candidates.
+fn by_id_prefix(name: &str, mut found: Vec<HostRecord>) -> Result<HostRecord, Status> {
+    if found.len() == 1 {
+        return Ok(found.remove(0));
+    }
+    if found.is_empty() {
+        return Err(Status::not_found(format!(
+            "no host has the id or hostname {name:?} (nor an id starting with it)"
+        )));
+    }
+    let more = found.len() > PREFIX_CANDIDATES as usize;
+    let mut candidates: Vec<String> = found
+        .iter()
+        .take(PREFIX_CANDIDATES as usize)
+        .map(|h| format!("{} ({})", h.host_id, h.hostname))
+        .collect();
+    if more {
+        candidates.push("...".into());
+    }
+    Err(Status::invalid_argument(format!(
+        "the id prefix {name:?} is ambiguous: it starts {}; give more of the id",
+        candidates.join(", ")
+    )))
 }
 
 /// The operator's view of some hosts (live session and holder included).

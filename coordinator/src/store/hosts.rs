@@ -135,6 +135,28 @@ pub fn by_hostname(conn: &Connection, hostname: &str) -> Result<Vec<HostRecord>,
     Ok(out)
 }
 
+/// Enrolled hosts whose id starts with `prefix`, at most `limit`, by id: a range on the
+/// primary key, so one index lookup whatever the size of the fleet.
+pub fn by_id_prefix(
+    conn: &Connection,
+    prefix: &str,
+    limit: u32,
+) -> Result<Vec<HostRecord>, StoreError> {
+    // Every id starting with the prefix sorts between it and the prefix followed by the
+    // greatest code point (ids compare as UTF-8 bytes).
+    let upper = format!("{prefix}\u{10FFFF}");
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM hosts WHERE host_id >= ?1 AND host_id < ?2 AND removed_at_ms = 0
+         ORDER BY host_id LIMIT ?3"
+    ))?;
+    let mut rows = stmt.query(params![prefix, upper, limit])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(from_row(row)?);
+    }
+    Ok(out)
+}
+
 /// The most recently removed host with this hostname, if any (so `events --host NAME` and
 /// `token create --replace NAME` still find a removed host by its name).
 pub fn removed_by_hostname(
@@ -333,6 +355,31 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn id_prefixes_find_enrolled_hosts_in_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .write_blocking(|c| {
+                upsert_enrolled(c, &host("ab12", "web-1", "worker", "a"))?;
+                upsert_enrolled(c, &host("ab34", "web-2", "worker", "a"))?;
+                upsert_enrolled(c, &host("cd56", "web-3", "worker", "a"))
+            })
+            .unwrap();
+        let ids = |prefix: &'static str| -> Vec<String> {
+            store
+                .read_blocking(move |c| by_id_prefix(c, prefix, 10))
+                .unwrap()
+                .into_iter()
+                .map(|h| h.host_id)
+                .collect()
+        };
+        assert_eq!(ids("ab"), ["ab12", "ab34"]);
+        assert_eq!(ids("ab3"), ["ab34"]);
+        assert_eq!(ids("cd56"), ["cd56"]);
+        assert!(ids("e").is_empty());
     }
 
     #[test]
