@@ -335,6 +335,11 @@ pub struct CallFailed {
 }
 
 impl CallFailed {
+    /// The status code the call ended with.
+    pub fn code(&self) -> tonic::Code {
+        self.status.code()
+    }
+
     /// Whether the call failed because its connection failed (tonic's transport error), not
     /// because the coordinator answered with an error.
     fn connection_lost(&self) -> bool {

@@ -29,6 +29,8 @@ use output::Format;
 pub const EXIT_INCOMPLETE: u8 = 2;
 /// Exit status when the watched campaign was cancelled.
 pub const EXIT_CANCELLED: u8 = 3;
+/// Exit status when the operator stopped a watch with Ctrl-C (128 + SIGINT, as shells use).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// An outcome that ends the command with its own exit status (scripts and CI read it).
 #[derive(Debug)]
