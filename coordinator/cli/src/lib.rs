@@ -8,6 +8,7 @@
 pub mod actions;
 pub mod campaigns;
 pub mod connect;
+pub mod dashboard;
 pub mod hosts;
 pub mod lifecycle;
 pub mod operators;
@@ -92,6 +93,8 @@ pub enum Command {
         #[command(subcommand)]
         command: operators::OperatorCommand,
     },
+    /// A one-time link that signs your browser in to the coordinator's web dashboard.
+    Dashboard,
 }
 
 /// Runs a parsed command line; the error is printed by `main`, which exits non-zero.
@@ -106,5 +109,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Maintenance { command } => campaigns::maintenance(&connect, format, command).await,
         Command::Events(args) => campaigns::events(&connect, format, args).await,
         Command::Operator { command } => operators::operator(&connect, format, command).await,
+        Command::Dashboard => dashboard::dashboard(&connect, format).await,
     }
 }
