@@ -285,6 +285,35 @@ fn the_dashboard_shows_a_campaign_live_lets_an_operator_pause_it_and_a_viewer_on
     });
     assert!(audited, "no audit of the pause by admin: {events:#}");
 
+    // A host's page: its event log, with the steps the campaign ran on it.
+    let w1 = &agents[0].machine_id;
+    rt!(admin.goto(&format!(
+        "https://127.0.0.1:{}/hosts/{w1}",
+        c.dashboard_port
+    )))
+    .unwrap();
+    wait_for("w1's page to show its event log", || {
+        let log = rt!(text(&admin, "#host-events"))?;
+        (log.contains("gate") && log.contains("after")).then_some(())
+    });
+    // The fleet page, filtered: the held host only.
+    rt!(admin.goto(&format!(
+        "https://127.0.0.1:{}/?state=maintenance",
+        c.dashboard_port
+    )))
+    .unwrap();
+    let held = wait_for("the fleet page filtered on maintenance", || {
+        let hosts = rt!(text(&admin, "#hosts"))?;
+        let holders = rt!(text(&admin, "#holders"))?;
+        (hosts.contains("w2") && holders.contains("w2")).then_some(hosts)
+    });
+    assert!(!held.contains("w1"), "{held}");
+    std::fs::write(
+        artifacts().join("dashboard-fleet.png"),
+        rt!(admin.screenshot()).unwrap(),
+    )
+    .unwrap();
+
     // A viewer sees the campaign but no controls, and is refused if they post anyway.
     let viewer = rt!(browser(&driver, &work.path().join("profile-viewer")));
     runtime

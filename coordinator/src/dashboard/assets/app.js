@@ -92,7 +92,7 @@ function fleetPage() {
     el("option", { value: "" }, "any role"), el("option", { value: "worker" }, "worker"),
     el("option", { value: "manager" }, "manager"));
   const state = el("select", { name: "state" },
-    ...["", "running", "entering", "in_progress", "maintenance", "leaving", "failed"].map((s) =>
+    ...["", "running", "entering", "maintenance", "leaving", "failed"].map((s) =>
       el("option", { value: s }, s || "any state")));
   const connected = el("select", { name: "connected" },
     el("option", { value: "" }, "connected or not"), el("option", { value: "yes" }, "connected"),
