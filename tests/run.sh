@@ -10,6 +10,11 @@ log() { printf '\n==> %s\n' "$*"; }
 
 if [ "$(id -u)" = 0 ]; then
     export PITCREW_ROOT_TESTS=1
+    if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+        log "installing headless Chromium for the dashboard's browser test"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver >/dev/null
+    fi
     if [ -x tests/lab/lab.sh ]; then
         log "installing the lab's packages (only those missing)"
         tests/lab/lab.sh deps

@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::ca::Ca;
 use crate::config::{CoordinatorConfig, DataDir};
+use crate::dashboard::auth::DashboardAuth;
 use crate::engine::{Engine, EngineSettings, EngineTask};
 use crate::events::EventLog;
 use crate::metrics::Metrics;
@@ -39,6 +40,9 @@ pub struct Coordinator {
     pub engine: Engine,
     /// What `GET /metrics` shows (served when `metrics_listen` is set).
     pub metrics: Arc<Metrics>,
+    /// The web dashboard's login links and browser sessions (served when `dashboard_listen`
+    /// is set).
+    pub dashboard: Arc<DashboardAuth>,
 }
 
 impl Coordinator {
@@ -72,6 +76,7 @@ impl Coordinator {
         let metrics = Arc::new(Metrics::new(engine.metrics(), &store, registry.clone()));
         let coordinator = Arc::new(Coordinator {
             metrics,
+            dashboard: Arc::new(DashboardAuth::default()),
             store,
             registry,
             events,

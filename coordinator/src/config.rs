@@ -39,6 +39,14 @@ pub struct CoordinatorConfig {
     /// off. Loopback by default: the metrics name no host, but say how the fleet is doing.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: String,
+    /// Address of the web dashboard (HTTPS with the server certificate); "" turns it off.
+    /// Loopback by default: reach it through an SSH tunnel, or choose an address.
+    #[serde(default = "default_dashboard_listen")]
+    pub dashboard_listen: String,
+    /// The dashboard's address as browsers reach it (`https://coord.example.net:7444`), for the
+    /// login links `pitcrew dashboard` prints; by default `https://` + `dashboard_listen`.
+    #[serde(default)]
+    pub dashboard_url: String,
 }
 
 /// Limits that keep one misbehaving peer from taking the coordinator down for everyone. The
@@ -125,6 +133,10 @@ fn default_metrics_listen() -> String {
     "127.0.0.1:9464".to_owned()
 }
 
+fn default_dashboard_listen() -> String {
+    "127.0.0.1:7444".to_owned()
+}
+
 fn default_listen() -> String {
     "0.0.0.0:7443".to_owned()
 }
@@ -146,6 +158,8 @@ impl Default for CoordinatorConfig {
             limits: Limits::default(),
             events: EventRetention::default(),
             metrics_listen: default_metrics_listen(),
+            dashboard_listen: default_dashboard_listen(),
+            dashboard_url: String::new(),
         }
     }
 }
@@ -230,6 +244,29 @@ impl CoordinatorConfig {
                 ),
             });
         }
+        if !config.dashboard_listen.is_empty()
+            && config
+                .dashboard_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(ConfigError {
+                file,
+                message: format!(
+                    "field dashboard_listen: {:?} is not an address such as 127.0.0.1:7444 (\"\" turns the dashboard off)",
+                    config.dashboard_listen
+                ),
+            });
+        }
+        if !config.dashboard_url.is_empty() && !config.dashboard_url.starts_with("https://") {
+            return Err(ConfigError {
+                file,
+                message: format!(
+                    "field dashboard_url: {:?} must start with https:// (the dashboard is served over TLS)",
+                    config.dashboard_url
+                ),
+            });
+        }
         if config.host_cert_lifetime < std::time::Duration::from_secs(10) {
             return Err(ConfigError {
                 file,
@@ -255,6 +292,24 @@ impl CoordinatorConfig {
         Ok(config)
     }
 
+    /// Where browsers reach the dashboard: `dashboard_url`, or `https://` + `dashboard_listen`
+    /// (an unspecified address such as 0.0.0.0 is shown as 127.0.0.1); `None` when it is off.
+    pub fn dashboard_base_url(&self) -> Option<String> {
+        if self.dashboard_listen.is_empty() {
+            return None;
+        }
+        if !self.dashboard_url.is_empty() {
+            return Some(self.dashboard_url.trim_end_matches('/').to_owned());
+        }
+        let address: std::net::SocketAddr = self.dashboard_listen.parse().ok()?;
+        let shown = if address.ip().is_unspecified() {
+            std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
+        } else {
+            address
+        };
+        Some(format!("https://{shown}"))
+    }
+
     /// The file `init` writes.
     pub fn render(&self) -> String {
         format!(
@@ -270,13 +325,16 @@ impl CoordinatorConfig {
              # `pitcrew operator renew`.\n\
              operator_cert_lifetime = {:?}\n\
              # Prometheus metrics over plain HTTP (GET /metrics); \"\" turns them off.\n\
-             metrics_listen = {:?}\n",
+             metrics_listen = {:?}\n\
+             # The web dashboard over HTTPS (open it with `pitcrew dashboard`); \"\" turns it off.\n\
+             dashboard_listen = {:?}\n",
             self.listen,
             self.heartbeat_seconds,
             self.heartbeat_timeout_seconds,
             humantime::format_duration(self.host_cert_lifetime).to_string(),
             humantime::format_duration(self.operator_cert_lifetime).to_string(),
-            self.metrics_listen
+            self.metrics_listen,
+            self.dashboard_listen
         )
     }
 }
@@ -293,6 +351,11 @@ mod tests {
         let loaded = CoordinatorConfig::load(&path).unwrap();
         assert_eq!(loaded.listen, "0.0.0.0:7443");
         assert_eq!(loaded.metrics_listen, "127.0.0.1:9464");
+        assert_eq!(loaded.dashboard_listen, "127.0.0.1:7444");
+        assert_eq!(
+            loaded.dashboard_base_url().as_deref(),
+            Some("https://127.0.0.1:7444")
+        );
         assert_eq!(
             loaded.operator_cert_lifetime,
             std::time::Duration::from_secs(30 * 24 * 3600)
@@ -319,6 +382,17 @@ mod tests {
                 .metrics_listen
                 .is_empty()
         );
+        std::fs::write(&path, "dashboard_listen = \"7444\"\n").unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err();
+        assert!(error.message.contains("field dashboard_listen"), "{error}");
+        std::fs::write(&path, "dashboard_listen = \"\"\n").unwrap();
+        assert_eq!(
+            CoordinatorConfig::load(&path).unwrap().dashboard_base_url(),
+            None
+        );
+        std::fs::write(&path, "dashboard_url = \"http://x:1\"\n").unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err();
+        assert!(error.message.contains("field dashboard_url"), "{error}");
         std::fs::write(&path, "\nlisten_on = \"0.0.0.0:1\"\n").unwrap();
         let error = CoordinatorConfig::load(&path).unwrap_err();
         assert!(

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod ca;
 pub mod config;
+pub mod dashboard;
 pub mod engine;
 pub mod events;
 pub mod init;

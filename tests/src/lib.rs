@@ -217,6 +217,8 @@ pub struct Coordinator {
     pub port: u16,
     /// The port of its metrics listener (`GET /metrics` on loopback).
     pub metrics_port: u16,
+    /// The port of its web dashboard (HTTPS on loopback).
+    pub dashboard_port: u16,
     pub fingerprint: String,
     pub proc: Option<Proc>,
     _temp: Option<tempfile::TempDir>,
@@ -236,6 +238,7 @@ impl Coordinator {
         let dir = temp.path().join("coordinator");
         let port = free_port();
         let metrics_port = free_port();
+        let dashboard_port = free_port();
         let out = Command::new(bin("pitcrew-coordinator"))
             .args(["init", "--data-dir"])
             .arg(&dir)
@@ -262,7 +265,7 @@ impl Coordinator {
         std::fs::write(
             dir.join("coordinator.toml"),
             format!(
-                "listen = \"{ip}:{port}\"\nheartbeat_seconds = 1\nheartbeat_timeout_seconds = 3\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n"
+                "listen = \"{ip}:{port}\"\nheartbeat_seconds = 1\nheartbeat_timeout_seconds = 3\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndashboard_listen = \"127.0.0.1:{dashboard_port}\"\n"
             ),
         )?;
         Ok(Coordinator {
@@ -270,6 +273,7 @@ impl Coordinator {
             ip: ip.to_owned(),
             port,
             metrics_port,
+            dashboard_port,
             fingerprint,
             proc: None,
             _temp: Some(temp),

@@ -12,6 +12,7 @@ pub mod actions;
 pub mod campaigns;
 pub mod connect;
 pub mod contexts;
+pub mod dashboard;
 pub mod generate;
 pub mod hosts;
 pub mod lifecycle;
@@ -124,6 +125,8 @@ pub enum Command {
         #[arg(long)]
         dir: std::path::PathBuf,
     },
+    /// A one-time link that signs your browser in to the coordinator's web dashboard.
+    Dashboard,
 }
 
 /// Runs a parsed command line; the error is printed by `main`, which exits non-zero.
@@ -156,6 +159,7 @@ async fn fleet(connect: &ConnectArgs, format: Format, command: Command) -> anyho
         Command::Events(args) => campaigns::events(connect, format, args).await,
         Command::Operator { command } => operators::operator(connect, format, command).await,
         Command::Report { command } => report::report(connect, format, command).await,
+        Command::Dashboard => dashboard::dashboard(connect, format).await,
         // Answered by `run` without connecting.
         Command::Context { .. } | Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }

@@ -145,6 +145,24 @@ async fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> 
             coordinator.metrics.clone(),
         ));
     }
+    let dashboard_address = &coordinator.config.dashboard_listen;
+    if !dashboard_address.is_empty() {
+        let tls = pitcrew_coordinator::dashboard::tls_config(&dir)
+            .context("building the dashboard's TLS configuration")?;
+        let listener = tokio::net::TcpListener::bind(dashboard_address)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {dashboard_address} for the dashboard (dashboard_listen in coordinator.toml; \"\" turns it off)"
+                )
+            })?;
+        tracing::info!(message = "serving the dashboard", address = %listener.local_addr()?, sign_in = "pitcrew dashboard");
+        tokio::spawn(pitcrew_coordinator::dashboard::serve(
+            listener,
+            std::sync::Arc::new(tls),
+            coordinator.clone(),
+        ));
+    }
     let address = listen.unwrap_or_else(|| coordinator.config.listen.clone());
     let listener = tokio::net::TcpListener::bind(&address)
         .await

@@ -124,6 +124,9 @@ enum Input {
 pub struct Engine {
     inbox: mpsc::UnboundedSender<Input>,
     changes: watch::Receiver<u64>,
+    /// Moves whenever a committed turn changed the fleet's hosts or any campaign (the web
+    /// dashboard's fleet page follows it).
+    fleet_changes: watch::Receiver<u64>,
     /// What the loop publishes for Prometheus once each turn is durable.
     metrics: EngineMetrics,
 }
@@ -152,6 +155,7 @@ impl Engine {
         let (state, turn) = store.read(EngineState::load).await?;
         let (inbox, inputs) = mpsc::unbounded_channel();
         let (changes_tx, changes) = watch::channel(0u64);
+        let (fleet_changes_tx, fleet_changes) = watch::channel(0u64);
         let waiting_for = state.in_flight_targets();
         if !waiting_for.is_empty() {
             tracing::info!(
@@ -169,6 +173,8 @@ impl Engine {
             outbox,
             inputs,
             changes: changes_tx,
+            fleet_changes: fleet_changes_tx,
+            fleet_touched: false,
             grace: Some((
                 tokio::time::Instant::now() + settings.reconnect_grace,
                 waiting_for,
@@ -179,6 +185,7 @@ impl Engine {
             Engine {
                 inbox,
                 changes,
+                fleet_changes,
                 metrics,
             },
             task,
@@ -212,6 +219,64 @@ impl Engine {
     /// A receiver that changes whenever a committed turn changed a campaign.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    /// A receiver that changes whenever a committed turn changed the fleet (a session, facts,
+    /// an enrollment, an operator's command) or a campaign. Like [`Engine::subscribe`] it only
+    /// coalesces: the engine never waits on a reader.
+    pub fn subscribe_fleet(&self) -> watch::Receiver<u64> {
+        self.fleet_changes.clone()
+    }
+
+    /// The fleet as the web dashboard shows it, from the engine's state: up to `limit` hosts
+    /// (by hostname) that `keep` accepts, each with who holds it, how many matched in all,
+    /// who holds which host out of service, and every campaign with its counts.
+    pub async fn fleet_table<F>(&self, keep: F, limit: usize) -> Result<FleetTable, EngineError>
+    where
+        F: Fn(&HostView, &Hold) -> bool + Send + 'static,
+    {
+        self.call(move |state, _, _| {
+            let mut rows: Vec<(HostView, Hold)> = Vec::new();
+            let mut matched = 0;
+            for view in state.fleet.hosts.values() {
+                let hold = state
+                    .holds(std::slice::from_ref(&view.id))
+                    .pop()
+                    .unwrap_or(Hold {
+                        state: "running".into(),
+                        holder: String::new(),
+                    });
+                if keep(view, &hold) {
+                    matched += 1;
+                    rows.push((view.clone(), hold));
+                }
+            }
+            rows.sort_by(|a, b| (&a.0.hostname, &a.0.id).cmp(&(&b.0.hostname, &b.0.id)));
+            rows.truncate(limit);
+            Ok(FleetTable {
+                rows,
+                matched,
+                holders: state.holders(),
+                campaigns: state.list(),
+            })
+        })
+        .await
+    }
+
+    /// One host as the engine sees it, with who holds it; `None` for a host not in the fleet
+    /// (unknown or removed).
+    pub async fn host(&self, host_id: String) -> Result<Option<(HostView, Hold)>, EngineError> {
+        self.call(move |state, _, _| {
+            Ok(state.fleet.hosts.get(&host_id).cloned().map(|view| {
+                let hold = state.holds(std::slice::from_ref(&host_id)).pop();
+                let hold = hold.unwrap_or(Hold {
+                    state: "running".into(),
+                    holder: String::new(),
+                });
+                (view, hold)
+            }))
+        })
+        .await
     }
 
     /// The hosts as the engine sees them now (for planning off the engine's loop).
@@ -389,6 +454,17 @@ impl Engine {
     }
 }
 
+/// The fleet as the web dashboard's fleet page shows it (see [`Engine::fleet_table`]).
+#[derive(Debug, Clone)]
+pub struct FleetTable {
+    /// The hosts shown, by hostname, each with who holds it.
+    pub rows: Vec<(HostView, Hold)>,
+    /// How many hosts matched (more than `rows` when the limit cut them).
+    pub matched: usize,
+    pub holders: pitcrew_scheduler::Holders,
+    pub campaigns: Vec<CampaignView>,
+}
+
 /// An operator's admitted disruptive action: while this lives, its host is held. Dropping it
 /// (whichever way the `do` ends) frees the host in the engine's next turn.
 pub struct OperatorHold {
@@ -416,6 +492,10 @@ struct Runner {
     outbox: Arc<dyn Outbox>,
     inputs: mpsc::UnboundedReceiver<Input>,
     changes: watch::Sender<u64>,
+    /// Told after a committed turn that changed the fleet or a campaign.
+    fleet_changes: watch::Sender<u64>,
+    /// Whether this turn's inputs may have changed the fleet's hosts.
+    fleet_touched: bool,
     /// Until when, and for which hosts, deciding waits after a restart.
     grace: Option<(tokio::time::Instant, Vec<String>)>,
     metrics: EngineMetrics,
@@ -499,6 +579,9 @@ impl Runner {
     }
 
     fn handle(&mut self, input: Input, turn: &mut Turn, replies: &mut Vec<Reply>, now: i64) {
+        // Sessions, facts and enrollments change what the fleet page shows without a write of
+        // the engine's own; commands that change anything write or change a campaign.
+        self.fleet_touched |= !matches!(input, Input::Command(_));
         match input {
             Input::Command(command) => replies.push(command(&mut self.state, turn, now)),
             Input::Session {
@@ -550,6 +633,9 @@ impl Runner {
         }
         for reply in replies {
             reply(Ok(()));
+        }
+        if std::mem::take(&mut self.fleet_touched) || wrote || turn.campaigns_changed {
+            self.fleet_changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         if turn.campaigns_changed {
             self.changes.send_modify(|n| *n = n.wrapping_add(1));

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::store::{HostRecord, Store, actions, campaigns, hosts};
 
+mod dashboard;
 mod gauges;
 mod lifecycle;
 mod unit_holds;

@@ -1015,6 +1015,34 @@ impl Admin for AdminService {
             .map(Response::new)
             .ok_or_else(|| Status::internal("the host vanished while being read"))
     }
+
+    async fn create_dashboard_login(
+        &self,
+        request: Request<v1::CreateDashboardLoginRequest>,
+    ) -> Result<Response<v1::DashboardLogin>, Status> {
+        let who = caller(&request)?;
+        let c = &self.coordinator;
+        let base = c.config.dashboard_base_url().ok_or_else(|| {
+            Status::failed_precondition(
+                "the dashboard is off on this coordinator (dashboard_listen = \"\" in coordinator.toml)",
+            )
+        })?;
+        let bound = crate::dashboard::auth::Bound {
+            name: who.name.clone(),
+            serial: who.serial,
+            not_after_ms: who.not_after_ms,
+        };
+        let (token, expires_at_ms) = c
+            .dashboard
+            .create_login(bound, pitcrew_proto::now_ms())
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        c.events
+            .audit(&who.name, "", "", "asked for a web dashboard login link");
+        Ok(Response::new(v1::DashboardLogin {
+            url: format!("{base}/login?token={token}"),
+            expires_at_ms,
+        }))
+    }
 }
 
 /// Checks what `pitcrew hosts set` asks: a known role, valid labels, and no label both set and
