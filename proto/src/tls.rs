@@ -38,7 +38,8 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The process's rustls provider (ring, see [`install_crypto_provider`]).
+pub fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
@@ -108,7 +109,8 @@ pub fn normalize_fingerprint(text: &str) -> Result<String, TlsError> {
     Ok(clean)
 }
 
-fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
+/// A root store holding exactly the fleet CA certificates given.
+pub fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for cert in ca {
         store.add(cert.clone()).map_err(|e| TlsError::Invalid {

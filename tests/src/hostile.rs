@@ -132,7 +132,8 @@ pub struct HeldState {
     /// at least HTTP/2's SETTINGS frame, which the server sends first, unasked; one refused
     /// after its handshake carries none.
     pub bytes: usize,
-    /// How long after the handshake the coordinator closed it (EOF or an error).
+    /// How long after we started to connect the coordinator closed it (EOF or an error): at
+    /// least as long as the coordinator held it after its handshake, whose end we cannot see.
     pub closed_after: Option<Duration>,
 }
 
@@ -144,9 +145,9 @@ pub struct Held {
 }
 
 impl Held {
-    /// Holds `stream`, which finished its handshake just now.
-    pub fn hold(mut stream: TlsStream<TcpStream>) -> Held {
-        let opened = Instant::now();
+    /// Holds `stream`, whose connection was started at `opened` (before the coordinator could
+    /// accept it, so that a lifetime it measures from its own handshake is never seen shorter).
+    pub fn hold(mut stream: TlsStream<TcpStream>, opened: Instant) -> Held {
         let state = Arc::new(Mutex::new(HeldState::default()));
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -210,7 +211,11 @@ pub async fn hold_connections(
     // Each is held as soon as its own handshake is done, so that its clock starts then.
     let attempts = (0..count).map(|_| {
         let config = config.clone();
-        async move { tls_connect(c, config, source).await.ok().map(Held::hold) }
+        async move {
+            let opened = Instant::now();
+            let stream = tls_connect(c, config, source).await.ok()?;
+            Some(Held::hold(stream, opened))
+        }
     });
     futures::future::join_all(attempts).await
 }

@@ -107,6 +107,11 @@ fn exec_remove_path_and_health_run_and_a_refused_action_names_its_rule() {
     let ran = run_do(&c, &host, &["remove-path", "/etc/passwd"]);
     assert!(!ran.ok);
     assert!(ran.stdout.contains("policy.remove_paths"), "{}", ran.stdout);
+    // For scripts: the outcome in words, with the rule.
+    let ran = run_do(&c, &host, &["-o", "json", "remove-path", "/etc/passwd"]);
+    let result: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(result["outcome"], "refused", "{}", ran.stdout);
+    assert_eq!(result["refused_by"], "policy.remove_paths");
     assert!(Path::new("/etc/passwd").exists());
     let ran = run_do(&c, &host, &["unit", "stop", "ssh.service"]);
     assert!(!ran.ok);

@@ -89,7 +89,10 @@ pub async fn run(connect: &ConnectArgs, format: Format, args: DoArgs) -> anyhow:
     let result = result
         .ok_or_else(|| anyhow::anyhow!("the coordinator ended the stream without a result"))?;
     if format == Format::Json {
-        output::json(&result)?;
+        // The outcome as the word the table shows, not the wire's enum number.
+        let mut value = serde_json::to_value(&result)?;
+        value["outcome"] = pitcrew_proto::actions::outcome(result.outcome).into();
+        output::json(&value)?;
     } else {
         let word = pitcrew_proto::actions::outcome(result.outcome);
         if !result.output.is_empty() {

@@ -12,7 +12,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use tonic::transport::Channel;
 
 /// The coordinator address when neither a flag, the environment nor a context gives one.
@@ -164,9 +164,10 @@ struct RecordingVerifier {
 
 impl RecordingVerifier {
     fn new(ca: &[CertificateDer<'static>]) -> anyhow::Result<RecordingVerifier> {
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-            .build()
-            .context("the server certificate verifier")?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(tls::roots(ca)?), tls::provider())
+                .build()
+                .context("the server certificate verifier")?;
         Ok(RecordingVerifier {
             inner,
             refused: Arc::default(),
@@ -219,22 +220,6 @@ impl ServerCertVerifier for RecordingVerifier {
     }
 }
 
-fn roots(ca: &[CertificateDer<'static>]) -> anyhow::Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    for cert in ca {
-        roots
-            .add(cert.clone())
-            .context("the fleet CA certificate is not usable as a root")?;
-    }
-    Ok(roots)
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
-}
-
 /// Explains an error that ended a command: when a call failed because the connection closed
 /// under it, and the coordinator would refuse this operator certificate at the handshake (with
 /// TLS 1.3 the client learns of that refusal only as a closed connection), says so. The
@@ -262,10 +247,12 @@ fn refused_operator_certificate(ca: &Path, cert: &Path) -> Option<String> {
     let ca_certs = tls::load_certs(ca).ok()?;
     let chain = tls::load_certs(cert).ok()?;
     let (leaf, intermediates) = chain.split_first()?;
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&ca_certs).ok()?), provider())
-            .build()
-            .ok()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(tls::roots(&ca_certs).ok()?),
+        tls::provider(),
+    )
+    .build()
+    .ok()?;
     let error = verifier
         .verify_client_cert(leaf, intermediates, UnixTime::now())
         .err()?;
