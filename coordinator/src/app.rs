@@ -14,7 +14,7 @@ use crate::engine::{Engine, EngineSettings, EngineTask};
 use crate::events::EventLog;
 use crate::operators::OperatorDirectory;
 use crate::registry::Registry;
-use crate::store::{Store, events, hosts};
+use crate::store::Store;
 
 /// How often last-seen times reach the store (nothing after a restart depends on their
 /// precision; the live value is in memory).
@@ -102,11 +102,7 @@ async fn prune_events(c: Arc<Coordinator>) {
         let max_age_ms = i64::try_from(c.config.events.max_age.as_millis()).unwrap_or(i64::MAX);
         let before = pitcrew_proto::now_ms().saturating_sub(max_age_ms);
         let keep = c.config.events.max_events;
-        match c
-            .store
-            .write(move |conn| events::prune(conn, before, keep))
-            .await
-        {
+        match c.store.prune_events(before, keep).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(message = "pruned the event log", deleted),
             Err(error) => tracing::warn!(message = "cannot prune the event log", %error),
@@ -124,11 +120,7 @@ async fn flush_last_seen(c: Arc<Coordinator>) {
         if changes.is_empty() {
             continue;
         }
-        if let Err(error) = c
-            .store
-            .write(move |conn| hosts::set_last_seen(conn, &changes))
-            .await
-        {
+        if let Err(error) = c.store.set_last_seen(changes).await {
             tracing::warn!(message = "cannot record when hosts were last seen", %error);
         }
     }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::ca::{Ca, SERVICE_CERT_VALIDITY};
 use crate::config::{CoordinatorConfig, DataDir};
 use crate::operators::Role;
-use crate::store::{EventRecord, OperatorRecord, Store, events, operators};
+use crate::store::{EventRecord, OperatorRecord, Store};
 
 /// Who the store records as having issued the first admin's certificate.
 pub const INIT_ACTOR: &str = "init";
@@ -66,24 +66,17 @@ pub fn init(
         created_by: INIT_ACTOR.to_owned(),
     };
     let store = Store::open(&dir.store()).context("creating the store")?;
-    store
-        .write_blocking(move |conn| {
-            operators::insert(conn, &record)?;
-            events::append(
-                conn,
-                &EventRecord {
-                    kind: "audit".into(),
-                    at_ms: pitcrew_proto::now_ms(),
-                    message: format!(
-                        "created the fleet; first operator {} with role admin (certificate {})",
-                        record.name, record.serial
-                    ),
-                    actor: INIT_ACTOR.into(),
-                    ..Default::default()
-                },
-            )?;
-            Ok(())
-        })
+    let audit = EventRecord {
+        kind: "audit".into(),
+        at_ms: pitcrew_proto::now_ms(),
+        message: format!(
+            "created the fleet; first operator {} with role admin (certificate {})",
+            record.name, record.serial
+        ),
+        actor: INIT_ACTOR.into(),
+        ..Default::default()
+    };
+    futures::executor::block_on(store.register_operators(vec![record], Some(audit)))
         .context("recording the first operator in the store")?;
     drop(store);
 
@@ -112,7 +105,7 @@ mod tests {
         let data = dir.path().join("fleet");
         let made = init(&data, &["127.0.0.1".into()], "root-ops", "127.0.0.1:7443").unwrap();
         let store = Store::open(&DataDir::new(&data).store()).unwrap();
-        let stored = store.read_blocking(operators::list).unwrap();
+        let stored = futures::executor::block_on(store.list_operators()).unwrap();
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].name, "root-ops");
         assert_eq!(stored[0].role, "admin");
