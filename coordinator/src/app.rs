@@ -42,16 +42,31 @@ impl Coordinator {
     /// Opens the data dir (CA, config, store), loads the engine and starts the background
     /// duties. The returned task is the engine's loop: the caller must treat its end as
     /// fatal.
-    pub async fn open(data_dir: &DataDir) -> anyhow::Result<(Arc<Coordinator>, EngineTask)> {
-        let config = CoordinatorConfig::load(&data_dir.config())?;
+    ///
+    /// `postgres_url`, when given (`serve --postgres-url`), overrides `[store] postgres_url`.
+    pub async fn open(
+        data_dir: &DataDir,
+        postgres_url: Option<String>,
+    ) -> anyhow::Result<(Arc<Coordinator>, EngineTask)> {
+        let mut config = CoordinatorConfig::load(&data_dir.config())?;
+        if postgres_url.is_some() {
+            config.store.postgres_url = postgres_url;
+        }
         let ca = Ca::load(&data_dir.root)?;
-        let path = data_dir.store();
+        let location = config
+            .store
+            .location(data_dir, std::env::var(crate::config::PG_PASSWORD_ENV).ok())
+            .map_err(anyhow::Error::msg)?;
         let store = Arc::new(
-            tokio::task::spawn_blocking(move || Store::open(&path))
+            tokio::task::spawn_blocking(move || Store::open_at(&location))
                 .await
                 .context("opening the store")?
                 .context("opening the store")?,
         );
+        store
+            .claim_engine()
+            .await
+            .context("claiming the store for this coordinator")?;
         let events = Arc::new(EventLog::new(store.clone()));
         let operators = Arc::new(
             crate::operators::load(&store, &events, &data_dir.operator_dir())

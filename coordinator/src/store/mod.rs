@@ -66,6 +66,9 @@ pub enum StoreError {
     /// commit, what was being written is lost and nothing was sent because of it.
     #[error("store: the database is unreachable: {0}")]
     Unavailable(String),
+    /// Another coordinator serves this store.
+    #[error("store: {0}")]
+    InUse(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -144,6 +147,18 @@ impl Store {
     /// "sqlite" or "postgres".
     pub fn backend(&self) -> &'static str {
         self.backend
+    }
+
+    /// Claims the store for this coordinator's engine until the store is dropped: on
+    /// PostgreSQL a session advisory lock on a connection of its own, refused while another
+    /// coordinator holds it. Until the leader lease exists this keeps a second coordinator
+    /// started on the same database from running a second engine; it is not fencing (a lost
+    /// lock connection is not noticed). On SQLite the data dir is this coordinator's alone.
+    pub async fn claim_engine(&self) -> Result<(), StoreError> {
+        match &self.reads {
+            Reads::Sqlite(_) => Ok(()),
+            Reads::Postgres(reader) => reader.claim_engine().await,
+        }
     }
 
     // --- The plumbing every operation goes through.

@@ -148,10 +148,50 @@ impl Drop for Runtime {
 pub(crate) struct Reader {
     pool: Pool,
     handle: tokio::runtime::Handle,
+    /// To connect the engine's claim (outside the pool).
+    config: tokio_postgres::Config,
+    /// The connection holding the engine's claim, once made.
+    claim: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
     _runtime: Arc<Runtime>,
 }
 
+/// The advisory lock a serving coordinator holds ("pitcrew" and 'E' for engine).
+const ENGINE_LOCK: i64 = 0x7069_7463_7265_7745;
+
 impl Reader {
+    pub(crate) async fn claim_engine(&self) -> Result<(), StoreError> {
+        let (config, claim) = (self.config.clone(), self.claim.clone());
+        self.handle
+            .spawn(async move {
+                let mut held = claim.lock().await;
+                if held.as_ref().is_some_and(|c| !c.is_closed()) {
+                    return Ok(());
+                }
+                let (client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::warn!(message = "store: the connection holding the engine's claim ended", %error);
+                    }
+                });
+                let row = client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&ENGINE_LOCK])
+                    .await
+                    .map_err(pg_error)?;
+                let taken: bool = row.try_get(0).map_err(pg_error)?;
+                if !taken {
+                    return Err(StoreError::InUse(
+                        "another pitcrew coordinator is serving this database; until the leader \
+                         lease exists, run one coordinator per database at a time"
+                            .into(),
+                    ));
+                }
+                *held = Some(client);
+                Ok(())
+            })
+            .await
+            .map_err(|e| StoreError::Sql(format!("the claim task failed: {e}")))?
+    }
+
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -252,6 +292,8 @@ pub(super) fn open(
         Reader {
             pool,
             handle,
+            config: settings.config.clone(),
+            claim: Arc::new(tokio::sync::Mutex::new(None)),
             _runtime: runtime,
         },
     ))
