@@ -1099,3 +1099,23 @@ async fn a_lost_database_connection_is_an_error_and_the_next_write_reconnects() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_coordinator_on_one_database_is_refused_until_the_first_is_gone() {
+    let Some(cluster) = pg() else { return };
+    let mut settings = cluster.new_database();
+    settings.claim_wait = std::time::Duration::from_millis(500);
+    let first = Store::open_postgres(&settings).unwrap();
+    first.claim_engine().await.unwrap();
+    first.claim_engine().await.unwrap();
+    let second = Store::open_postgres(&settings).unwrap();
+    let error = second.claim_engine().await.unwrap_err();
+    assert!(matches!(error, StoreError::InUse(_)), "{error}");
+    assert!(
+        error.to_string().contains("one coordinator per database"),
+        "{error}"
+    );
+    drop(first);
+    // Gone: the server drops its claim once it sees the connection closed.
+    second.claim_engine().await.unwrap();
+}

@@ -49,6 +49,9 @@ pub struct PostgresSettings {
     config: tokio_postgres::Config,
     /// How long to wait for the database when connecting.
     pub connect_timeout: Duration,
+    /// How long a starting coordinator waits for another one's claim on the database to go
+    /// (see `Store::claim_engine`).
+    pub claim_wait: Duration,
 }
 
 impl std::fmt::Debug for PostgresSettings {
@@ -97,6 +100,7 @@ impl PostgresSettings {
         Ok(PostgresSettings {
             config,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            claim_wait: CLAIM_WAIT,
         })
     }
 
@@ -150,6 +154,7 @@ pub(crate) struct Reader {
     handle: tokio::runtime::Handle,
     /// To connect the engine's claim (outside the pool).
     config: tokio_postgres::Config,
+    claim_wait: Duration,
     /// The connection holding the engine's claim, once made.
     claim: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
     _runtime: Arc<Runtime>,
@@ -157,10 +162,12 @@ pub(crate) struct Reader {
 
 /// The advisory lock a serving coordinator holds ("pitcrew" and 'E' for engine).
 const ENGINE_LOCK: i64 = 0x7069_7463_7265_7745;
+/// How long a starting coordinator waits for another one's claim to go.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 impl Reader {
     pub(crate) async fn claim_engine(&self) -> Result<(), StoreError> {
-        let (config, claim) = (self.config.clone(), self.claim.clone());
+        let (config, claim, wait) = (self.config.clone(), self.claim.clone(), self.claim_wait);
         self.handle
             .spawn(async move {
                 let mut held = claim.lock().await;
@@ -173,17 +180,31 @@ impl Reader {
                         tracing::warn!(message = "store: the connection holding the engine's claim ended", %error);
                     }
                 });
-                let row = client
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&ENGINE_LOCK])
+                // A coordinator killed a moment ago still holds it until the server notices its
+                // connection is gone: wait for the lock a while (the server's own wait, no
+                // polling) before calling it taken.
+                client
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '{}ms'",
+                        wait.as_millis().max(1)
+                    ))
                     .await
                     .map_err(pg_error)?;
-                let taken: bool = row.try_get(0).map_err(pg_error)?;
-                if !taken {
-                    return Err(StoreError::InUse(
-                        "another pitcrew coordinator is serving this database; until the leader \
-                         lease exists, run one coordinator per database at a time"
-                            .into(),
-                    ));
+                if let Err(error) = client
+                    .execute("SELECT pg_advisory_lock($1)", &[&ENGINE_LOCK])
+                    .await
+                {
+                    let busy = error
+                        .as_db_error()
+                        .is_some_and(|db| db.code().code() == "55P03");
+                    if !busy {
+                        return Err(pg_error(error));
+                    }
+                    return Err(StoreError::InUse(format!(
+                        "another pitcrew coordinator has been serving this database for the last \
+                         {:?}; until the leader lease exists, run one coordinator per database",
+                        wait
+                    )));
                 }
                 *held = Some(client);
                 Ok(())
@@ -293,6 +314,7 @@ pub(super) fn open(
             pool,
             handle,
             config: settings.config.clone(),
+            claim_wait: settings.claim_wait,
             claim: Arc::new(tokio::sync::Mutex::new(None)),
             _runtime: runtime,
         },
