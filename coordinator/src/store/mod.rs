@@ -69,6 +69,14 @@ pub enum StoreError {
     /// Another coordinator serves this store.
     #[error("store: {0}")]
     InUse(String),
+    /// A newer leader holds the lease: this coordinator may write nothing more.
+    #[error(
+        "store: fenced: this coordinator led with lease epoch {ours}, the database now holds epoch {current}; nothing was written"
+    )]
+    Fenced { ours: i64, current: i64 },
+    /// What the SQLite store does not do.
+    #[error("store: {0} needs the PostgreSQL store")]
+    Unsupported(&'static str),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -158,6 +166,48 @@ impl Store {
         match &self.reads {
             Reads::Sqlite(_) => Ok(()),
             Reads::Postgres(reader) => reader.claim_engine().await,
+        }
+    }
+
+    // --- The leader lease (PostgreSQL only; the engine does not use it yet).
+
+    /// Takes the leader lease for `holder` (unique per process) for `length`, by the
+    /// database's clock: a new epoch when it was free or expired, the same one when `holder`
+    /// still holds it. `None` while another holder's lease is valid.
+    pub async fn take_lease(
+        &self,
+        holder: String,
+        length: std::time::Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        match &self.reads {
+            Reads::Sqlite(_) => Err(StoreError::Unsupported("the leader lease")),
+            Reads::Postgres(reader) => reader.take_lease(holder, length).await,
+        }
+    }
+
+    /// Extends `holder`'s lease at `epoch`; false when it expired or a newer leader took it.
+    pub async fn renew_lease(
+        &self,
+        holder: String,
+        epoch: i64,
+        length: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        match &self.reads {
+            Reads::Sqlite(_) => Err(StoreError::Unsupported("the leader lease")),
+            Reads::Postgres(reader) => reader.renew_lease(holder, epoch, length).await,
+        }
+    }
+
+    /// Fences every later write: each transaction checks, in the database and under a lock on
+    /// the lease row, that the lease still carries `epoch`, and fails with
+    /// [`StoreError::Fenced`] (writing nothing) once a newer leader took it.
+    pub fn fence(&self, epoch: i64) -> Result<(), StoreError> {
+        match &self.reads {
+            Reads::Sqlite(_) => Err(StoreError::Unsupported("fencing")),
+            Reads::Postgres(reader) => {
+                reader.fence(epoch);
+                Ok(())
+            }
         }
     }
 

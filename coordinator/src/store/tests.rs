@@ -964,7 +964,7 @@ fn sqlite_schema_version() -> i64 {
 }
 
 fn postgres_schema_versions() -> String {
-    "1".into()
+    "1,2".into()
 }
 
 fn database_of(settings: &PostgresSettings) -> String {
@@ -1045,9 +1045,13 @@ fn coordinators_opening_one_new_database_together_migrate_it_once() {
     let db = database_of(&settings);
     assert_eq!(
         cluster
-            .sql(&db, "SELECT count(*) FROM pitcrew_schema")
+            .sql(
+                &db,
+                "SELECT string_agg(version::text, ',' ORDER BY version) FROM pitcrew_schema"
+            )
             .unwrap(),
-        "1"
+        postgres_schema_versions(),
+        "each version applied once"
     );
 }
 
@@ -1118,4 +1122,128 @@ async fn a_second_coordinator_on_one_database_is_refused_until_the_first_is_gone
     drop(first);
     // Gone: the server drops its claim once it sees the connection closed.
     second.claim_engine().await.unwrap();
+}
+
+/// A coordinator's holder name, unique per process incarnation.
+fn holder(name: &str) -> String {
+    format!("{name}-{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_lease_is_held_renewed_and_taken_over_by_the_database_clock() {
+    let Some(cluster) = pg() else { return };
+    let settings = cluster.new_database();
+    let db = database_of(&settings);
+    let (a, b) = (
+        Store::open_postgres(&settings).unwrap(),
+        Store::open_postgres(&settings).unwrap(),
+    );
+    let (ha, hb) = (holder("a"), holder("b"));
+    let long = std::time::Duration::from_secs(60);
+    let epoch_a = a
+        .take_lease(ha.clone(), long)
+        .await
+        .unwrap()
+        .expect("free: taken");
+    assert_eq!(
+        a.take_lease(ha.clone(), long).await.unwrap(),
+        Some(epoch_a),
+        "kept"
+    );
+    assert_eq!(
+        b.take_lease(hb.clone(), long).await.unwrap(),
+        None,
+        "held by a"
+    );
+    assert!(a.renew_lease(ha.clone(), epoch_a, long).await.unwrap());
+    assert!(!b.renew_lease(hb.clone(), epoch_a, long).await.unwrap());
+    // a stalls past its lease (its expiry moved into the past, as the database's clock would).
+    cluster
+        .sql(
+            &db,
+            "UPDATE leader_lease SET expires_at = now() - interval '1 second'",
+        )
+        .unwrap();
+    assert!(
+        !a.renew_lease(ha.clone(), epoch_a, long).await.unwrap(),
+        "expired"
+    );
+    let epoch_b = b
+        .take_lease(hb.clone(), long)
+        .await
+        .unwrap()
+        .expect("expired: taken");
+    assert!(epoch_b > epoch_a);
+    assert_eq!(a.take_lease(ha, long).await.unwrap(), None);
+    let sqlite = tempfile::tempdir().unwrap();
+    let local = Store::open(&sqlite.path().join("s.db")).unwrap();
+    assert!(matches!(
+        local.take_lease(hb, long).await,
+        Err(StoreError::Unsupported(_))
+    ));
+    assert!(matches!(local.fence(1), Err(StoreError::Unsupported(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_leader_writes_nothing_once_a_newer_leader_holds_the_lease() {
+    let Some(cluster) = pg() else { return };
+    let settings = cluster.new_database();
+    let db = database_of(&settings);
+    let (a, b) = (
+        Store::open_postgres(&settings).unwrap(),
+        Store::open_postgres(&settings).unwrap(),
+    );
+    let long = std::time::Duration::from_secs(60);
+    let epoch_a = a.take_lease(holder("a"), long).await.unwrap().unwrap();
+    a.fence(epoch_a).unwrap();
+    a.create_token(token("by-a", 1, 1000)).await.unwrap();
+    // a is paused past its lease; b takes over and leads.
+    cluster
+        .sql(
+            &db,
+            "UPDATE leader_lease SET expires_at = now() - interval '1 second'",
+        )
+        .unwrap();
+    let epoch_b = b.take_lease(holder("b"), long).await.unwrap().unwrap();
+    b.fence(epoch_b).unwrap();
+    // a wakes up: its turn (an action record, the host's progress, an event) and any other
+    // write are refused by the database, whole.
+    let turn = TurnWrites {
+        actions: vec![ActionRecord {
+            action_id: "late".into(),
+            host_id: "h".into(),
+            campaign_id: "c".into(),
+            request: vec![1],
+            result: None,
+            created_at_ms: 1,
+        }],
+        events: vec![audit("written by a fenced leader")],
+        ..Default::default()
+    };
+    let error = a.commit_turn(turn).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::Fenced { ours, current } if ours == epoch_a && current == epoch_b),
+        "{error}"
+    );
+    assert!(matches!(
+        a.create_token(token("late", 1, 1000)).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    // b writes; nothing of a's late writes exists.
+    b.create_token(token("by-b", 1, 1000)).await.unwrap();
+    assert_eq!(b.action("late".into()).await.unwrap(), None);
+    let ids: Vec<String> = b
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, ["by-a", "by-b"]);
+    assert!(
+        b.list_events(EventFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

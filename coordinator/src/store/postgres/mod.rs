@@ -21,6 +21,7 @@ mod schema;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -155,6 +156,8 @@ pub(crate) struct Reader {
     /// To connect the engine's claim (outside the pool).
     config: tokio_postgres::Config,
     claim_wait: Duration,
+    /// The epoch the writer's transactions must find in the lease (0: not fenced).
+    fence: Arc<AtomicI64>,
     /// The connection holding the engine's claim, once made.
     claim: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
     _runtime: Arc<Runtime>,
@@ -166,6 +169,73 @@ const ENGINE_LOCK: i64 = 0x7069_7463_7265_7745;
 const CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 impl Reader {
+    /// From the next batch on, every write transaction requires the lease at `epoch`.
+    pub(crate) fn fence(&self, epoch: i64) {
+        self.fence.store(epoch, Ordering::SeqCst);
+    }
+
+    /// Takes the leader lease if it is free or expired by the database's clock (a new epoch),
+    /// or keeps it if `holder` holds it still (same epoch). None: another holder's lease is
+    /// valid.
+    pub(crate) async fn take_lease(
+        &self,
+        holder: String,
+        length: Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let rows = client
+                .query(
+                    "UPDATE leader_lease SET
+                        epoch = CASE WHEN holder = $1 AND expires_at > now()
+                                     THEN epoch ELSE epoch + 1 END,
+                        holder = $1,
+                        expires_at = now() + make_interval(secs => $2)
+                     WHERE id = 1 AND (holder = $1 OR expires_at <= now())
+                     RETURNING epoch",
+                    &[&holder, &length.as_secs_f64()],
+                )
+                .await
+                .map_err(pg_error)?;
+            rows.first().map(|r| get(r, "epoch")).transpose()
+        })
+        .await
+    }
+
+    /// Extends the lease of `holder` at `epoch` if it has not expired; false: it is lost.
+    pub(crate) async fn renew_lease(
+        &self,
+        holder: String,
+        epoch: i64,
+        length: Duration,
+    ) -> Result<bool, StoreError> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let changed = client
+                .execute(
+                    "UPDATE leader_lease SET expires_at = now() + make_interval(secs => $3)
+                     WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > now()",
+                    &[&holder, &epoch, &length.as_secs_f64()],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.handle
+            .spawn(work)
+            .await
+            .map_err(|e| StoreError::Sql(format!("a store task failed: {e}")))?
+    }
+
     pub(crate) async fn claim_engine(&self) -> Result<(), StoreError> {
         let (config, claim, wait) = (self.config.clone(), self.claim.clone(), self.claim_wait);
         self.handle
@@ -222,7 +292,11 @@ impl Reader {
         self.handle
             .spawn(async move {
                 let client = pool.get().await.map_err(pool_error)?;
-                f(&mut PgTx { client: &client }).await
+                f(&mut PgTx {
+                    client: &client,
+                    fence: 0,
+                })
+                .await
             })
             .await
             .map_err(|e| StoreError::Sql(format!("a read task failed: {e}")))?
@@ -306,7 +380,8 @@ pub(super) fn open(
         Err(_) => return Err(fail("the store's runtime stopped while connecting".into())),
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    handle.spawn(writer_loop(pool.clone(), rx));
+    let fence = Arc::new(AtomicI64::new(0));
+    handle.spawn(writer_loop(pool.clone(), rx, fence.clone()));
     tracing::info!(message = "store: PostgreSQL", database = %what);
     Ok((
         tx,
@@ -315,6 +390,7 @@ pub(super) fn open(
             handle,
             config: settings.config.clone(),
             claim_wait: settings.claim_wait,
+            fence,
             claim: Arc::new(tokio::sync::Mutex::new(None)),
             _runtime: runtime,
         },
@@ -322,7 +398,7 @@ pub(super) fn open(
 }
 
 /// The writer: group commit, one transaction per batch, until every sender is gone.
-async fn writer_loop(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn writer_loop(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>, fence: Arc<AtomicI64>) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -338,7 +414,11 @@ async fn writer_loop(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>) {
                 continue;
             }
         };
-        let outcome = super::tx::commit_batch(&mut PgTx { client: &client }, batch).await;
+        let mut conn = PgTx {
+            client: &client,
+            fence: fence.load(Ordering::SeqCst),
+        };
+        let outcome = super::tx::commit_batch(&mut conn, batch).await;
         if outcome.is_err() {
             // Possibly broken, or still inside the failed transaction: never reuse it.
             drop(deadpool_postgres::Object::take(client));
@@ -349,6 +429,8 @@ async fn writer_loop(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>) {
 /// A pooled connection as the row operations see it.
 struct PgTx<'c> {
     client: &'c ClientWrapper,
+    /// The lease epoch every transaction must find (0: not fenced).
+    fence: i64,
 }
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
@@ -1172,7 +1254,30 @@ impl Tx for PgTx<'_> {
 
 impl Conn for PgTx<'_> {
     fn begin(&mut self) -> TxFuture<'_, ()> {
-        Box::pin(self.control("BEGIN"))
+        Box::pin(async move {
+            self.control("BEGIN").await?;
+            if self.fence == 0 {
+                return Ok(());
+            }
+            // The fence: the lease row, locked for share until this transaction ends, must
+            // still carry this leader's epoch. A takeover's UPDATE of the row waits for this
+            // commit; once a newer epoch is committed, no batch of the old leader commits.
+            let rows = self
+                .query("SELECT epoch FROM leader_lease WHERE id = 1 FOR SHARE", &[])
+                .await?;
+            let current: i64 = rows
+                .first()
+                .map(|r| get(r, "epoch"))
+                .transpose()?
+                .unwrap_or(0);
+            if current != self.fence {
+                return Err(StoreError::Fenced {
+                    ours: self.fence,
+                    current,
+                });
+            }
+            Ok(())
+        })
     }
 
     fn commit(&mut self) -> TxFuture<'_, ()> {

@@ -9,6 +9,8 @@
 //! whatever the database's locale (as on SQLite). A later change to the tables adds a version
 //! to both backends.
 //!
+//! Version 2 adds the leader lease (`leader_lease`, one row), which only PostgreSQL has.
+//!
 //! Every migration takes a transaction-scoped advisory lock first, so coordinators started
 //! together on one database migrate it once, one after the other.
 
@@ -19,7 +21,7 @@ use crate::store::StoreError;
 
 /// The newest version this build knows. A database written by a newer build is refused
 /// rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// The advisory lock key migrations hold ("pitcrew!" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7069_7463_7265_7721;
@@ -114,8 +116,21 @@ CREATE TABLE operator_certs (
 CREATE INDEX operator_certs_by_name ON operator_certs (name);
 "#;
 
+/// Version 2: the leader lease, one row. `epoch` grows with each takeover; `expires_at` is
+/// the database's clock, never a coordinator's. A fenced writer's every transaction reads the
+/// row `FOR SHARE` and requires its own epoch.
+const V2: &str = r#"
+CREATE TABLE leader_lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+INSERT INTO leader_lease (id, holder, epoch, expires_at) VALUES (1, '', 0, '-infinity');
+"#;
+
 /// Each version's statements, in order: `MIGRATIONS[n - 1]` brings the schema to version n.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Brings the schema to the newest version, one version per transaction.
 pub(super) async fn migrate(client: &mut ClientWrapper) -> Result<(), StoreError> {
