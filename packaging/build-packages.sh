@@ -4,7 +4,9 @@
 #   pitcrew-{agent,coordinator,cli}-<v>-1.<arch>.rpm (rpmbuild, from packaging/rpm/*.spec).
 # pitcrew-cli holds the operator's `pitcrew` command alone, for workstations; the coordinator's
 # packages recommend it.
-# Release binaries are built first. cargo-deb and rpm are installed only when missing.
+# Release binaries are built first, then the manual pages and shell completions each binary writes
+# from its own command-line definition. cargo-deb and rpm are installed only when missing.
+# packaging/lint-packages.sh checks the result (lintian, rpmlint).
 # Idempotent: running it again rebuilds the packages in place.
 #   --no-build   package the binaries already in the target dir
 set -euo pipefail
@@ -50,6 +52,34 @@ build_binaries() {
     done
 }
 
+# Manual pages (`BIN man --dir`, gzipped as Debian wants them) into release/man/BIN/, and the
+# CLI's shell completions into release/completions/: what the packages' assets name.
+build_docs() {
+    local bin dir
+    rm -rf "$TARGET_DIR/release/man" "$TARGET_DIR/release/completions"
+    for bin in pitcrew pitcrew-agent pitcrew-coordinator; do
+        dir="$TARGET_DIR/release/man/$bin"
+        "$TARGET_DIR/release/$bin" man --dir "$dir"
+        gzip -9n "$dir"/*.1
+    done
+    dir="$TARGET_DIR/release/completions"
+    mkdir -p "$dir"
+    "$TARGET_DIR/release/pitcrew" completions bash >"$dir/pitcrew.bash"
+    "$TARGET_DIR/release/pitcrew" completions zsh >"$dir/_pitcrew"
+    "$TARGET_DIR/release/pitcrew" completions fish >"$dir/pitcrew.fish"
+}
+
+# The changelog shipped in every .deb must describe the version being packaged.
+check_changelog() {
+    local version top
+    version=$(workspace_version)
+    top=$(head -n 1 "$REPO/packaging/deb/changelog")
+    case $top in
+        "pitcrew ($version-1) "*) ;;
+        *) die "packaging/deb/changelog starts with '$top': add an entry for $version-1 first" ;;
+    esac
+}
+
 workspace_version() {
     /usr/bin/python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["workspace"]["package"]["version"])' \
         "$REPO/Cargo.toml"
@@ -85,7 +115,9 @@ build_rpm() {
 main() {
     parse_args "$@"
     ensure_tools
+    check_changelog
     build_binaries
+    build_docs
     mkdir -p "$OUT"
     build_debs
     build_rpm

@@ -18,6 +18,11 @@ if [ "$(id -u)" = 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
     fi
     export PITCREW_POSTGRES_TESTS=1
+    if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+        log "installing headless Chromium for the dashboard's browser test"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver >/dev/null
+    fi
     if [ -x tests/lab/lab.sh ]; then
         log "installing the lab's packages (only those missing)"
         tests/lab/lab.sh deps
@@ -31,6 +36,13 @@ fi
 if [ "${PITCREW_LAB:-}" = 1 ] && [ -x packaging/build-packages.sh ]; then
     log "building the .deb and .rpm packages the lab installs"
     packaging/build-packages.sh
+    # tests/tests/packages.rs lints them (packaging/lint-packages.sh).
+    if ! command -v lintian >/dev/null || ! command -v rpmlint >/dev/null; then
+        log "installing lintian and rpmlint"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            lintian rpmlint >/dev/null
+    fi
 fi
 
 log "building the workspace"

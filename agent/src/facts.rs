@@ -121,6 +121,8 @@ pub fn collect(
         systemd: systemd_booted(),
         policy: Some(config.policy.to_proto()),
         held_units: crate::holds::Holds::of(config).list(),
+        // Counted in the background (see `updates`); the session adds the latest count.
+        pending_updates: None,
     }
 }
 

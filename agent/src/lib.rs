@@ -12,3 +12,4 @@ pub mod journal;
 pub mod mounts;
 pub mod session;
 pub mod systemd;
+pub mod updates;

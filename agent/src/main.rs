@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use pitcrew_agent::actions::Executor;
 use pitcrew_agent::config::AgentConfig;
 use pitcrew_agent::{enroll, facts, session};
@@ -49,6 +49,13 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Write the manual pages (pitcrew-agent.1 and one per command) into a directory; the packages
+    /// ship them.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +98,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&facts)?);
             Ok(())
         }
+        Command::Man { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            .with_context(|| format!("writing manual pages into {}", dir.display())),
         Command::Run { config } => run_agent(AgentConfig::load(&config)?).await,
     }
 }

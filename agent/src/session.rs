@@ -18,7 +18,7 @@ use pitcrew_proto::v1::{
     self, AgentMessage, agent_message::Msg, agent_session_client::AgentSessionClient,
     coordinator_message,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::actions::Executor;
@@ -130,8 +130,12 @@ pub enum Credentials {
 /// Where the facts sent at hello (and on change) come from.
 #[derive(Debug, Clone)]
 pub enum FactsSource {
-    /// Read from this machine (sysinfo, /proc) at every hello and re-read every 10 s.
-    Host(Box<AgentConfig>),
+    /// Read from this machine (sysinfo, /proc) at every hello and re-read every 10 s; the
+    /// pending package updates come from their own background count (see `updates`).
+    Host {
+        config: Box<AgentConfig>,
+        pending_updates: watch::Receiver<Option<u32>>,
+    },
     /// Fixed facts of a simulated host: sent at hello, never changing.
     Fixed(Box<v1::Facts>),
 }
@@ -199,7 +203,10 @@ impl SessionCtx<Executor> {
             identity,
             heartbeat: Duration::from_secs(config.heartbeat_seconds),
             credentials: Credentials::StateDir(config.state_dir.clone()),
-            facts: FactsSource::Host(Box::new(config)),
+            facts: FactsSource::Host {
+                config: Box::new(config),
+                pending_updates: crate::updates::UpdatesProbe::host().spawn(),
+            },
             runner: executor,
             observer: Arc::new(SystemdNotifier::default()),
         }
@@ -209,8 +216,14 @@ impl SessionCtx<Executor> {
 impl<R> SessionCtx<R> {
     fn collect_facts(&self, labels: &std::collections::HashMap<String, String>) -> v1::Facts {
         match &self.facts {
-            FactsSource::Host(config) => {
-                facts::collect(config, &self.identity.host_id, &self.identity.role, labels)
+            FactsSource::Host {
+                config,
+                pending_updates,
+            } => {
+                let mut facts =
+                    facts::collect(config, &self.identity.host_id, &self.identity.role, labels);
+                facts.pending_updates = *pending_updates.borrow();
+                facts
             }
             FactsSource::Fixed(facts) => (**facts).clone(),
         }
@@ -220,7 +233,7 @@ impl<R> SessionCtx<R> {
     /// for a simulated host.
     fn held_units(&self) -> Option<Vec<v1::HeldUnit>> {
         match &self.facts {
-            FactsSource::Host(config) => Some(crate::holds::Holds::of(config).list()),
+            FactsSource::Host { config, .. } => Some(crate::holds::Holds::of(config).list()),
             FactsSource::Fixed(_) => None,
         }
     }
@@ -364,7 +377,7 @@ async fn session<R: ActionRunner>(
     let mut facts_tick = tokio::time::interval(FACTS_INTERVAL);
     facts_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Simulated hosts (fixed facts, credentials in memory) have nothing to re-read.
-    let rereads = matches!(ctx.facts, FactsSource::Host(_))
+    let rereads = matches!(ctx.facts, FactsSource::Host { .. })
         || matches!(ctx.credentials, Credentials::StateDir(_));
     let mut seq: u64 = 0;
     loop {

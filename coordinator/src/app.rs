@@ -10,8 +10,10 @@ use anyhow::Context;
 
 use crate::ca::Ca;
 use crate::config::{CoordinatorConfig, DataDir};
+use crate::dashboard::auth::DashboardAuth;
 use crate::engine::{Engine, EngineSettings, EngineTask};
 use crate::events::EventLog;
+use crate::metrics::Metrics;
 use crate::operators::OperatorDirectory;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -36,6 +38,11 @@ pub struct Coordinator {
     pub config: CoordinatorConfig,
     /// Campaigns and manual maintenance: one owner, committed before acted on.
     pub engine: Engine,
+    /// What `GET /metrics` shows (served when `metrics_listen` is set).
+    pub metrics: Arc<Metrics>,
+    /// The web dashboard's login links and browser sessions (served when `dashboard_listen`
+    /// is set).
+    pub dashboard: Arc<DashboardAuth>,
 }
 
 impl Coordinator {
@@ -81,7 +88,10 @@ impl Coordinator {
             Engine::start(store.clone(), events.clone(), registry.clone(), settings)
                 .await
                 .context("loading the campaigns")?;
+        let metrics = Arc::new(Metrics::new(engine.metrics(), &store, registry.clone()));
         let coordinator = Arc::new(Coordinator {
+            metrics,
+            dashboard: Arc::new(DashboardAuth::default()),
             store,
             registry,
             events,

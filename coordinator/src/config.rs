@@ -35,6 +35,18 @@ pub struct CoordinatorConfig {
     /// How long the event log is kept (`[events]`).
     #[serde(default)]
     pub events: EventRetention,
+    /// Address of the Prometheus metrics listener (plain HTTP, `GET /metrics`); "" turns it
+    /// off. Loopback by default: the metrics name no host, but say how the fleet is doing.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: String,
+    /// Address of the web dashboard (HTTPS with the server certificate); "" turns it off.
+    /// Loopback by default: reach it through an SSH tunnel, or choose an address.
+    #[serde(default = "default_dashboard_listen")]
+    pub dashboard_listen: String,
+    /// The dashboard's address as browsers reach it (`https://coord.example.net:7444`), for the
+    /// login links `pitcrew dashboard` prints; by default `https://` + `dashboard_listen`.
+    #[serde(default)]
+    pub dashboard_url: String,
     /// Where the store is (`[store]`): the embedded SQLite file by default, or PostgreSQL.
     #[serde(default)]
     pub store: StoreConfig,
@@ -210,6 +222,14 @@ fn default_operator_cert_lifetime() -> std::time::Duration {
     crate::ca::OPERATOR_CERT_VALIDITY
 }
 
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".to_owned()
+}
+
+fn default_dashboard_listen() -> String {
+    "127.0.0.1:7444".to_owned()
+}
+
 fn default_listen() -> String {
     "0.0.0.0:7443".to_owned()
 }
@@ -231,6 +251,9 @@ impl Default for CoordinatorConfig {
             limits: Limits::default(),
             events: EventRetention::default(),
             store: StoreConfig::default(),
+            metrics_listen: default_metrics_listen(),
+            dashboard_listen: default_dashboard_listen(),
+            dashboard_url: String::new(),
         }
     }
 }
@@ -310,6 +333,43 @@ impl CoordinatorConfig {
                 ),
             });
         }
+        if !config.metrics_listen.is_empty()
+            && config
+                .metrics_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(ConfigError {
+                file,
+                message: format!(
+                    "field metrics_listen: {:?} is not an address such as 127.0.0.1:9464 (\"\" turns metrics off)",
+                    config.metrics_listen
+                ),
+            });
+        }
+        if !config.dashboard_listen.is_empty()
+            && config
+                .dashboard_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(ConfigError {
+                file,
+                message: format!(
+                    "field dashboard_listen: {:?} is not an address such as 127.0.0.1:7444 (\"\" turns the dashboard off)",
+                    config.dashboard_listen
+                ),
+            });
+        }
+        if !config.dashboard_url.is_empty() && !config.dashboard_url.starts_with("https://") {
+            return Err(ConfigError {
+                file,
+                message: format!(
+                    "field dashboard_url: {:?} must start with https:// (the dashboard is served over TLS)",
+                    config.dashboard_url
+                ),
+            });
+        }
         if config.host_cert_lifetime < std::time::Duration::from_secs(10) {
             return Err(ConfigError {
                 file,
@@ -335,6 +395,24 @@ impl CoordinatorConfig {
         Ok(config)
     }
 
+    /// Where browsers reach the dashboard: `dashboard_url`, or `https://` + `dashboard_listen`
+    /// (an unspecified address such as 0.0.0.0 is shown as 127.0.0.1); `None` when it is off.
+    pub fn dashboard_base_url(&self) -> Option<String> {
+        if self.dashboard_listen.is_empty() {
+            return None;
+        }
+        if !self.dashboard_url.is_empty() {
+            return Some(self.dashboard_url.trim_end_matches('/').to_owned());
+        }
+        let address: std::net::SocketAddr = self.dashboard_listen.parse().ok()?;
+        let shown = if address.ip().is_unspecified() {
+            std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
+        } else {
+            address
+        };
+        Some(format!("https://{shown}"))
+    }
+
     /// The file `init` writes.
     pub fn render(&self) -> String {
         format!(
@@ -348,12 +426,18 @@ impl CoordinatorConfig {
              host_cert_lifetime = {:?}\n\
              # Lifetime of operator certificates (at most 365days); renew with\n\
              # `pitcrew operator renew`.\n\
-             operator_cert_lifetime = {:?}\n",
+             operator_cert_lifetime = {:?}\n\
+             # Prometheus metrics over plain HTTP (GET /metrics); \"\" turns them off.\n\
+             metrics_listen = {:?}\n\
+             # The web dashboard over HTTPS (open it with `pitcrew dashboard`); \"\" turns it off.\n\
+             dashboard_listen = {:?}\n",
             self.listen,
             self.heartbeat_seconds,
             self.heartbeat_timeout_seconds,
             humantime::format_duration(self.host_cert_lifetime).to_string(),
-            humantime::format_duration(self.operator_cert_lifetime).to_string()
+            humantime::format_duration(self.operator_cert_lifetime).to_string(),
+            self.metrics_listen,
+            self.dashboard_listen
         ) + &self.render_store()
     }
 
@@ -390,6 +474,12 @@ mod tests {
         std::fs::write(&path, CoordinatorConfig::default().render()).unwrap();
         let loaded = CoordinatorConfig::load(&path).unwrap();
         assert_eq!(loaded.listen, "0.0.0.0:7443");
+        assert_eq!(loaded.metrics_listen, "127.0.0.1:9464");
+        assert_eq!(loaded.dashboard_listen, "127.0.0.1:7444");
+        assert_eq!(
+            loaded.dashboard_base_url().as_deref(),
+            Some("https://127.0.0.1:7444")
+        );
         assert_eq!(
             loaded.operator_cert_lifetime,
             std::time::Duration::from_secs(30 * 24 * 3600)
@@ -480,6 +570,27 @@ mod tests {
         std::fs::write(&path, "listen = \"nowhere\"\n").unwrap();
         let error = CoordinatorConfig::load(&path).unwrap_err();
         assert!(error.message.contains("field listen"), "{error}");
+        std::fs::write(&path, "metrics_listen = \"9464\"\n").unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err();
+        assert!(error.message.contains("field metrics_listen"), "{error}");
+        std::fs::write(&path, "metrics_listen = \"\"\n").unwrap();
+        assert!(
+            CoordinatorConfig::load(&path)
+                .unwrap()
+                .metrics_listen
+                .is_empty()
+        );
+        std::fs::write(&path, "dashboard_listen = \"7444\"\n").unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err();
+        assert!(error.message.contains("field dashboard_listen"), "{error}");
+        std::fs::write(&path, "dashboard_listen = \"\"\n").unwrap();
+        assert_eq!(
+            CoordinatorConfig::load(&path).unwrap().dashboard_base_url(),
+            None
+        );
+        std::fs::write(&path, "dashboard_url = \"http://x:1\"\n").unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err();
+        assert!(error.message.contains("field dashboard_url"), "{error}");
         std::fs::write(&path, "\nlisten_on = \"0.0.0.0:1\"\n").unwrap();
         let error = CoordinatorConfig::load(&path).unwrap_err();
         assert!(

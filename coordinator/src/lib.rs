@@ -6,9 +6,11 @@
 pub mod app;
 pub mod ca;
 pub mod config;
+pub mod dashboard;
 pub mod engine;
 pub mod events;
 pub mod init;
+pub mod metrics;
 pub mod operators;
 pub mod registry;
 pub mod server;

@@ -32,6 +32,7 @@ cleanup() {
         echo "  export PITCREW_COORDINATOR=https://10.231.0.1:$PORT PITCREW_CA=$DEMO/ca.crt \\"
         echo "         PITCREW_CERT=$DEMO/operator/admin.crt PITCREW_KEY=$DEMO/operator/admin.key"
         echo "  $TARGET/release/pitcrew hosts"
+        echo "  $TARGET/release/pitcrew dashboard   # a one-time link to the web dashboard on https://127.0.0.1:7444"
         echo "  when done: kill \$(cat $DEMO/serve.pid); $LAB down"
         return
     fi

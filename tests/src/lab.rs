@@ -422,7 +422,9 @@ fn lab_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/lab.sh")
 }
 
-fn default_packages_dir() -> PathBuf {
+/// Where `packaging/build-packages.sh` writes the packages: `$CARGO_TARGET_DIR/packages`, or
+/// `target/packages`.
+pub fn default_packages_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))

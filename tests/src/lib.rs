@@ -72,6 +72,28 @@ pub fn free_port() -> u16 {
         .unwrap_or(17443)
 }
 
+/// A plain HTTP/1.1 `GET` (the response read to its end): status code, head and body.
+pub fn http_get(address: &str, path: &str) -> anyhow::Result<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("an HTTP response without an end of head")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .context("an HTTP response without a status")?;
+    Ok((status, head.to_owned(), body.to_owned()))
+}
+
 /// A fresh 32-hex-digit machine id.
 pub fn new_machine_id() -> String {
     let bytes: [u8; 16] = rand_bytes();
@@ -193,6 +215,10 @@ pub struct Coordinator {
     /// The address it listens on and agents use.
     pub ip: String,
     pub port: u16,
+    /// The port of its metrics listener (`GET /metrics` on loopback).
+    pub metrics_port: u16,
+    /// The port of its web dashboard (HTTPS on loopback).
+    pub dashboard_port: u16,
     pub fingerprint: String,
     pub proc: Option<Proc>,
     /// The store's database and password for `serve` (a PostgreSQL store), as environment.
@@ -236,6 +262,8 @@ impl Coordinator {
         let temp = tempfile::tempdir()?;
         let dir = temp.path().join("coordinator");
         let port = free_port();
+        let metrics_port = free_port();
+        let dashboard_port = free_port();
         let out = Command::new(bin("pitcrew-coordinator"))
             .envs(store_env.iter().map(|(k, v)| (k, v)))
             .args(["init", "--data-dir"])
@@ -263,13 +291,15 @@ impl Coordinator {
         std::fs::write(
             dir.join("coordinator.toml"),
             format!(
-                "listen = \"{ip}:{port}\"\nheartbeat_seconds = 1\nheartbeat_timeout_seconds = 3\n"
+                "listen = \"{ip}:{port}\"\nheartbeat_seconds = 1\nheartbeat_timeout_seconds = 3\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndashboard_listen = \"127.0.0.1:{dashboard_port}\"\n"
             ),
         )?;
         Ok(Coordinator {
             dir,
             ip: ip.to_owned(),
             port,
+            metrics_port,
+            dashboard_port,
             fingerprint,
             proc: None,
             store_env,
@@ -307,6 +337,11 @@ impl Coordinator {
 
     pub fn address(&self) -> String {
         format!("https://{}:{}", self.ip, self.port)
+    }
+
+    /// `GET path` on the metrics listener: the status code, the head and the body.
+    pub fn metrics_get(&self, path: &str) -> anyhow::Result<(u16, String, String)> {
+        http_get(&format!("127.0.0.1:{}", self.metrics_port), path)
     }
 
     /// Starts `serve` and waits until it accepts connections.

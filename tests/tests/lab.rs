@@ -876,6 +876,20 @@ fn the_coordinator_installs_from_deb_and_rpm_and_serves_under_systemd() {
             owned.trim().starts_with("pitcrew-cli"),
             "{host}: /usr/bin/pitcrew comes from pitcrew-cli: {owned}"
         );
+        // Its manual pages and bash completion are where man and bash-completion look.
+        for file in [
+            "/usr/share/man/man1/pitcrew.1.gz",
+            "/usr/share/man/man1/pitcrew-coordinator.1.gz",
+            "/usr/share/bash-completion/completions/pitcrew",
+        ] {
+            assert_eq!(
+                lab.sh(host, &format!("test -s {file} && echo present"))
+                    .unwrap()
+                    .trim(),
+                "present",
+                "{host}: {file}"
+            );
+        }
         lab.sh(host, "pitcrew-coordinator init --data-dir /var/lib/pitcrew-coordinator --san 127.0.0.1 >/dev/null").unwrap();
         lab.sh(host, "systemctl start pitcrew-coordinator").unwrap();
         assert_eq!(

@@ -9,9 +9,9 @@ use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pitcrew_proto::v1;
 
-use super::connect::{ConnectArgs, admin, status};
+use super::connect::{CallFailed, ConnectArgs, admin, status};
 use super::output::{self, Format};
-use super::{EXIT_CANCELLED, EXIT_INCOMPLETE, Exit};
+use super::{EXIT_CANCELLED, EXIT_INCOMPLETE, EXIT_INTERRUPTED, Exit};
 
 #[derive(Subcommand)]
 pub enum CampaignCommand {
@@ -364,29 +364,54 @@ pub fn print_campaign(info: &v1::CampaignInfo) {
 }
 
 /// Follows a campaign until it completes or is cancelled. Exits non-zero if it ends cancelled.
+///
+/// The watch outlives the coordinator's restarts: a stream that breaks (or ends before the
+/// campaign did) is opened again, with a growing pause, and picks up the current state. Ctrl-C
+/// ends only the watch, and says so: the campaign goes on on the coordinator.
 pub async fn watch(connect: &ConnectArgs, format: Format, id: &str) -> anyhow::Result<()> {
-    let mut client = admin(connect).await?;
-    let mut stream = client
-        .watch_campaign(v1::GetCampaignRequest {
-            id: id.to_owned(),
-            page_size: 0,
-            page_token: String::new(),
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
     let live = format == Format::Table && std::io::stdout().is_terminal();
     let bars = MultiProgress::new();
     let header = bars.add(ProgressBar::new_spinner());
+    if live {
+        // Redraw on a clock as well as on each change: a burst of changes (several hosts at
+        // once) would otherwise leave the screen at whatever the rate limit let through.
+        header.enable_steady_tick(WATCH_REDRAW);
+    }
     let style = ProgressStyle::with_template("{prefix:>14} [{bar:20}] {pos}/{len} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
     let mut host_bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let mut last_lines: BTreeMap<String, String> = BTreeMap::new();
     let mut last: Option<v1::CampaignInfo> = None;
-    while let Some(info) = stream.message().await.map_err(status)? {
-        if format == Format::Json {
-            println!("{}", serde_json::to_string(&info)?);
+    // Handled here rather than left to the default disposition (which a parent may have set to
+    // "ignore"), so that the operator is told the campaign goes on.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut pause = WATCH_RETRY_FIRST;
+    loop {
+        let lost = tokio::select! {
+            _ = &mut interrupted => {
+                header.finish_and_clear();
+                return Err(detached(id));
+            }
+            lost = async {
+                let mut stream = match open_watch(connect, id).await {
+                    Ok(stream) => stream,
+                    Err(error) => return WatchEnded::Lost(error),
+                };
+                loop {
+                    let info = match stream.message().await {
+                        Ok(Some(info)) => info,
+                        // The coordinator ended the stream: the campaign is over, or the
+                        // coordinator is shutting down.
+                        Ok(None) => return WatchEnded::Closed,
+                        Err(error) => return WatchEnded::Lost(status(error)),
+                    };
+                    pause = WATCH_RETRY_FIRST;
+                    if format == Format::Json {
+            if let Err(error) = output::json_line(&info) {
+                return WatchEnded::Failed(error);
+            }
         } else if live {
             let line = format!(
                 "campaign {} ({}): {}{}",
@@ -445,7 +470,41 @@ pub async fn watch(connect: &ConnectArgs, format: Format, id: &str) -> anyhow::R
                 }
             }
         }
-        last = Some(info);
+                    last = Some(info);
+                }
+            } => lost,
+        };
+        if last.as_ref().is_some_and(|info| is_final(&info.state)) {
+            break;
+        }
+        match lost {
+            WatchEnded::Failed(error) => return Err(error),
+            // Without a first state there is nothing to resume: the error is the answer.
+            WatchEnded::Lost(error) if last.is_none() || !worth_retrying(&error) => {
+                return Err(error);
+            }
+            WatchEnded::Lost(error) => note(
+                live,
+                &header,
+                &format!("{error:#}; watching again in {}s", pause.as_secs()),
+            ),
+            WatchEnded::Closed => note(
+                live,
+                &header,
+                &format!(
+                    "the coordinator ended the stream; watching again in {}s",
+                    pause.as_secs()
+                ),
+            ),
+        }
+        tokio::select! {
+            _ = &mut interrupted => {
+                header.finish_and_clear();
+                return Err(detached(id));
+            }
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(WATCH_RETRY_MAX);
     }
     header.finish();
     for bar in host_bars.values() {
@@ -480,6 +539,81 @@ pub async fn watch(connect: &ConnectArgs, format: Format, id: &str) -> anyhow::R
             last.id
         ),
     }
+}
+
+/// How one opening of a campaign's stream ended.
+enum WatchEnded {
+    /// The connection or the call broke.
+    Lost(anyhow::Error),
+    /// The coordinator ended the stream.
+    Closed,
+    /// Printing failed: the watch cannot go on.
+    Failed(anyhow::Error),
+}
+
+/// How often a live watch redraws without a change.
+const WATCH_REDRAW: std::time::Duration = std::time::Duration::from_millis(200);
+/// The first and the longest pause before a broken watch is opened again.
+const WATCH_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const WATCH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the campaign's stream of states.
+async fn open_watch(
+    connect: &ConnectArgs,
+    id: &str,
+) -> anyhow::Result<tonic::Streaming<v1::CampaignInfo>> {
+    let mut client = admin(connect).await?;
+    let stream = client
+        .watch_campaign(v1::GetCampaignRequest {
+            id: id.to_owned(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    Ok(stream)
+}
+
+/// Whether a campaign state is one the campaign never leaves.
+fn is_final(state: &str) -> bool {
+    matches!(state, "completed" | "incomplete" | "cancelled")
+}
+
+/// Whether a broken watch is worth opening again: not when the coordinator refused the caller
+/// or does not know the campaign (it would answer the same again).
+fn worth_retrying(error: &anyhow::Error) -> bool {
+    !error.chain().any(|cause| {
+        cause.downcast_ref::<CallFailed>().is_some_and(|call| {
+            matches!(
+                call.code(),
+                tonic::Code::NotFound
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::InvalidArgument
+            )
+        })
+    })
+}
+
+/// Says what the watch is doing: on the live header, or as a line for logs.
+fn note(live: bool, header: &ProgressBar, text: &str) {
+    if live {
+        header.set_message(output::clean(text).into_owned());
+    } else {
+        crate::say!("[{}] {text}", output::clock(pitcrew_proto::now_ms()));
+    }
+}
+
+/// The end of a watch stopped by Ctrl-C: the campaign goes on, and how to come back to it.
+fn detached(id: &str) -> anyhow::Error {
+    Exit {
+        code: EXIT_INTERRUPTED,
+        message: format!(
+            "stopped watching; campaign {id} goes on on the coordinator (watch it again with `pitcrew campaign watch {id}`, stop it with `pitcrew campaign cancel {id}`)"
+        ),
+    }
+    .into()
 }
 
 fn host_line(h: &v1::CampaignHostStatus) -> String {
@@ -527,8 +661,7 @@ pub async fn events(connect: &ConnectArgs, format: Format, args: EventsArgs) -> 
     };
     let print = |e: &v1::Event| -> anyhow::Result<()> {
         if format == Format::Json {
-            println!("{}", serde_json::to_string(e)?);
-            return Ok(());
+            return output::json_line(e);
         }
         let who = if e.kind == "audit" {
             format!("audit by {}", e.actor)

@@ -1,48 +1,99 @@
 //! How the CLI reaches the coordinator: address and operator certificate from flags or
-//! `PITCREW_*` environment variables.
+//! `PITCREW_*` environment variables; and, when a connection fails over a certificate, an error
+//! that says whose certificate and why.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use pitcrew_proto::tls;
 use pitcrew_proto::v1::admin_client::AdminClient;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tonic::transport::Channel;
 
-/// Connection flags shared by every command.
-#[derive(Debug, Clone, clap::Args)]
+/// The coordinator address when neither a flag, the environment nor a context gives one.
+pub const DEFAULT_COORDINATOR: &str = "https://127.0.0.1:7443";
+/// The files `pitcrew-coordinator init` writes, used when nothing else names them: they suit
+/// the coordinator's own host.
+pub const DEFAULT_CA: &str = "/var/lib/pitcrew-coordinator/ca.crt";
+pub const DEFAULT_CERT: &str = "/var/lib/pitcrew-coordinator/operator/admin.crt";
+pub const DEFAULT_KEY: &str = "/var/lib/pitcrew-coordinator/operator/admin.key";
+
+/// Connection flags shared by every command. Each is taken from the flag, else the
+/// environment, else the chosen context of the client config (`pitcrew context`), else the
+/// files `pitcrew-coordinator init` writes on the coordinator's host.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnectFlags {
+    /// Coordinator address [default: the context's, else https://127.0.0.1:7443].
+    #[arg(long, global = true, env = "PITCREW_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// The fleet CA certificate (PEM) [default: the context's, else
+    /// /var/lib/pitcrew-coordinator/ca.crt].
+    #[arg(long, global = true, env = "PITCREW_CA")]
+    pub ca: Option<PathBuf>,
+    /// Your operator certificate (PEM) [default: the context's, else
+    /// /var/lib/pitcrew-coordinator/operator/admin.crt].
+    #[arg(long, global = true, env = "PITCREW_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Your operator key (PEM) [default: the context's, else
+    /// /var/lib/pitcrew-coordinator/operator/admin.key].
+    #[arg(long, global = true, env = "PITCREW_KEY")]
+    pub key: Option<PathBuf>,
+    /// The context of the client config to use [default: its current one]. The config is
+    /// $PITCREW_CONFIG, else ~/.config/pitcrew/config.toml.
+    #[arg(long, global = true, env = "PITCREW_CONTEXT")]
+    pub context: Option<String>,
+}
+
+impl ConnectFlags {
+    /// The connection to use: each setting from the flag or environment, else the context,
+    /// else the default. The client config is read only when a context is named or a setting
+    /// is missing.
+    pub fn resolve(&self) -> anyhow::Result<ConnectArgs> {
+        let complete = self.coordinator.is_some()
+            && self.ca.is_some()
+            && self.cert.is_some()
+            && self.key.is_some();
+        let context = if complete && self.context.is_none() {
+            crate::contexts::Context::default()
+        } else {
+            crate::contexts::chosen(self.context.as_deref())?
+        };
+        Ok(ConnectArgs {
+            coordinator: self
+                .coordinator
+                .clone()
+                .or(context.coordinator)
+                .unwrap_or_else(|| DEFAULT_COORDINATOR.into()),
+            ca: self
+                .ca
+                .clone()
+                .or(context.ca)
+                .unwrap_or_else(|| DEFAULT_CA.into()),
+            cert: self
+                .cert
+                .clone()
+                .or(context.cert)
+                .unwrap_or_else(|| DEFAULT_CERT.into()),
+            key: self
+                .key
+                .clone()
+                .or(context.key)
+                .unwrap_or_else(|| DEFAULT_KEY.into()),
+        })
+    }
+}
+
+/// Where and as whom a command connects: [`ConnectFlags`] resolved.
+#[derive(Debug, Clone)]
 pub struct ConnectArgs {
-    /// Coordinator address.
-    #[arg(
-        long,
-        global = true,
-        env = "PITCREW_COORDINATOR",
-        default_value = "https://127.0.0.1:7443"
-    )]
     pub coordinator: String,
-    /// The fleet CA certificate (PEM).
-    #[arg(
-        long,
-        global = true,
-        env = "PITCREW_CA",
-        default_value = "/var/lib/pitcrew-coordinator/ca.crt"
-    )]
     pub ca: PathBuf,
-    /// Your operator certificate (PEM).
-    #[arg(
-        long,
-        global = true,
-        env = "PITCREW_CERT",
-        default_value = "/var/lib/pitcrew-coordinator/operator/admin.crt"
-    )]
     pub cert: PathBuf,
-    /// Your operator key (PEM).
-    #[arg(
-        long,
-        global = true,
-        env = "PITCREW_KEY",
-        default_value = "/var/lib/pitcrew-coordinator/operator/admin.key"
-    )]
     pub key: PathBuf,
 }
 
@@ -54,11 +105,186 @@ pub async fn admin(args: &ConnectArgs) -> anyhow::Result<AdminClient<Channel>> {
         renewal_hint(&args.cert, leaf.as_ref());
     }
     let key = tls::load_key(&args.key)?;
-    let config = tls::client_config(&ca, Some((chain, key)))?;
-    let channel = tls::connect(&args.coordinator, Arc::new(config))
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
+    let mut config = tls::client_config(&ca, Some((chain, key)))?;
+    let verifier = RecordingVerifier::new(&ca)?;
+    let refused = verifier.refused.clone();
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(verifier));
+    let channel = match tls::connect(&args.coordinator, Arc::new(config)).await {
+        Ok(channel) => channel,
+        Err(error) => {
+            let refusal = refused.lock().ok().and_then(|mut r| r.take());
+            return Err(match refusal {
+                Some(refusal) => anyhow::anyhow!(server_refused(args, &refusal)),
+                None => anyhow::Error::new(error),
+            })
+            .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator));
+        }
+    };
     Ok(AdminClient::new(channel).max_decoding_message_size(pitcrew_proto::MAX_MESSAGE_BYTES))
+}
+
+/// What to tell the operator when this side refused the coordinator's certificate.
+fn server_refused(args: &ConnectArgs, error: &rustls::Error) -> String {
+    let ca = args.ca.display();
+    match error {
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => format!(
+            "the coordinator's certificate is not signed by the CA in {ca}: it is another fleet's \
+             coordinator, or {ca} is another fleet's CA (--ca, PITCREW_CA)"
+        ),
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "the coordinator's certificate has expired (or this machine's clock is wrong)".into(),
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => {
+            "the coordinator's certificate is not valid yet: is this machine's clock wrong?".into()
+        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => format!(
+            "the coordinator's certificate does not name the host in {} (--coordinator, \
+             PITCREW_COORDINATOR): use a name or address given to `pitcrew-coordinator init --san`",
+            args.coordinator
+        ),
+        other => format!("the coordinator's certificate was refused: {other}"),
+    }
+}
+
+/// The server verifier [`tls::client_config`] sets (the fleet CA as the only root), remembering
+/// why it refused a certificate: the handshake's own error reaches the caller only as text.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    refused: Arc<Mutex<Option<rustls::Error>>>,
+}
+
+impl RecordingVerifier {
+    fn new(ca: &[CertificateDer<'static>]) -> anyhow::Result<RecordingVerifier> {
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+            .build()
+            .context("the server certificate verifier")?;
+        Ok(RecordingVerifier {
+            inner,
+            refused: Arc::default(),
+        })
+    }
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verdict = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        if let (Err(error), Ok(mut refused)) = (&verdict, self.refused.lock()) {
+            *refused = Some(error.clone());
+        }
+        verdict
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn roots(ca: &[CertificateDer<'static>]) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in ca {
+        roots
+            .add(cert.clone())
+            .context("the fleet CA certificate is not usable as a root")?;
+    }
+    Ok(roots)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// Explains an error that ended a command: when a call failed because the connection closed
+/// under it, and the coordinator would refuse this operator certificate at the handshake (with
+/// TLS 1.3 the client learns of that refusal only as a closed connection), says so. The
+/// coordinator verifies operator certificates against the fleet CA, the CA this side verified
+/// the coordinator with, so the same check here tells why.
+pub fn explain(args: &ConnectArgs, error: anyhow::Error) -> anyhow::Error {
+    let dropped = error
+        .downcast_ref::<CallFailed>()
+        .is_some_and(|call| call.connection_lost());
+    if !dropped {
+        return error;
+    }
+    match refused_operator_certificate(&args.ca, &args.cert) {
+        Some(why) => anyhow::anyhow!(
+            "the coordinator refused the operator certificate {}: {why}",
+            args.cert.display()
+        ),
+        None => error,
+    }
+}
+
+/// Why the coordinator refuses the operator certificate in `cert`, if it does: checked as the
+/// coordinator checks it, against the fleet CA in `ca`.
+fn refused_operator_certificate(ca: &Path, cert: &Path) -> Option<String> {
+    let ca_certs = tls::load_certs(ca).ok()?;
+    let chain = tls::load_certs(cert).ok()?;
+    let (leaf, intermediates) = chain.split_first()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&ca_certs).ok()?), provider())
+            .build()
+            .ok()?;
+    let error = verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .err()?;
+    let ca = ca.display();
+    Some(match error {
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => format!(
+            "it was not issued by this fleet's CA (the one in {ca}); ask an admin of this \
+             fleet for a certificate (pitcrew operator add)"
+        ),
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "it has expired; ask an admin for a new one (pitcrew operator add)".into(),
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => "it is not valid yet: is this machine's clock wrong?".into(),
+        other => format!("{other}"),
+    })
 }
 
 /// Says on stderr when the operator certificate has used 70 % of its lifetime (or expired), so
@@ -95,5 +321,37 @@ pub fn status(status: tonic::Status) -> anyhow::Error {
         tonic::Code::Unavailable => "unavailable",
         _ => "error",
     };
-    anyhow::anyhow!("{code}: {}", status.message())
+    anyhow::Error::new(CallFailed {
+        shown: format!("{code}: {}", status.message()),
+        status,
+    })
 }
+
+/// A call that failed, as [`status`] shows it, keeping the status for [`explain`].
+#[derive(Debug)]
+pub struct CallFailed {
+    shown: String,
+    status: tonic::Status,
+}
+
+impl CallFailed {
+    /// The status code the call ended with.
+    pub fn code(&self) -> tonic::Code {
+        self.status.code()
+    }
+
+    /// Whether the call failed because its connection failed (tonic's transport error), not
+    /// because the coordinator answered with an error.
+    fn connection_lost(&self) -> bool {
+        std::error::Error::source(&self.status)
+            .is_some_and(|source| source.is::<tonic::transport::Error>())
+    }
+}
+
+impl std::fmt::Display for CallFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::error::Error for CallFailed {}

@@ -73,6 +73,31 @@ pub struct HostsFilter {
     removed: bool,
 }
 
+impl HostsFilter {
+    /// The request for one page of the hosts this filter selects.
+    pub(crate) fn request(&self, page_token: String) -> v1::ListHostsRequest {
+        v1::ListHostsRequest {
+            page_size: 0,
+            page_token,
+            role: self.role.clone().unwrap_or_default(),
+            label: self
+                .label
+                .as_ref()
+                .map(|(k, v)| format!("{k}={v}"))
+                .unwrap_or_default(),
+            state: self.state.clone().unwrap_or_default(),
+            connected: if self.connected {
+                v1::ConnectedFilter::Connected as i32
+            } else if self.disconnected {
+                v1::ConnectedFilter::Disconnected as i32
+            } else {
+                v1::ConnectedFilter::Any as i32
+            },
+            removed: self.removed,
+        }
+    }
+}
+
 /// Every host matching the filter, following the coordinator's pages.
 async fn list_all(
     client: &mut v1::admin_client::AdminClient<tonic::transport::Channel>,
@@ -82,25 +107,7 @@ async fn list_all(
     let mut page_token = String::new();
     loop {
         let page = client
-            .list_hosts(v1::ListHostsRequest {
-                page_size: 0,
-                page_token,
-                role: filter.role.clone().unwrap_or_default(),
-                label: filter
-                    .label
-                    .as_ref()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .unwrap_or_default(),
-                state: filter.state.clone().unwrap_or_default(),
-                connected: if filter.connected {
-                    v1::ConnectedFilter::Connected as i32
-                } else if filter.disconnected {
-                    v1::ConnectedFilter::Disconnected as i32
-                } else {
-                    v1::ConnectedFilter::Any as i32
-                },
-                removed: filter.removed,
-            })
+            .list_hosts(filter.request(page_token))
             .await
             .map_err(status)?
             .into_inner();
@@ -135,6 +142,7 @@ pub async fn hosts(
                 "id",
                 "hostname",
                 "role",
+                "labels",
                 "state",
                 "maintenance",
                 "last seen",
@@ -148,6 +156,7 @@ pub async fn hosts(
                     h.host_id.chars().take(12).collect::<String>(),
                     h.hostname.clone(),
                     h.role.clone(),
+                    labels(&h.labels),
                     if h.removed_at_ms != 0 {
                         format!("removed {}", output::ago(h.removed_at_ms))
                     } else if h.connected {
@@ -220,6 +229,11 @@ pub async fn hosts(
                 ),
                 ("boot id", f.boot_id.clone()),
                 ("reboot required", f.reboot_required.to_string()),
+                (
+                    "pending updates",
+                    f.pending_updates
+                        .map_or_else(|| "not counted yet".to_owned(), |n| n.to_string()),
+                ),
                 ("/dev/shm tmpfs mounts", f.shm_tmpfs_mounts.to_string()),
                 (
                     "held units",
@@ -364,4 +378,14 @@ pub async fn token(
             Ok(())
         }
     }
+}
+
+/// Labels as `k=v` words in key order ("-" when none), for the hosts table.
+fn labels(labels: &std::collections::HashMap<String, String>) -> String {
+    let mut words: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if words.is_empty() {
+        return "-".into();
+    }
+    words.sort();
+    words.join(",")
 }

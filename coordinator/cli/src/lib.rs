@@ -1,21 +1,28 @@
 //! The `pitcrew` command line: what an operator types. Each command maps to one Admin call (or
-//! a stream of them) and prints a table, or JSON with `-o json`.
+//! a stream of them) and prints a table, or JSON with `-o json` (and CSV for reports, `-o csv`).
 //!
 //! This crate knows only the wire (`pitcrew-proto`): it is what an operator's workstation
 //! installs (the `pitcrew-cli` package), without the coordinator.
 #![forbid(unsafe_code)]
+// Everything printed goes through `output` (`say!`, `output::json`), which ends the process
+// quietly when the reader of a pipe has gone; a stray `println!` would panic there instead.
+#![deny(clippy::print_stdout)]
 
 pub mod actions;
 pub mod campaigns;
 pub mod connect;
+pub mod contexts;
+pub mod dashboard;
+pub mod generate;
 pub mod hosts;
 pub mod lifecycle;
 pub mod operators;
 pub mod output;
+pub mod report;
 
 use clap::{Parser, Subcommand};
 
-use connect::ConnectArgs;
+use connect::{ConnectArgs, ConnectFlags};
 use output::Format;
 
 /// Exit status of `campaign watch` (and `run --watch`) when the campaign finished with hosts
@@ -23,6 +30,8 @@ use output::Format;
 pub const EXIT_INCOMPLETE: u8 = 2;
 /// Exit status when the watched campaign was cancelled.
 pub const EXIT_CANCELLED: u8 = 3;
+/// Exit status when the operator stopped a watch with Ctrl-C (128 + SIGINT, as shells use).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// An outcome that ends the command with its own exit status (scripts and CI read it).
 #[derive(Debug)]
@@ -47,7 +56,7 @@ impl std::error::Error for Exit {}
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub connect: ConnectFlags,
     /// Output format.
     #[arg(
         short = 'o',
@@ -92,19 +101,66 @@ pub enum Command {
         #[command(subcommand)]
         command: operators::OperatorCommand,
     },
+    /// Reports over the fleet: `report compliance` (`-o csv` for spreadsheets).
+    Report {
+        #[command(subcommand)]
+        command: report::ReportCommand,
+    },
+    /// The client config's contexts: each fleet you operate, by name.
+    Context {
+        #[command(subcommand)]
+        command: contexts::ContextCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// bash: `pitcrew completions bash > ~/.local/share/bash-completion/completions/pitcrew`
+    /// (the packages install it for every user).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (pitcrew.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
+    /// A one-time link that signs your browser in to the coordinator's web dashboard.
+    Dashboard,
 }
 
 /// Runs a parsed command line; the error is printed by `main`, which exits non-zero.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.output;
-    let connect = cli.connect;
+    if format == Format::Csv && !matches!(cli.command, Command::Report { .. }) {
+        anyhow::bail!("-o csv is for `pitcrew report`; use -o json for other commands");
+    }
     match cli.command {
-        Command::Hosts { command } => hosts::hosts(&connect, format, command).await,
-        Command::Token { command } => hosts::token(&connect, format, command).await,
-        Command::Do(args) => actions::run(&connect, format, args).await,
-        Command::Campaign { command } => campaigns::campaign(&connect, format, command).await,
-        Command::Maintenance { command } => campaigns::maintenance(&connect, format, command).await,
-        Command::Events(args) => campaigns::events(&connect, format, args).await,
-        Command::Operator { command } => operators::operator(&connect, format, command).await,
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { dir } => generate::man_pages(&dir),
+        Command::Context { command } => contexts::context(&cli.connect, format, command),
+        command => {
+            let connect = cli.connect.resolve()?;
+            fleet(&connect, format, command)
+                .await
+                .map_err(|error| connect::explain(&connect, error))
+        }
+    }
+}
+
+/// Runs a command that talks to the coordinator.
+async fn fleet(connect: &ConnectArgs, format: Format, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Hosts { command } => hosts::hosts(connect, format, command).await,
+        Command::Token { command } => hosts::token(connect, format, command).await,
+        Command::Do(args) => actions::run(connect, format, args).await,
+        Command::Campaign { command } => campaigns::campaign(connect, format, command).await,
+        Command::Maintenance { command } => campaigns::maintenance(connect, format, command).await,
+        Command::Events(args) => campaigns::events(connect, format, args).await,
+        Command::Operator { command } => operators::operator(connect, format, command).await,
+        Command::Report { command } => report::report(connect, format, command).await,
+        Command::Dashboard => dashboard::dashboard(connect, format).await,
+        // Answered by `run` without connecting.
+        Command::Context { .. } | Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }

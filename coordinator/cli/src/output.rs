@@ -30,23 +30,63 @@ pub fn clean(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// `println!` for what people read: the text goes through [`clean`].
+/// Writes to standard output; every line `pitcrew` prints goes through here.
+///
+/// When the reader has gone (`pitcrew events | head -1`: a closed pipe) the process ends at once,
+/// quietly and with status 0, as `head` meant: nothing is left to say to anyone. Rust ignores
+/// SIGPIPE, so without this the write would fail and `println!` panic. Any other write error
+/// (a full disk under a redirection) ends the process with status 1, saying so on stderr.
+pub fn print(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprint(format_args!(
+            "pitcrew: cannot write to standard output: {error}\n"
+        ));
+        std::process::exit(1);
+    }
+}
+
+/// Writes to standard error, ignoring a closed or missing stderr (nothing else could be told).
+pub fn eprint(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.flush());
+}
+
+/// `println!` for what people read: the text goes through [`clean`] and [`print`].
 #[macro_export]
 macro_rules! say {
-    () => { println!() };
-    ($($arg:tt)*) => { println!("{}", $crate::output::clean(&format!($($arg)*))) };
+    () => { $crate::output::print(format_args!("\n")) };
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!("{}\n", $crate::output::clean(&format!($($arg)*))))
+    };
 }
 
-/// `print!` through [`clean`].
+/// `print!` through [`clean`] and [`print`].
 #[macro_export]
 macro_rules! say_raw {
-    ($($arg:tt)*) => { print!("{}", $crate::output::clean(&format!($($arg)*))) };
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!("{}", $crate::output::clean(&format!($($arg)*))))
+    };
 }
 
-/// `eprintln!` through [`clean`].
+/// `eprintln!` through [`clean`] and [`eprint`].
 #[macro_export]
 macro_rules! say_err {
-    ($($arg:tt)*) => { eprintln!("{}", $crate::output::clean(&format!($($arg)*))) };
+    ($($arg:tt)*) => {
+        $crate::output::eprint(format_args!("{}\n", $crate::output::clean(&format!($($arg)*))))
+    };
+}
+
+/// One line of JSON (`-o json` streams: one object per line). JSON escapes control characters
+/// itself, so this needs no [`clean`].
+pub fn json_line<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    print(format_args!("{}\n", serde_json::to_string(value)?));
+    Ok(())
 }
 
 /// The output format chosen with `-o`.
@@ -54,11 +94,13 @@ macro_rules! say_err {
 pub enum Format {
     Table,
     Json,
+    /// Only `pitcrew report`: rows for spreadsheets.
+    Csv,
 }
 
 /// Prints a value as pretty JSON.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    print(format_args!("{}\n", serde_json::to_string_pretty(value)?));
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use pitcrew_coordinator::config::DataDir;
 use pitcrew_coordinator::server::{self, Coordinator};
 
@@ -64,6 +64,13 @@ enum Command {
         #[arg(long, env = "PITCREW_PG_URL", hide_env_values = true)]
         postgres_url: Option<String>,
     },
+    /// Write the manual pages (pitcrew-coordinator.1 and one per command) into a directory; the packages
+    /// ship them.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -113,8 +120,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "Renew it before then with `pitcrew operator renew`; add other operators with `pitcrew operator add NAME --role viewer|operator|admin`."
             );
             println!("CA certificate:       {}", made.ca_cert.display());
+            println!();
+            println!("For `pitcrew` (here, or on a workstation with copies of these three files):");
+            for line in cli_exports(&sans, &listen, &made) {
+                println!("{line}");
+            }
+            println!(
+                "With those set, `pitcrew context add NAME` keeps them as a context of the operator's client config."
+            );
             Ok(())
         }
+        Command::Man { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            .with_context(|| format!("writing manual pages into {}", dir.display())),
         Command::Serve {
             data_dir,
             listen,
@@ -139,6 +157,39 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let dir = DataDir::new(&data_dir);
     let (coordinator, engine) = Coordinator::open(&dir, postgres_url).await?;
+    let metrics_address = &coordinator.config.metrics_listen;
+    if !metrics_address.is_empty() {
+        let listener = tokio::net::TcpListener::bind(metrics_address)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {metrics_address} for metrics (metrics_listen in coordinator.toml; \"\" turns them off)"
+                )
+            })?;
+        tracing::info!(message = "serving metrics", address = %listener.local_addr()?, path = "/metrics");
+        tokio::spawn(pitcrew_coordinator::metrics::serve(
+            listener,
+            coordinator.metrics.clone(),
+        ));
+    }
+    let dashboard_address = &coordinator.config.dashboard_listen;
+    if !dashboard_address.is_empty() {
+        let tls = pitcrew_coordinator::dashboard::tls_config(&dir)
+            .context("building the dashboard's TLS configuration")?;
+        let listener = tokio::net::TcpListener::bind(dashboard_address)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {dashboard_address} for the dashboard (dashboard_listen in coordinator.toml; \"\" turns it off)"
+                )
+            })?;
+        tracing::info!(message = "serving the dashboard", address = %listener.local_addr()?, sign_in = "pitcrew dashboard");
+        tokio::spawn(pitcrew_coordinator::dashboard::serve(
+            listener,
+            std::sync::Arc::new(tls),
+            coordinator.clone(),
+        ));
+    }
     let address = listen.unwrap_or_else(|| coordinator.config.listen.clone());
     let listener = tokio::net::TcpListener::bind(&address)
         .await
@@ -177,4 +228,42 @@ async fn shutdown_signal() {
     }
     tracing::info!(message = "shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// The `export` lines that point `pitcrew` at a fleet `init` just made: the first `--san` at the
+/// listening port, and the CA and first operator's files by absolute path.
+fn cli_exports(
+    sans: &[String],
+    listen: &str,
+    made: &pitcrew_coordinator::init::Initialized,
+) -> Vec<String> {
+    let port = listen
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.port())
+        .unwrap_or(7443);
+    let host = sans.first().map(String::as_str).unwrap_or("127.0.0.1");
+    let host = match host.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{host}]"),
+        Err(_) => host.to_owned(),
+    };
+    let path = |p: &std::path::Path| {
+        let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        shell_quote(&absolute.display().to_string())
+    };
+    vec![
+        format!("export PITCREW_COORDINATOR=https://{host}:{port}"),
+        format!("export PITCREW_CA={}", path(&made.ca_cert)),
+        format!("export PITCREW_CERT={}", path(&made.operator_cert)),
+        format!("export PITCREW_KEY={}", path(&made.operator_key)),
+    ]
+}
+
+/// A word for a POSIX shell: as is when it holds only safe characters, else single-quoted.
+fn shell_quote(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:,@".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }

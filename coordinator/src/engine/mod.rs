@@ -13,6 +13,7 @@
 //! [`Outbox`] trait, and nothing of gRPC (its errors are [`EngineError`]).
 
 mod error;
+mod metrics;
 mod outbox;
 mod state;
 pub mod view;
@@ -29,8 +30,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use error::EngineError;
+pub use metrics::EngineMetrics;
 pub use outbox::Outbox;
-pub use state::{CampaignControl, Hold, HostControl, HostEdit};
+pub use state::{CampaignControl, CampaignSuccess, Hold, HostControl, HostEdit};
 use state::{EngineState, Turn};
 pub use view::{CampaignView, HostPage, HostStatus};
 
@@ -122,6 +124,11 @@ enum Input {
 pub struct Engine {
     inbox: mpsc::UnboundedSender<Input>,
     changes: watch::Receiver<u64>,
+    /// Moves whenever a committed turn changed the fleet's hosts or any campaign (the web
+    /// dashboard's fleet page follows it).
+    fleet_changes: watch::Receiver<u64>,
+    /// What the loop publishes for Prometheus once each turn is durable.
+    metrics: EngineMetrics,
 }
 
 /// The engine's loop, to be supervised: it ends only with the error that stopped it, or
@@ -150,6 +157,7 @@ impl Engine {
         let turn = state.apply_stored_results(&results);
         let (inbox, inputs) = mpsc::unbounded_channel();
         let (changes_tx, changes) = watch::channel(0u64);
+        let (fleet_changes_tx, fleet_changes) = watch::channel(0u64);
         let waiting_for = state.in_flight_targets();
         if !waiting_for.is_empty() {
             tracing::info!(
@@ -158,20 +166,32 @@ impl Engine {
                 grace_s = settings.reconnect_grace.as_secs()
             );
         }
+        let metrics = EngineMetrics::default();
         let runner = Runner {
+            metrics: metrics.clone(),
             state,
             store,
             events,
             outbox,
             inputs,
             changes: changes_tx,
+            fleet_changes: fleet_changes_tx,
+            fleet_touched: false,
             grace: Some((
                 tokio::time::Instant::now() + settings.reconnect_grace,
                 waiting_for,
             )),
         };
         let task = tokio::spawn(runner.run(turn));
-        Ok((Engine { inbox, changes }, task))
+        Ok((
+            Engine {
+                inbox,
+                changes,
+                fleet_changes,
+                metrics,
+            },
+            task,
+        ))
     }
 
     /// Runs `f` on the state in the next turn; answers once the turn is durable.
@@ -193,9 +213,72 @@ impl Engine {
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
+    /// The engine's metric families, for the coordinator's registry.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
+    }
+
     /// A receiver that changes whenever a committed turn changed a campaign.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    /// A receiver that changes whenever a committed turn changed the fleet (a session, facts,
+    /// an enrollment, an operator's command) or a campaign. Like [`Engine::subscribe`] it only
+    /// coalesces: the engine never waits on a reader.
+    pub fn subscribe_fleet(&self) -> watch::Receiver<u64> {
+        self.fleet_changes.clone()
+    }
+
+    /// The fleet as the web dashboard shows it, from the engine's state: up to `limit` hosts
+    /// (by hostname) that `keep` accepts, each with who holds it, how many matched in all,
+    /// who holds which host out of service, and every campaign with its counts.
+    pub async fn fleet_table<F>(&self, keep: F, limit: usize) -> Result<FleetTable, EngineError>
+    where
+        F: Fn(&HostView, &Hold) -> bool + Send + 'static,
+    {
+        self.call(move |state, _, _| {
+            let mut rows: Vec<(HostView, Hold)> = Vec::new();
+            let mut matched = 0;
+            for view in state.fleet.hosts.values() {
+                let hold = state
+                    .holds(std::slice::from_ref(&view.id))
+                    .pop()
+                    .unwrap_or(Hold {
+                        state: "running".into(),
+                        holder: String::new(),
+                    });
+                if keep(view, &hold) {
+                    matched += 1;
+                    rows.push((view.clone(), hold));
+                }
+            }
+            rows.sort_by(|a, b| (&a.0.hostname, &a.0.id).cmp(&(&b.0.hostname, &b.0.id)));
+            rows.truncate(limit);
+            Ok(FleetTable {
+                rows,
+                matched,
+                holders: state.holders(),
+                campaigns: state.list(),
+            })
+        })
+        .await
+    }
+
+    /// One host as the engine sees it, with who holds it; `None` for a host not in the fleet
+    /// (unknown or removed).
+    pub async fn host(&self, host_id: String) -> Result<Option<(HostView, Hold)>, EngineError> {
+        self.call(move |state, _, _| {
+            Ok(state.fleet.hosts.get(&host_id).cloned().map(|view| {
+                let hold = state.holds(std::slice::from_ref(&host_id)).pop();
+                let hold = hold.unwrap_or(Hold {
+                    state: "running".into(),
+                    holder: String::new(),
+                });
+                (view, hold)
+            }))
+        })
+        .await
     }
 
     /// The hosts as the engine sees them now (for planning off the engine's loop).
@@ -318,6 +401,15 @@ impl Engine {
             .await
     }
 
+    /// When each campaign last succeeded on each of these hosts (in the same order).
+    pub async fn last_successes(
+        &self,
+        host_ids: Vec<String>,
+    ) -> Result<Vec<Vec<CampaignSuccess>>, EngineError> {
+        self.call(move |state, _, _| Ok(state.last_successes(&host_ids)))
+            .await
+    }
+
     /// Who holds each of these hosts out of service (in the same order).
     pub async fn holds(&self, host_ids: Vec<String>) -> Result<Vec<Hold>, EngineError> {
         self.call(move |state, _, _| Ok(state.holds(&host_ids)))
@@ -364,6 +456,17 @@ impl Engine {
     }
 }
 
+/// The fleet as the web dashboard's fleet page shows it (see [`Engine::fleet_table`]).
+#[derive(Debug, Clone)]
+pub struct FleetTable {
+    /// The hosts shown, by hostname, each with who holds it.
+    pub rows: Vec<(HostView, Hold)>,
+    /// How many hosts matched (more than `rows` when the limit cut them).
+    pub matched: usize,
+    pub holders: pitcrew_scheduler::Holders,
+    pub campaigns: Vec<CampaignView>,
+}
+
 /// An operator's admitted disruptive action: while this lives, its host is held. Dropping it
 /// (whichever way the `do` ends) frees the host in the engine's next turn.
 pub struct OperatorHold {
@@ -391,8 +494,13 @@ struct Runner {
     outbox: Arc<dyn Outbox>,
     inputs: mpsc::UnboundedReceiver<Input>,
     changes: watch::Sender<u64>,
+    /// Told after a committed turn that changed the fleet or a campaign.
+    fleet_changes: watch::Sender<u64>,
+    /// Whether this turn's inputs may have changed the fleet's hosts.
+    fleet_touched: bool,
     /// Until when, and for which hosts, deciding waits after a restart.
     grace: Option<(tokio::time::Instant, Vec<String>)>,
+    metrics: EngineMetrics,
 }
 
 impl Runner {
@@ -406,6 +514,8 @@ impl Runner {
             if self.grace_over() {
                 wake = self.state.decide_and_apply(now, &mut turn);
                 self.state.release_free_holds(now, &mut turn);
+                self.metrics.decided(started.elapsed());
+                self.state.track_waits(now);
             }
             let decided = std::time::Instant::now();
             let wrote = self.commit(turn, std::mem::take(&mut replies)).await?;
@@ -471,6 +581,9 @@ impl Runner {
     }
 
     fn handle(&mut self, input: Input, turn: &mut Turn, replies: &mut Vec<Reply>, now: i64) {
+        // Sessions, facts and enrollments change what the fleet page shows without a write of
+        // the engine's own; commands that change anything write or change a campaign.
+        self.fleet_touched |= !matches!(input, Input::Command(_));
         match input {
             Input::Command(command) => replies.push(command(&mut self.state, turn, now)),
             Input::Session {
@@ -490,6 +603,7 @@ impl Runner {
     /// Commits the turn's writes, then (and only then) sends, publishes and answers. Returns
     /// whether anything was written.
     async fn commit(&mut self, mut turn: Turn, replies: Vec<Reply>) -> Result<bool, EngineError> {
+        let looked = self.state.refresh_gauges(&turn) || turn.campaigns_changed;
         let writes = match self.state.writes(&mut turn) {
             Ok(writes) => writes,
             Err(error) => return Err(fail(replies, error.into())),
@@ -506,6 +620,14 @@ impl Runner {
         for event in logged {
             self.events.publish(event);
         }
+        // Durable: the metrics may say so (before any reply, so an answered command's effect
+        // is in the next scrape).
+        if cfg!(debug_assertions) && looked {
+            let kept = self.state.gauges.counts.nonzero();
+            let recounted = self.state.recount_gauges().nonzero();
+            debug_assert_eq!(kept, recounted, "the fleet's kept counts went wrong");
+        }
+        self.metrics.publish(&mut self.state.gauges);
         for (host, message) in turn.sends {
             // Not connected or not reading: the action stays recorded and in flight, and is
             // re-sent when the agent's next session starts.
@@ -513,6 +635,9 @@ impl Runner {
         }
         for reply in replies {
             reply(Ok(()));
+        }
+        if std::mem::take(&mut self.fleet_touched) || wrote || turn.campaigns_changed {
+            self.fleet_changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         if turn.campaigns_changed {
             self.changes.send_modify(|n| *n = n.wrapping_add(1));

@@ -16,8 +16,14 @@ use pitcrew_scheduler::{
 };
 use prost::Message;
 
+mod compliance;
+mod gauges;
 mod lifecycle;
 mod unit_holds;
+
+pub use compliance::CampaignSuccess;
+
+pub(crate) use gauges::{CAMPAIGN_STATES, FleetGauges, HOST_STATES, HolderKind, StepOutcome};
 
 pub(crate) use crate::store::HostChange;
 pub use lifecycle::HostEdit;
@@ -216,6 +222,8 @@ pub(crate) struct EngineState {
     last: LastTurn,
     /// Units held down on hosts, as their facts report them (see `unit_holds.rs`).
     unit_holds: unit_holds::UnitHolds,
+    /// The fleet's counts for the metrics, kept current by each change (see `gauges.rs`).
+    pub(crate) gauges: FleetGauges,
 }
 
 impl EngineState {
@@ -231,10 +239,19 @@ impl EngineState {
             by_id: HashMap::new(),
             last: LastTurn::default(),
             unit_holds: unit_holds::UnitHolds::default(),
+            gauges: FleetGauges::default(),
         };
         for record in stored.campaigns {
             state.push_run(record.run, record.spec_toml, record.created_by);
         }
+        for host in &stored.hosts {
+            let reboot_required = !host.facts.is_empty()
+                && v1::Facts::decode(host.facts.as_slice()).is_ok_and(|f| f.reboot_required);
+            if reboot_required {
+                state.gauges.facts(&host.host_id, true);
+            }
+        }
+        state.count_every_host();
         state
     }
 
@@ -274,6 +291,7 @@ impl EngineState {
         let index = self.runs.len();
         self.meta.push(Meta::new(&run, spec_toml, created_by));
         self.by_id.insert(run.id.clone(), index);
+        self.gauges.campaign_moved(None, run.state);
         self.runs.push(run);
         index
     }
@@ -336,6 +354,10 @@ impl EngineState {
             return;
         }
         *newest = generation;
+        match &facts {
+            Some(facts) => self.gauges.facts(host, facts.reboot_required),
+            None => self.gauges.touch(host),
+        }
         let Some(view) = self.fleet.hosts.get_mut(host) else {
             return;
         };
@@ -361,6 +383,7 @@ impl EngineState {
         if self.generations.get(host).is_some_and(|g| *g > generation) {
             return;
         }
+        self.gauges.facts(host, facts.reboot_required);
         self.unit_holds.reported(host, &facts.held_units);
         if let Some(view) = self.fleet.hosts.get_mut(host) {
             view.boot_id = facts.boot_id;
@@ -375,6 +398,7 @@ impl EngineState {
         let Some(mut view) = host_view(record, false) else {
             return;
         };
+        self.gauges.touch(&record.host_id);
         if let Some(old) = self.fleet.hosts.get(&record.host_id) {
             view.connected = old.connected;
             view.healthy = old.healthy;
@@ -436,6 +460,7 @@ impl EngineState {
         }
         if HeaderKey::of(run) != before {
             turn.dirty_headers.insert(ci);
+            self.gauges.campaign_moved(Some(before.state), run.state);
         }
         turn.campaigns_changed = true;
         Ok(())
@@ -482,6 +507,10 @@ impl EngineState {
                     break;
                 }
                 applied += 1;
+                if let Decision::FailHost { .. } = decision {
+                    // Its step got no result before its deadline.
+                    self.gauges.step_finished(StepOutcome::Failed);
+                }
                 if let Decision::Dispatch(d) = decision {
                     let request = crate::wire::action_request(d);
                     turn.actions.push(ActionRecord {
@@ -658,7 +687,14 @@ impl EngineState {
             .get(reporting_host)
             .map(|h| h.boot_id.clone());
         match self.apply_event(ci, &finished_event(result, boot_id), now_ms, turn) {
-            Ok(()) | Err(scheduler::ApplyError::StaleResult(_)) => {}
+            Ok(()) => self.gauges.step_finished(
+                if crate::wire::outcome(result.outcome) == scheduler::Outcome::Succeeded {
+                    StepOutcome::Succeeded
+                } else {
+                    StepOutcome::Failed
+                },
+            ),
+            Err(scheduler::ApplyError::StaleResult(_)) => {}
             Err(error) => {
                 tracing::warn!(message = "a result could not be applied", campaign = %record.campaign_id, %error)
             }
@@ -859,11 +895,30 @@ impl EngineState {
 
     /// Who holds one host out of service.
     fn hold(&self, id: &str) -> Hold {
-        if let Some(m) = self.fleet.manual.get(id) {
-            return Hold {
+        match self.holding(id) {
+            Holding::Manual(m) => Hold {
                 state: m.phase.to_string(),
                 holder: "manual".into(),
-            };
+            },
+            Holding::Campaign(run, h) => Hold {
+                state: h.state.as_str().to_owned(),
+                holder: run.id.clone(),
+            },
+            Holding::Operator(op) => Hold {
+                state: "running".into(),
+                holder: format!("operator {} (pitcrew do)", op.by),
+            },
+            Holding::Free => Hold {
+                state: "running".into(),
+                holder: String::new(),
+            },
+        }
+    }
+
+    /// Who holds one host out of service, as the state says it (for listings and metrics).
+    fn holding(&self, id: &str) -> Holding<'_> {
+        if let Some(m) = self.fleet.manual.get(id) {
+            return Holding::Manual(m);
         }
         for (run, meta) in self.runs.iter().zip(&self.meta) {
             if matches!(
@@ -875,10 +930,7 @@ impl EngineState {
             if let Some(h) = meta.hosts.get(id).and_then(|&hi| run.hosts.get(hi))
                 && h.state.holds_slot()
             {
-                return Hold {
-                    state: h.state.as_str().to_owned(),
-                    holder: run.id.clone(),
-                };
+                return Holding::Campaign(run, h);
             }
         }
         if let Some(op) = self
@@ -887,14 +939,17 @@ impl EngineState {
             .values()
             .find(|op| op.host == id)
         {
-            return Hold {
-                state: "running".into(),
-                holder: format!("operator {} (pitcrew do)", op.by),
-            };
+            return Holding::Operator(op);
         }
-        Hold {
-            state: "running".into(),
-            holder: String::new(),
-        }
+        Holding::Free
     }
+}
+
+/// Who holds a host out of service: the first of manual maintenance, a campaign (a run not
+/// completed whose host holds a slot) and an operator's `pitcrew do`.
+enum Holding<'a> {
+    Manual(&'a ManualState),
+    Campaign(&'a CampaignRun, &'a scheduler::HostRun),
+    Operator(&'a scheduler::OperatorAction),
+    Free,
 }

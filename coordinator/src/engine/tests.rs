@@ -17,6 +17,8 @@ use super::*;
 use crate::store::sqlite::run_now;
 use crate::store::{HostRecord, Store, campaigns};
 
+mod dashboard;
+mod gauges;
 mod lifecycle;
 mod unit_holds;
 

@@ -41,30 +41,103 @@ impl AdminService {
     }
 }
 
-/// Finds a host by id or by unique hostname (one indexed lookup each). A removed host is
-/// found by its id, or by its name when no enrolled host has that name.
+/// The shortest id prefix a host may be named by (shorter ones would match too often).
+const MIN_ID_PREFIX: usize = 4;
+/// How many candidates an ambiguous id prefix lists.
+const PREFIX_CANDIDATES: u32 = 8;
+
+/// Finds a host by id, by unique hostname, or by a unique prefix of its id (one indexed lookup
+/// each, in that order). A removed host is found by its id, or by its name when no enrolled
+/// host has that name; a prefix finds enrolled hosts only.
 pub async fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Status> {
+    // A prefix finds enrolled hosts only, and only when nothing else matched.
+    let prefix_limit = (name.len() >= MIN_ID_PREFIX).then_some(PREFIX_CANDIDATES + 1);
     let HostLookup {
         by_id,
         by_name,
         removed,
-    } = c.store.find_host(name.to_owned()).await?;
+        by_prefix,
+    } = c.store.find_host(name.to_owned(), prefix_limit).await?;
     if let Some(host) = by_id.or(removed) {
         return Ok(host);
     }
     let mut matches = by_name.into_iter();
     match (matches.next(), matches.next()) {
         (Some(host), None) => Ok(host),
-        (None, _) => Err(Status::not_found(format!(
-            "no host has the id or hostname {name:?}"
-        ))),
         (Some(_), Some(_)) => Err(Status::invalid_argument(format!(
             "several hosts are named {name:?}; use the host id"
         ))),
+        (None, _) => by_id_prefix(name, by_prefix),
     }
 }
 
+/// The one host an id prefix names, or an error listing the candidates.
+fn by_id_prefix(name: &str, mut found: Vec<HostRecord>) -> Result<HostRecord, Status> {
+    if found.len() == 1 {
+        return Ok(found.remove(0));
+    }
+    if found.is_empty() {
+        return Err(Status::not_found(format!(
+            "no host has the id or hostname {name:?} (nor an id starting with it)"
+        )));
+    }
+    let more = found.len() > PREFIX_CANDIDATES as usize;
+    let mut candidates: Vec<String> = found
+        .iter()
+        .take(PREFIX_CANDIDATES as usize)
+        .map(|h| format!("{} ({})", h.host_id, h.hostname))
+        .collect();
+    if more {
+        candidates.push("...".into());
+    }
+    Err(Status::invalid_argument(format!(
+        "the id prefix {name:?} is ambiguous: it starts {}; give more of the id",
+        candidates.join(", ")
+    )))
+}
+
 /// The operator's view of some hosts (live session and holder included).
+/// One page of hosts for a listing request (ListHosts, ComplianceReport), and the token of the
+/// next page (empty at the end). Filters the store cannot apply (live session, holder) may
+/// thin a page: it reads on until the page is full or the fleet ends.
+async fn list_host_page(
+    c: &Coordinator,
+    r: v1::ListHostsRequest,
+) -> Result<(Vec<v1::HostInfo>, String), Status> {
+    let want = page_size(r.page_size);
+    let mut filter = host_filter(&r, want)?;
+    let connected = v1::ConnectedFilter::try_from(r.connected).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut last = None;
+    let mut exhausted = false;
+    while out.len() < want && !exhausted {
+        let page = c.store.list_hosts(filter.clone()).await?;
+        exhausted = page.len() < want;
+        let Some(tail) = page.last() else { break };
+        filter.after = Some((tail.hostname.clone(), tail.host_id.clone()));
+        for info in host_infos(c, page).await? {
+            if out.len() == want {
+                exhausted = false;
+                break;
+            }
+            last = Some((info.hostname.clone(), info.host_id.clone()));
+            let live_ok = match connected {
+                v1::ConnectedFilter::Any => true,
+                v1::ConnectedFilter::Connected => info.connected,
+                v1::ConnectedFilter::Disconnected => !info.connected,
+            };
+            if live_ok && (r.state.is_empty() || info.maintenance_state == r.state) {
+                out.push(info);
+            }
+        }
+    }
+    let next_page_token = match (exhausted, last) {
+        (false, Some((name, id))) => convert::host_page_token(&name, &id),
+        _ => String::new(),
+    };
+    Ok((out, next_page_token))
+}
+
 async fn host_infos(
     c: &Coordinator,
     records: Vec<HostRecord>,
@@ -211,43 +284,40 @@ impl Admin for AdminService {
         request: Request<v1::ListHostsRequest>,
     ) -> Result<Response<v1::ListHostsResponse>, Status> {
         caller(&request)?;
-        let c = &self.coordinator;
-        let r = request.into_inner();
-        let want = page_size(r.page_size);
-        let mut filter = host_filter(&r, want)?;
-        let connected = v1::ConnectedFilter::try_from(r.connected).unwrap_or_default();
-        // Filters the store cannot apply (live session, holder) may thin a page: read on
-        // until the page is full or the fleet ends.
-        let mut out = Vec::new();
-        let mut last = None;
-        let mut exhausted = false;
-        while out.len() < want && !exhausted {
-            let page = c.store.list_hosts(filter.clone()).await?;
-            exhausted = page.len() < want;
-            let Some(tail) = page.last() else { break };
-            filter.after = Some((tail.hostname.clone(), tail.host_id.clone()));
-            for info in host_infos(c, page).await? {
-                if out.len() == want {
-                    exhausted = false;
-                    break;
-                }
-                last = Some((info.hostname.clone(), info.host_id.clone()));
-                let live_ok = match connected {
-                    v1::ConnectedFilter::Any => true,
-                    v1::ConnectedFilter::Connected => info.connected,
-                    v1::ConnectedFilter::Disconnected => !info.connected,
-                };
-                if live_ok && (r.state.is_empty() || info.maintenance_state == r.state) {
-                    out.push(info);
-                }
-            }
-        }
-        let next_page_token = match (exhausted, last) {
-            (false, Some((name, id))) => convert::host_page_token(&name, &id),
-            _ => String::new(),
-        };
+        let (hosts, next_page_token) =
+            list_host_page(&self.coordinator, request.into_inner()).await?;
         Ok(Response::new(v1::ListHostsResponse {
-            hosts: out,
+            hosts,
+            next_page_token,
+        }))
+    }
+
+    async fn compliance_report(
+        &self,
+        request: Request<v1::ListHostsRequest>,
+    ) -> Result<Response<v1::ComplianceReportResponse>, Status> {
+        caller(&request)?;
+        let c = &self.coordinator;
+        let (hosts, next_page_token) = list_host_page(c, request.into_inner()).await?;
+        let ids = hosts.iter().map(|h| h.host_id.clone()).collect();
+        let successes = c.engine.last_successes(ids).await?;
+        let rows = hosts
+            .into_iter()
+            .zip(successes)
+            .map(|(host, successes)| v1::ComplianceRow {
+                host: Some(host),
+                last_successes: successes
+                    .into_iter()
+                    .map(|s| v1::CampaignSuccess {
+                        campaign: s.campaign,
+                        run_id: s.run_id,
+                        finished_at_ms: s.finished_at_ms,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(v1::ComplianceReportResponse {
+            rows,
             next_page_token,
         }))
     }
@@ -901,6 +971,34 @@ impl Admin for AdminService {
             .pop()
             .map(Response::new)
             .ok_or_else(|| Status::internal("the host vanished while being read"))
+    }
+
+    async fn create_dashboard_login(
+        &self,
+        request: Request<v1::CreateDashboardLoginRequest>,
+    ) -> Result<Response<v1::DashboardLogin>, Status> {
+        let who = caller(&request)?;
+        let c = &self.coordinator;
+        let base = c.config.dashboard_base_url().ok_or_else(|| {
+            Status::failed_precondition(
+                "the dashboard is off on this coordinator (dashboard_listen = \"\" in coordinator.toml)",
+            )
+        })?;
+        let bound = crate::dashboard::auth::Bound {
+            name: who.name.clone(),
+            serial: who.serial,
+            not_after_ms: who.not_after_ms,
+        };
+        let (token, expires_at_ms) = c
+            .dashboard
+            .create_login(bound, pitcrew_proto::now_ms())
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        c.events
+            .audit(&who.name, "", "", "asked for a web dashboard login link");
+        Ok(Response::new(v1::DashboardLogin {
+            url: format!("{base}/login?token={token}"),
+            expires_at_ms,
+        }))
     }
 }
 

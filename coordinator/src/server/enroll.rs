@@ -23,7 +23,8 @@ use pitcrew_proto::v1::{EnrollRequest, EnrollResponse, enrollment_server::Enroll
 use tonic::{Request, Response, Status};
 
 use super::Coordinator;
-use crate::store::{EnrollRefusal, Enrolled, HostEnrollment};
+use crate::metrics::EnrollRefusal;
+use crate::store::{EnrollRefusal as Refusal, Enrolled, HostEnrollment, TokenRefusal};
 use crate::tokens;
 
 /// The window refused enrollments are counted over.
@@ -169,10 +170,14 @@ impl Enrollment for EnrollmentService {
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         let limit = c.config.limits.refused_enrollments_per_minute;
         let now = pitcrew_proto::now_ms();
-        self.refusals.admit(ip, limit, now)?;
+        if let Err(status) = self.refusals.admit(ip, limit, now) {
+            c.metrics.enrollment_refused(EnrollRefusal::RateLimited);
+            return Err(status);
+        }
         let request = request.into_inner();
         // Every refusal below is counted against the source, and audited while within limits.
-        let refuse = |status: Status, host_id: &str| {
+        let refuse = |status: Status, host_id: &str, why: EnrollRefusal| {
+            c.metrics.enrollment_refused(why);
             let reason = status.message().to_owned();
             tracing::warn!(message = "refused an enrollment", %peer, %host_id, %reason);
             if self.refusals.refused(ip, &reason, limit, now) {
@@ -189,6 +194,7 @@ impl Enrollment for EnrollmentService {
             return Err(refuse(
                 Status::invalid_argument(format!("host_id: {reason}")),
                 "",
+                EnrollRefusal::InvalidHostId,
             ));
         }
         let hostname = if request.hostname.is_empty() {
@@ -197,7 +203,11 @@ impl Enrollment for EnrollmentService {
             request.hostname.clone()
         };
         if let Err(reason) = validate_hostname(&hostname) {
-            return Err(refuse(Status::invalid_argument(reason), &request.host_id));
+            return Err(refuse(
+                Status::invalid_argument(reason),
+                &request.host_id,
+                EnrollRefusal::InvalidHostname,
+            ));
         }
         // Check the CSR before anything is spent on it.
         let issued = crate::ca::Ca::check_csr(&request.csr_der)
@@ -208,7 +218,13 @@ impl Enrollment for EnrollmentService {
                     c.config.host_cert_lifetime,
                 )
             })
-            .map_err(|e| refuse(Status::invalid_argument(e.to_string()), &request.host_id))?;
+            .map_err(|e| {
+                refuse(
+                    Status::invalid_argument(e.to_string()),
+                    &request.host_id,
+                    EnrollRefusal::InvalidCsr,
+                )
+            })?;
 
         // One transaction: the token's checks and use, the host's checks, and its record.
         let enrollment = HostEnrollment {
@@ -225,16 +241,24 @@ impl Enrollment for EnrollmentService {
         } = match c.store.enroll(enrollment).await? {
             Ok(done) => done,
             Err(refusal) => {
-                let status = match refusal {
-                    EnrollRefusal::Token(_)
-                    | EnrollRefusal::Taken { .. }
-                    | EnrollRefusal::Removed { .. }
-                    | EnrollRefusal::WrongHost { .. } => {
-                        Status::permission_denied(refusal.to_string())
-                    }
-                    EnrollRefusal::NameTaken { .. } => Status::already_exists(refusal.to_string()),
+                let why = match &refusal {
+                    Refusal::Token(TokenRefusal::Unknown) => EnrollRefusal::TokenUnknown,
+                    Refusal::Token(TokenRefusal::Expired) => EnrollRefusal::TokenExpired,
+                    Refusal::Token(TokenRefusal::Revoked) => EnrollRefusal::TokenRevoked,
+                    Refusal::Token(TokenRefusal::UsedUp) => EnrollRefusal::TokenUsedUp,
+                    Refusal::Taken { .. } => EnrollRefusal::HostEnrolled,
+                    Refusal::Removed { .. } => EnrollRefusal::HostRemoved,
+                    Refusal::WrongHost { .. } => EnrollRefusal::TokenForAnotherHost,
+                    Refusal::NameTaken { .. } => EnrollRefusal::HostnameTaken,
                 };
-                return Err(refuse(status, &request.host_id));
+                let status = match refusal {
+                    Refusal::Token(_)
+                    | Refusal::Taken { .. }
+                    | Refusal::Removed { .. }
+                    | Refusal::WrongHost { .. } => Status::permission_denied(refusal.to_string()),
+                    Refusal::NameTaken { .. } => Status::already_exists(refusal.to_string()),
+                };
+                return Err(refuse(status, &request.host_id, why));
             }
         };
         c.engine.host_enrolled(record.clone());

@@ -35,10 +35,12 @@ use crate::operators::{OperatorDirectory, Role};
 /// `Operator` (changing a host's role or labels included); granting and ending access (join
 /// tokens, operators, removing a host, which revokes its certificate) is `Admin`. Renewing is
 /// open to every operator: it only ever renews the caller's own certificate, with the caller's
-/// own role.
+/// own role; so is opening the web dashboard, which then shows and allows what the caller's
+/// role does.
 pub const ADMIN_ROLES: &[(&str, Role)] = &[
     ("ListHosts", Role::Viewer),
     ("GetHost", Role::Viewer),
+    ("ComplianceReport", Role::Viewer),
     ("CreateToken", Role::Admin),
     ("ListTokens", Role::Viewer),
     ("RevokeToken", Role::Admin),
@@ -59,6 +61,8 @@ pub const ADMIN_ROLES: &[(&str, Role)] = &[
     ("RenewOperator", Role::Viewer),
     ("RemoveHost", Role::Admin),
     ("SetHost", Role::Operator),
+    // Every role may open the dashboard; the browser's session then has the caller's role.
+    ("CreateDashboardLogin", Role::Viewer),
 ];
 
 /// The method name of an Admin request path (`/pitcrew.v1.Admin/ListHosts` → `ListHosts`).
@@ -323,6 +327,7 @@ mod tests {
         for read in [
             "ListHosts",
             "GetHost",
+            "ComplianceReport",
             "ListTokens",
             "PlanCampaign",
             "GetCampaign",

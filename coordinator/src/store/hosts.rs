@@ -188,11 +188,26 @@ pub struct HostLookup {
     pub by_name: Vec<HostRecord>,
     /// The newest removed host with that hostname, when nothing else matched.
     pub removed: Option<HostRecord>,
+    /// Enrolled hosts whose id starts with the name, by id, when nothing else matched and the
+    /// lookup asked for them (see [`find`]).
+    pub by_prefix: Vec<HostRecord>,
 }
 
-/// A host by id, else by enrolled hostname, else the newest removed host of that name (one
-/// indexed lookup each).
-pub(crate) async fn find(tx: &mut dyn Tx, name: &str) -> Result<HostLookup, StoreError> {
+/// Where the ids starting with `prefix` end: every such id sorts between the prefix and the
+/// prefix followed by the greatest code point (ids compare as UTF-8 bytes; PostgreSQL's
+/// `host_id` is `COLLATE "C"`).
+pub(crate) fn id_prefix_end(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+/// A host by id, else by enrolled hostname, else the newest removed host of that name, else,
+/// when `prefix_limit` is given, at most that many enrolled hosts whose id starts with the
+/// name (one indexed lookup each).
+pub(crate) async fn find(
+    tx: &mut dyn Tx,
+    name: &str,
+    prefix_limit: Option<u32>,
+) -> Result<HostLookup, StoreError> {
     let by_id = tx.host(name).await?;
     let by_name = if by_id.is_none() {
         tx.hosts_by_hostname(name).await?
@@ -204,9 +219,16 @@ pub(crate) async fn find(tx: &mut dyn Tx, name: &str) -> Result<HostLookup, Stor
     } else {
         None
     };
+    let by_prefix = match prefix_limit {
+        Some(limit) if by_id.is_none() && by_name.is_empty() && removed.is_none() => {
+            tx.hosts_by_id_prefix(name, limit).await?
+        }
+        _ => Vec::new(),
+    };
     Ok(HostLookup {
         by_id,
         by_name,
         removed,
+        by_prefix,
     })
 }

@@ -457,9 +457,59 @@ both!(
             (h.facts, h.last_seen_ms, h.cert_serial.as_str()),
             (vec![1, 2], 70, "02")
         );
-        let found = store.find_host("web-1".into()).await.unwrap();
+        let found = store.find_host("web-1".into(), None).await.unwrap();
         assert!(found.by_id.is_none());
         assert_eq!(found.by_name.len(), 1);
+    }
+);
+
+both!(
+    id_prefixes_find_enrolled_hosts_in_id_order,
+    |_at, store: Store| async move {
+        put_hosts(
+            &store,
+            vec![
+                host("ab12", "web-1", "worker", "a"),
+                host("ab34", "web-2", "worker", "a"),
+                host("cd56", "web-3", "worker", "a"),
+                host("cd78", "web-4", "worker", "a"),
+            ],
+        )
+        .await;
+        store
+            .commit_turn(TurnWrites {
+                host_changes: vec![HostChange::Removed {
+                    host_id: "cd78".into(),
+                    at_ms: 50,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let ids = |found: Vec<HostRecord>| -> Vec<String> {
+            found.into_iter().map(|h| h.host_id).collect()
+        };
+        let by = |prefix: &str| store.hosts_by_id_prefix(prefix.into(), 10);
+        assert_eq!(ids(by("ab").await.unwrap()), ["ab12", "ab34"]);
+        assert_eq!(ids(by("ab3").await.unwrap()), ["ab34"]);
+        assert_eq!(
+            ids(by("cd").await.unwrap()),
+            ["cd56"],
+            "a removed host is not found"
+        );
+        assert_eq!(ids(by("cd56").await.unwrap()), ["cd56"]);
+        assert!(by("e").await.unwrap().is_empty());
+        assert_eq!(
+            ids(store.hosts_by_id_prefix("a".into(), 1).await.unwrap()),
+            ["ab12"]
+        );
+        // The lookup by name falls back on a prefix only when asked and nothing else matched.
+        let found = store.find_host("ab1".into(), Some(10)).await.unwrap();
+        assert_eq!(ids(found.by_prefix), ["ab12"]);
+        let found = store.find_host("ab1".into(), None).await.unwrap();
+        assert!(found.by_prefix.is_empty());
+        let found = store.find_host("ab12".into(), Some(10)).await.unwrap();
+        assert!(found.by_id.is_some() && found.by_prefix.is_empty());
     }
 );
 
@@ -550,7 +600,7 @@ both!(
             removed[0].cert_serial.is_empty(),
             "its certificate is no longer accepted"
         );
-        let found = store.find_host("mgr-1".into()).await.unwrap();
+        let found = store.find_host("mgr-1".into(), None).await.unwrap();
         assert!(found.by_name.is_empty());
         assert_eq!(found.removed.map(|h| h.host_id), Some("id1".into()));
         // It comes back only with a token made for it, and then is enrolled again.

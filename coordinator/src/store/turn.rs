@@ -22,6 +22,15 @@ pub enum HostChange {
     },
 }
 
+impl HostChange {
+    /// The host the change is about.
+    pub fn host_id(&self) -> &str {
+        match self {
+            HostChange::Removed { host_id, .. } | HostChange::Set { host_id, .. } => host_id,
+        }
+    }
+}
+
 /// A turn's writes as owned data, ready for the store's writer.
 #[derive(Debug, Default)]
 pub struct TurnWrites {

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
 use pitcrew_scheduler::ManualState;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::{
     ActionRecord, CampaignHostRow, EventFilter, EventRecord, HostFilter, HostRecord,
@@ -76,6 +77,13 @@ pub(crate) trait Tx: Send {
     fn host<'a>(&'a mut self, host_id: &'a str) -> TxFuture<'a, Option<HostRecord>>;
     /// Enrolled (not removed) hosts with this hostname, at most two.
     fn hosts_by_hostname<'a>(&'a mut self, hostname: &'a str) -> TxFuture<'a, Vec<HostRecord>>;
+    /// Enrolled (not removed) hosts whose id starts with `prefix`, at most `limit`, by id: a
+    /// range on the primary key, so one index lookup whatever the size of the fleet.
+    fn hosts_by_id_prefix<'a>(
+        &'a mut self,
+        prefix: &'a str,
+        limit: u32,
+    ) -> TxFuture<'a, Vec<HostRecord>>;
     /// The most recently removed host with this hostname.
     fn removed_host_by_hostname<'a>(
         &'a mut self,
@@ -182,9 +190,15 @@ pub(crate) const MAX_JOBS_PER_COMMIT: usize = 4096;
 
 /// Group commit: runs every job of the batch in its own savepoint inside one transaction (a
 /// failing job loses only its own changes), commits once, and only then tells each job.
-/// Returns the transaction's outcome (the jobs have been told it).
-pub(crate) async fn commit_batch(conn: &mut dyn Conn, batch: Vec<Job>) -> Result<(), StoreError> {
+/// Observes in `commits` how long the transaction took, from BEGIN to the end of COMMIT (its
+/// fsync included). Returns the transaction's outcome (the jobs have been told it).
+pub(crate) async fn commit_batch(
+    conn: &mut dyn Conn,
+    batch: Vec<Job>,
+    commits: &Histogram,
+) -> Result<(), StoreError> {
     let (runs, finishes): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.run, j.finish)).unzip();
+    let began = std::time::Instant::now();
     let outcome = async {
         conn.begin().await?;
         for run in runs {
@@ -198,6 +212,7 @@ pub(crate) async fn commit_batch(conn: &mut dyn Conn, batch: Vec<Job>) -> Result
         conn.commit().await
     }
     .await;
+    commits.observe(began.elapsed().as_secs_f64());
     if let Err(error) = &outcome {
         // Whatever state the transaction is in, end it; the caller also drops a connection
         // that may be broken.

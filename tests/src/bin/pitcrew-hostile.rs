@@ -259,8 +259,8 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         c.dir.join("coordinator.toml"),
         format!(
-            "listen = \"{}:{}\"\nheartbeat_seconds = 5\nheartbeat_timeout_seconds = 15\n",
-            c.ip, c.port
+            "listen = \"{}:{}\"\nheartbeat_seconds = 5\nheartbeat_timeout_seconds = 15\nmetrics_listen = \"127.0.0.1:{}\"\ndashboard_listen = \"\"\n",
+            c.ip, c.port, c.metrics_port
         ),
     )?;
     c.start()?;

@@ -27,6 +27,7 @@ use std::time::Duration;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use pitcrew_scheduler::ManualState;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
@@ -335,6 +336,7 @@ fn pg_error(error: tokio_postgres::Error) -> StoreError {
 /// readers. Blocks the calling thread (never an async worker: see `Store::open_postgres`).
 pub(super) fn open(
     settings: &PostgresSettings,
+    commits: Histogram,
 ) -> Result<(mpsc::UnboundedSender<Job>, Reader), StoreError> {
     let what = settings.describe();
     let fail = |reason: String| StoreError::Open {
@@ -381,7 +383,7 @@ pub(super) fn open(
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let fence = Arc::new(AtomicI64::new(0));
-    handle.spawn(writer_loop(pool.clone(), rx, fence.clone()));
+    handle.spawn(writer_loop(pool.clone(), rx, fence.clone(), commits));
     tracing::info!(message = "store: PostgreSQL", database = %what);
     Ok((
         tx,
@@ -398,7 +400,12 @@ pub(super) fn open(
 }
 
 /// The writer: group commit, one transaction per batch, until every sender is gone.
-async fn writer_loop(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>, fence: Arc<AtomicI64>) {
+async fn writer_loop(
+    pool: Pool,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    fence: Arc<AtomicI64>,
+    commits: Histogram,
+) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -418,7 +425,7 @@ async fn writer_loop(pool: Pool, mut jobs: mpsc::UnboundedReceiver<Job>, fence: 
             client: &client,
             fence: fence.load(Ordering::SeqCst),
         };
-        let outcome = super::tx::commit_batch(&mut conn, batch).await;
+        let outcome = super::tx::commit_batch(&mut conn, batch, &commits).await;
         if outcome.is_err() {
             // Possibly broken, or still inside the failed transaction: never reuse it.
             drop(deadpool_postgres::Object::take(client));
@@ -733,6 +740,27 @@ impl Tx for PgTx<'_> {
                          WHERE hostname = $1 AND removed_at_ms = 0 LIMIT 2"
                     ),
                     &[&hostname],
+                )
+                .await?;
+            all(rows, host_from_row)
+        })
+    }
+
+    fn hosts_by_id_prefix<'a>(
+        &'a mut self,
+        prefix: &'a str,
+        limit: u32,
+    ) -> TxFuture<'a, Vec<HostRecord>> {
+        Box::pin(async move {
+            let upper = super::hosts::id_prefix_end(prefix);
+            let rows = self
+                .query(
+                    &format!(
+                        "SELECT {HOST_COLUMNS} FROM hosts
+                         WHERE host_id >= $1::text AND host_id < $2::text AND removed_at_ms = 0
+                         ORDER BY host_id LIMIT $3"
+                    ),
+                    &[&prefix, &upper, &i64::from(limit)],
                 )
                 .await?;
             all(rows, host_from_row)

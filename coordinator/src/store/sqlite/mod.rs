@@ -12,6 +12,7 @@ use std::path::Path;
 
 use futures::future::BoxFuture;
 use pitcrew_scheduler::ManualState;
+use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::mpsc;
 
@@ -38,7 +39,10 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 
 /// Opens (creating and migrating if needed) the store file and starts its writer thread;
 /// returns the writer's queue and the reader connection.
-pub(super) fn open(path: &Path) -> Result<(mpsc::UnboundedSender<Job>, Connection), StoreError> {
+pub(super) fn open(
+    path: &Path,
+    commits: Histogram,
+) -> Result<(mpsc::UnboundedSender<Job>, Connection), StoreError> {
     let mut conn = open_connection(path)?;
     schema::migrate(&mut conn).map_err(|e| StoreError::Open {
         path: path.display().to_string(),
@@ -48,7 +52,7 @@ pub(super) fn open(path: &Path) -> Result<(mpsc::UnboundedSender<Job>, Connectio
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("pitcrew-store-writer".into())
-        .spawn(move || writer_loop(conn, rx))
+        .spawn(move || writer_loop(conn, rx, &commits))
         .map_err(|e| StoreError::Open {
             path: path.display().to_string(),
             reason: format!("cannot start the writer thread: {e}"),
@@ -57,7 +61,7 @@ pub(super) fn open(path: &Path) -> Result<(mpsc::UnboundedSender<Job>, Connectio
 }
 
 /// The writer thread: group commit until every sender is gone.
-fn writer_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn writer_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, commits: &Histogram) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -68,7 +72,7 @@ fn writer_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
         }
         let mut sqlite = SqliteTx { conn: &mut conn };
         // Every future of this backend is ready at once: this never waits on anything.
-        let _ = futures::executor::block_on(super::tx::commit_batch(&mut sqlite, batch));
+        let _ = futures::executor::block_on(super::tx::commit_batch(&mut sqlite, batch, commits));
     }
 }
 
@@ -486,6 +490,27 @@ impl Tx for SqliteTx<'_> {
 
     fn hosts_by_hostname<'a>(&'a mut self, hostname: &'a str) -> TxFuture<'a, Vec<HostRecord>> {
         done(self.hosts_where("hostname = ?1 AND removed_at_ms = 0 LIMIT 2", hostname))
+    }
+
+    fn hosts_by_id_prefix<'a>(
+        &'a mut self,
+        prefix: &'a str,
+        limit: u32,
+    ) -> TxFuture<'a, Vec<HostRecord>> {
+        done((|| {
+            let upper = super::hosts::id_prefix_end(prefix);
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT {HOST_COLUMNS} FROM hosts
+                 WHERE host_id >= ?1 AND host_id < ?2 AND removed_at_ms = 0
+                 ORDER BY host_id LIMIT ?3"
+            ))?;
+            let mut rows = stmt.query(params![prefix, upper, limit])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(host_from_row(row)?);
+            }
+            Ok(out)
+        })())
     }
 
     fn removed_host_by_hostname<'a>(
