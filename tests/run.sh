@@ -10,6 +10,14 @@ log() { printf '\n==> %s\n' "$*"; }
 
 if [ "$(id -u)" = 0 ]; then
     export PITCREW_ROOT_TESTS=1
+    # The store's tests also run every operation on a real PostgreSQL (a private cluster they
+    # start as nobody and stop); as root we can install it, so its absence is a failure.
+    if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        log "installing PostgreSQL for the store's tests"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    fi
+    export PITCREW_POSTGRES_TESTS=1
     if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
         log "installing headless Chromium for the dashboard's browser test"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -16,7 +16,7 @@ use crate::events::EventLog;
 use crate::metrics::Metrics;
 use crate::operators::OperatorDirectory;
 use crate::registry::Registry;
-use crate::store::{Store, events, hosts};
+use crate::store::Store;
 
 /// How often last-seen times reach the store (nothing after a restart depends on their
 /// precision; the live value is in memory).
@@ -49,16 +49,31 @@ impl Coordinator {
     /// Opens the data dir (CA, config, store), loads the engine and starts the background
     /// duties. The returned task is the engine's loop: the caller must treat its end as
     /// fatal.
-    pub async fn open(data_dir: &DataDir) -> anyhow::Result<(Arc<Coordinator>, EngineTask)> {
-        let config = CoordinatorConfig::load(&data_dir.config())?;
+    ///
+    /// `postgres_url`, when given (`serve --postgres-url`), overrides `[store] postgres_url`.
+    pub async fn open(
+        data_dir: &DataDir,
+        postgres_url: Option<String>,
+    ) -> anyhow::Result<(Arc<Coordinator>, EngineTask)> {
+        let mut config = CoordinatorConfig::load(&data_dir.config())?;
+        if postgres_url.is_some() {
+            config.store.postgres_url = postgres_url;
+        }
         let ca = Ca::load(&data_dir.root)?;
-        let path = data_dir.store();
+        let location = config
+            .store
+            .location(data_dir, std::env::var(crate::config::PG_PASSWORD_ENV).ok())
+            .map_err(anyhow::Error::msg)?;
         let store = Arc::new(
-            tokio::task::spawn_blocking(move || Store::open(&path))
+            tokio::task::spawn_blocking(move || Store::open_at(&location))
                 .await
                 .context("opening the store")?
                 .context("opening the store")?,
         );
+        store
+            .claim_engine()
+            .await
+            .context("claiming the store for this coordinator")?;
         let events = Arc::new(EventLog::new(store.clone()));
         let operators = Arc::new(
             crate::operators::load(&store, &events, &data_dir.operator_dir())
@@ -112,11 +127,7 @@ async fn prune_events(c: Arc<Coordinator>) {
         let max_age_ms = i64::try_from(c.config.events.max_age.as_millis()).unwrap_or(i64::MAX);
         let before = pitcrew_proto::now_ms().saturating_sub(max_age_ms);
         let keep = c.config.events.max_events;
-        match c
-            .store
-            .write(move |conn| events::prune(conn, before, keep))
-            .await
-        {
+        match c.store.prune_events(before, keep).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(message = "pruned the event log", deleted),
             Err(error) => tracing::warn!(message = "cannot prune the event log", %error),
@@ -134,11 +145,7 @@ async fn flush_last_seen(c: Arc<Coordinator>) {
         if changes.is_empty() {
             continue;
         }
-        if let Err(error) = c
-            .store
-            .write(move |conn| hosts::set_last_seen(conn, &changes))
-            .await
-        {
+        if let Err(error) = c.store.set_last_seen(changes).await {
             tracing::warn!(message = "cannot record when hosts were last seen", %error);
         }
     }

@@ -47,6 +47,99 @@ pub struct CoordinatorConfig {
     /// login links `pitcrew dashboard` prints; by default `https://` + `dashboard_listen`.
     #[serde(default)]
     pub dashboard_url: String,
+    /// Where the store is (`[store]`): the embedded SQLite file by default, or PostgreSQL.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// The environment variable that may hold the PostgreSQL password.
+pub const PG_PASSWORD_ENV: &str = "PITCREW_PG_PASSWORD";
+
+/// `[store]`: without `postgres_url` the store is `<data dir>/pitcrew.db` (SQLite).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://USER@HOST[:PORT]/DATABASE` (libpq's `key=value` form too; a host that is a
+    /// path is a unix socket directory). Never with a password in it: that is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
+    /// A file whose first line is the PostgreSQL password (keep it 0600). Or set
+    /// `PITCREW_PG_PASSWORD`; not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl StoreConfig {
+    /// Where the store is, with the password read from `password_file` or `env_password`
+    /// (`PITCREW_PG_PASSWORD`). No message names the password or repeats a URL holding one.
+    pub fn location(
+        &self,
+        data_dir: &DataDir,
+        env_password: Option<String>,
+    ) -> Result<crate::store::StoreLocation, String> {
+        let Some(url) = &self.postgres_url else {
+            if self.password_file.is_some() {
+                return Err(
+                    "[store] password_file is set but postgres_url is not: the SQLite store takes no password"
+                        .into(),
+                );
+            }
+            return Ok(crate::store::StoreLocation::Sqlite(data_dir.store()));
+        };
+        let password = match (&self.password_file, env_password) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "the PostgreSQL password is given twice, in [store] password_file and in {PG_PASSWORD_ENV}; keep one"
+                ));
+            }
+            (Some(file), None) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    format!(
+                        "[store] password_file {}: cannot read it: {e}",
+                        file.display()
+                    )
+                })?;
+                let first = text.lines().next().unwrap_or_default().to_owned();
+                if first.is_empty() {
+                    return Err(format!(
+                        "[store] password_file {}: its first line is empty",
+                        file.display()
+                    ));
+                }
+                Some(first)
+            }
+            (None, password) => password.filter(|p| !p.is_empty()),
+        };
+        crate::store::PostgresSettings::new(url, password)
+            .map(crate::store::StoreLocation::Postgres)
+            .map_err(|e| format!("[store] postgres_url: {e}"))
+    }
+}
+
+/// Hides the password of any `scheme://user:password@host` in a message (a config file's
+/// line quoted by a parse error, for one).
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '/')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Limits that keep one misbehaving peer from taking the coordinator down for everyone. The
@@ -157,6 +250,7 @@ impl Default for CoordinatorConfig {
             operator_cert_lifetime: default_operator_cert_lifetime(),
             limits: Limits::default(),
             events: EventRetention::default(),
+            store: StoreConfig::default(),
             metrics_listen: default_metrics_listen(),
             dashboard_listen: default_dashboard_listen(),
             dashboard_url: String::new(),
@@ -214,13 +308,22 @@ impl CoordinatorConfig {
         })?;
         let config: CoordinatorConfig = toml::from_str(&text).map_err(|e| ConfigError {
             file: file.clone(),
-            message: e
-                .to_string()
-                .lines()
-                .filter(|l| !l.trim_start().starts_with('|') && !l.trim().is_empty())
-                .collect::<Vec<_>>()
-                .join(" "),
+            message: redact_urls(
+                &e.to_string()
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with('|') && !l.trim().is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
         })?;
+        if let Some(url) = &config.store.postgres_url
+            && let Err(error) = crate::store::PostgresSettings::new(url, None)
+        {
+            return Err(ConfigError {
+                file,
+                message: format!("field store.postgres_url: {error}"),
+            });
+        }
         if config.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError {
                 file,
@@ -335,7 +438,28 @@ impl CoordinatorConfig {
             humantime::format_duration(self.operator_cert_lifetime).to_string(),
             self.metrics_listen,
             self.dashboard_listen
-        )
+        ) + &self.render_store()
+    }
+
+    fn render_store(&self) -> String {
+        let Some(url) = &self.store.postgres_url else {
+            return "# The store: <data dir>/pitcrew.db (SQLite). For PostgreSQL instead:\n\
+                    # [store]\n\
+                    # postgres_url = \"postgres://pitcrew@db.example.net/pitcrew\"\n\
+                    # password_file = \"/etc/pitcrew/pg-password\"   # or PITCREW_PG_PASSWORD\n"
+                .to_owned();
+        };
+        let mut out = format!(
+            "\n# The store: a PostgreSQL database (the password from password_file or\n\
+             # PITCREW_PG_PASSWORD, never in the URL).\n[store]\npostgres_url = {url:?}\n"
+        );
+        if let Some(file) = &self.store.password_file {
+            out.push_str(&format!(
+                "password_file = {:?}\n",
+                file.display().to_string()
+            ));
+        }
+        out
     }
 }
 
@@ -363,6 +487,80 @@ mod tests {
         std::fs::write(&path, "operator_cert_lifetime = \"2years\"\n").unwrap();
         let error = CoordinatorConfig::load(&path).unwrap_err();
         assert!(error.message.contains("operator_cert_lifetime"), "{error}");
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_is_given_and_passwords_stay_out_of_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        let path = dir.path().join("coordinator.toml");
+        let sqlite = CoordinatorConfig::default()
+            .store
+            .location(&data, None)
+            .unwrap();
+        assert!(matches!(sqlite, crate::store::StoreLocation::Sqlite(p) if p == data.store()));
+
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2-secret\n").unwrap();
+        let config = CoordinatorConfig {
+            store: StoreConfig {
+                postgres_url: Some("postgres://pitcrew@db.example.net/fleet".into()),
+                password_file: Some(pw.clone()),
+            },
+            ..CoordinatorConfig::default()
+        };
+        std::fs::write(&path, config.render()).unwrap();
+        let loaded = CoordinatorConfig::load(&path).unwrap();
+        assert_eq!(loaded.store, config.store);
+        let crate::store::StoreLocation::Postgres(settings) =
+            loaded.store.location(&data, None).unwrap()
+        else {
+            panic!("a PostgreSQL store");
+        };
+        assert_eq!(
+            settings.describe(),
+            "postgres://pitcrew@db.example.net:5432/fleet"
+        );
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        let twice = loaded
+            .store
+            .location(&data, Some("other".into()))
+            .unwrap_err();
+        assert!(twice.contains("given twice"), "{twice}");
+        let unreadable = StoreConfig {
+            password_file: Some(dir.path().join("missing")),
+            ..loaded.store.clone()
+        };
+        let error = unreadable.location(&data, None).unwrap_err();
+        assert!(
+            error.contains("missing") && !error.contains("hunter2"),
+            "{error}"
+        );
+
+        // A password inside the URL is refused and never repeated, by the field check and by
+        // a parse error quoting the line.
+        std::fs::write(
+            &path,
+            "[store]\npostgres_url = \"postgres://pitcrew:hunter2-secret@db/fleet\"\n",
+        )
+        .unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("store.postgres_url") && error.contains("carries a password"),
+            "{error}"
+        );
+        assert!(!error.contains("hunter2"), "{error}");
+        std::fs::write(
+            &path,
+            "[store]\npostgres_url = \"postgres://pitcrew:hunter2-secret@db/fleet\"\nport = 1\n",
+        )
+        .unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err().to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert_eq!(
+            redact_urls("at postgres://u:p@h/db and https://x/y"),
+            "at postgres://u:***@h/db and https://x/y"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use crate::store::{EventRecord, Store, events};
+use crate::store::{EventRecord, Store};
 
 /// Appends events and tells followers.
 pub struct EventLog {
@@ -44,18 +44,12 @@ impl EventLog {
         }
         event.message = bounded(event.message);
         let tx = self.tx.clone();
-        let submitted = self.store.submit(
-            move |c| {
-                let id = events::append(c, &event)?;
-                Ok(EventRecord { id, ..event })
-            },
-            move |stored| match stored {
-                Ok(event) => {
-                    let _ = tx.send(event);
-                }
-                Err(error) => tracing::error!(message = "cannot write the event log", %error),
-            },
-        );
+        let submitted = self.store.append_event(event, move |stored| match stored {
+            Ok(event) => {
+                let _ = tx.send(event);
+            }
+            Err(error) => tracing::error!(message = "cannot write the event log", %error),
+        });
         if let Err(error) = submitted {
             tracing::error!(message = "cannot write the event log", %error);
         }

@@ -6,9 +6,9 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::ca::{Ca, SERVICE_CERT_VALIDITY};
-use crate::config::{CoordinatorConfig, DataDir};
+use crate::config::{CoordinatorConfig, DataDir, PG_PASSWORD_ENV, StoreConfig};
 use crate::operators::Role;
-use crate::store::{EventRecord, OperatorRecord, Store, events, operators};
+use crate::store::{EventRecord, OperatorRecord, Store, StoreLocation};
 
 /// Who the store records as having issued the first admin's certificate.
 pub const INIT_ACTOR: &str = "init";
@@ -24,12 +24,27 @@ pub struct Initialized {
     pub operator_not_after_ms: i64,
 }
 
-/// Creates a fleet in `data_dir`. Refuses if a CA is already there.
+/// Creates a fleet in `data_dir` with its store there (SQLite). Refuses if a CA is already
+/// there.
 pub fn init(
     data_dir: &Path,
     sans: &[String],
     operator: &str,
     listen: &str,
+) -> anyhow::Result<Initialized> {
+    init_fleet(data_dir, sans, operator, listen, StoreConfig::default())
+}
+
+/// Creates a fleet in `data_dir`, its store where `store` says: the data dir's SQLite file, or
+/// an empty PostgreSQL database (checked before anything is written, so a bad URL, a wrong
+/// password or a database that already holds a fleet leaves nothing behind). The CA key and
+/// the server's key stay files in the data dir; the database never holds them.
+pub fn init_fleet(
+    data_dir: &Path,
+    sans: &[String],
+    operator: &str,
+    listen: &str,
+    store: StoreConfig,
 ) -> anyhow::Result<Initialized> {
     if sans.is_empty() {
         anyhow::bail!(
@@ -41,8 +56,40 @@ pub fn init(
         anyhow::bail!("--listen {listen:?} is not an address such as 0.0.0.0:7443");
     }
     let dir = DataDir::new(data_dir);
+    // Before the database is touched: a data dir that holds a fleet stays as it is.
+    if let Some(existing) = [dir.config(), dir.ca_cert()]
+        .into_iter()
+        .find(|p| p.exists())
+    {
+        anyhow::bail!(
+            "{} already holds a fleet ({} exists); refusing to overwrite it (move it away to start a new fleet)",
+            data_dir.display(),
+            existing.display()
+        );
+    }
+    let location = store
+        .location(&dir, std::env::var(PG_PASSWORD_ENV).ok())
+        .map_err(anyhow::Error::msg)?;
+    // A database is checked first: it must be reachable and hold no fleet yet.
+    let early = match &location {
+        StoreLocation::Sqlite(_) => None,
+        StoreLocation::Postgres(settings) => {
+            let store = Store::open_at(&location)
+                .with_context(|| format!("opening the store {}", settings.describe()))?;
+            let operators = futures::executor::block_on(store.list_operators())?;
+            if !operators.is_empty() {
+                anyhow::bail!(
+                    "the database {} already holds a fleet ({} operator certificate(s)); init creates a new fleet in an empty database (another coordinator of that fleet uses a copy of its data dir: see the PostgreSQL store in ARCHITECTURE.md)",
+                    settings.describe(),
+                    operators.len()
+                );
+            }
+            Some(store)
+        }
+    };
     let config = CoordinatorConfig {
         listen: listen.to_owned(),
+        store,
         ..CoordinatorConfig::default()
     };
     pitcrew_proto::files::create_private_dir(data_dir)
@@ -65,25 +112,21 @@ pub fn init(
         created_at_ms: pitcrew_proto::now_ms(),
         created_by: INIT_ACTOR.to_owned(),
     };
-    let store = Store::open(&dir.store()).context("creating the store")?;
-    store
-        .write_blocking(move |conn| {
-            operators::insert(conn, &record)?;
-            events::append(
-                conn,
-                &EventRecord {
-                    kind: "audit".into(),
-                    at_ms: pitcrew_proto::now_ms(),
-                    message: format!(
-                        "created the fleet; first operator {} with role admin (certificate {})",
-                        record.name, record.serial
-                    ),
-                    actor: INIT_ACTOR.into(),
-                    ..Default::default()
-                },
-            )?;
-            Ok(())
-        })
+    let store = match early {
+        Some(store) => store,
+        None => Store::open_at(&location).context("creating the store")?,
+    };
+    let audit = EventRecord {
+        kind: "audit".into(),
+        at_ms: pitcrew_proto::now_ms(),
+        message: format!(
+            "created the fleet; first operator {} with role admin (certificate {})",
+            record.name, record.serial
+        ),
+        actor: INIT_ACTOR.into(),
+        ..Default::default()
+    };
+    futures::executor::block_on(store.register_operators(vec![record], Some(audit)))
         .context("recording the first operator in the store")?;
     drop(store);
 
@@ -112,7 +155,7 @@ mod tests {
         let data = dir.path().join("fleet");
         let made = init(&data, &["127.0.0.1".into()], "root-ops", "127.0.0.1:7443").unwrap();
         let store = Store::open(&DataDir::new(&data).store()).unwrap();
-        let stored = store.read_blocking(operators::list).unwrap();
+        let stored = futures::executor::block_on(store.list_operators()).unwrap();
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].name, "root-ops");
         assert_eq!(stored[0].role, "admin");
@@ -125,5 +168,73 @@ mod tests {
         assert!((29..=30).contains(&days), "{days} days");
         assert!(init(&data, &["127.0.0.1".into()], "x", "127.0.0.1:7443").is_err());
         assert!(init(&dir.path().join("b"), &["h".into()], "../x", "127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn init_creates_a_fleet_in_an_empty_postgres_database_only() {
+        let Some(cluster) = crate::store::testing::cluster() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = cluster.create_database();
+        let password_file = dir.path().join("pg-password");
+        std::fs::write(&password_file, format!("{}\n", cluster.password())).unwrap();
+        let store = StoreConfig {
+            postgres_url: Some(cluster.url(&db)),
+            password_file: Some(password_file.clone()),
+        };
+        let data = dir.path().join("fleet");
+        init_fleet(
+            &data,
+            &["127.0.0.1".into()],
+            "root-ops",
+            "127.0.0.1:7443",
+            store.clone(),
+        )
+        .unwrap();
+        // The data dir holds the CA and the config naming the database; no SQLite file.
+        let data_dir = DataDir::new(&data);
+        assert!(!data_dir.store().exists());
+        let config = CoordinatorConfig::load(&data_dir.config()).unwrap();
+        assert_eq!(config.store, store);
+        let location = config.store.location(&data_dir, None).unwrap();
+        let opened = Store::open_at(&location).unwrap();
+        let stored = futures::executor::block_on(opened.list_operators()).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].role, "admin");
+        // The CA key is a file, never a row.
+        let dump = cluster
+            .sql(
+                &db,
+                "SELECT count(*) FROM events WHERE message LIKE '%PRIVATE KEY%'",
+            )
+            .unwrap();
+        assert_eq!(dump, "0");
+        // A second fleet in the same database is refused, and leaves nothing behind.
+        let other = dir.path().join("other");
+        let error = init_fleet(&other, &["127.0.0.1".into()], "x", "127.0.0.1:7443", store)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("already holds a fleet"), "{error}");
+        assert!(!other.exists());
+        // A wrong password: a clear error, nothing written, the password not repeated.
+        std::fs::write(&password_file, "wrong-password\n").unwrap();
+        let third = dir.path().join("third");
+        let error = init_fleet(
+            &third,
+            &["127.0.0.1".into()],
+            "x",
+            "127.0.0.1:7443",
+            StoreConfig {
+                postgres_url: Some(cluster.url(&cluster.create_database())),
+                password_file: Some(password_file),
+            },
+        )
+        .map(|_| ())
+        .unwrap_err();
+        let error = format!("{error:#}");
+        assert!(error.contains("password authentication failed"), "{error}");
+        assert!(!error.contains("wrong-password"), "{error}");
+        assert!(!third.exists());
     }
 }

@@ -17,7 +17,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::events::EventLog;
-use crate::store::{OperatorRecord, Store, StoreError, operators as store};
+use crate::store::{OperatorRecord, Store, StoreError};
 
 /// What an operator may do; each role may do everything the roles before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -250,7 +250,7 @@ pub async fn load(
     events: &EventLog,
     operator_dir: &Path,
 ) -> anyhow::Result<OperatorDirectory> {
-    let mut records = store.read(store::list).await?;
+    let mut records = store.list_operators().await?;
     if records.is_empty() {
         let found = certificates_on_disk(operator_dir);
         for (path, record) in &found {
@@ -262,15 +262,7 @@ pub async fn load(
             );
         }
         let found: Vec<OperatorRecord> = found.into_iter().map(|(_, record)| record).collect();
-        let stored = found.clone();
-        store
-            .write(move |conn| {
-                for record in &stored {
-                    store::insert(conn, record)?;
-                }
-                Ok(())
-            })
-            .await?;
+        store.register_operators(found.clone(), None).await?;
         for record in &found {
             events.audit(
                 UPGRADE_ACTOR,

@@ -221,6 +221,8 @@ pub struct Coordinator {
     pub dashboard_port: u16,
     pub fingerprint: String,
     pub proc: Option<Proc>,
+    /// The store's database and password for `serve` (a PostgreSQL store), as environment.
+    store_env: Vec<(String, String)>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -234,12 +236,36 @@ impl Coordinator {
     /// Like [`Coordinator::init`], listening on `ip` (e.g. the lab bridge's 10.231.0.1), with
     /// that address in the server certificate.
     pub fn init_on(ip: &str) -> anyhow::Result<Coordinator> {
+        Coordinator::init_with(ip, Vec::new())
+    }
+
+    /// Like [`Coordinator::init`], with the fleet's store in a fresh database of the tests'
+    /// private PostgreSQL cluster (`init --postgres-url`; `serve` gets the URL and the password
+    /// from `PITCREW_PG_URL` and `PITCREW_PG_PASSWORD`). `None` when PostgreSQL tests are
+    /// skipped (not installed and not required).
+    pub fn init_postgres() -> anyhow::Result<Option<Coordinator>> {
+        let Some(cluster) = pitcrew_coordinator::store::testing::cluster() else {
+            return Ok(None);
+        };
+        let url = cluster.url(&cluster.create_database());
+        let env = vec![
+            ("PITCREW_PG_URL".to_owned(), url),
+            (
+                pitcrew_coordinator::config::PG_PASSWORD_ENV.to_owned(),
+                cluster.password().to_owned(),
+            ),
+        ];
+        Coordinator::init_with("127.0.0.1", env).map(Some)
+    }
+
+    fn init_with(ip: &str, store_env: Vec<(String, String)>) -> anyhow::Result<Coordinator> {
         let temp = tempfile::tempdir()?;
         let dir = temp.path().join("coordinator");
         let port = free_port();
         let metrics_port = free_port();
         let dashboard_port = free_port();
         let out = Command::new(bin("pitcrew-coordinator"))
+            .envs(store_env.iter().map(|(k, v)| (k, v)))
             .args(["init", "--data-dir"])
             .arg(&dir)
             .args([
@@ -276,6 +302,7 @@ impl Coordinator {
             dashboard_port,
             fingerprint,
             proc: None,
+            store_env,
             _temp: Some(temp),
         })
     }
@@ -338,6 +365,7 @@ impl Coordinator {
         command
             .args(["serve", "--data-dir"])
             .arg(&self.dir)
+            .envs(self.store_env.iter().map(|(k, v)| (k, v)))
             .env("PITCREW_LOG", "info");
         let mut proc = Proc::spawn(command, self.dir.join("coordinator.log"))?;
         let (ip, port) = (self.ip.clone(), self.port);
@@ -567,7 +595,16 @@ pub fn wait_connected(coordinator: &Coordinator, host_id: &str) -> Value {
 /// carrying labels `name=<name>` and `cluster=c1` (plus `leader=true` for a name ending in
 /// `-leader`), all with the same extra config (e.g. a policy). Waits until all are connected.
 pub fn start_fleet(hosts: &[(&str, &str)], extra_toml: &str) -> (Coordinator, Vec<Agent>) {
-    let mut coordinator = Coordinator::init().expect("coordinator init");
+    let coordinator = Coordinator::init().expect("coordinator init");
+    start_fleet_with(coordinator, hosts, extra_toml)
+}
+
+/// [`start_fleet`] with a coordinator made by the caller (e.g. [`Coordinator::init_postgres`]).
+pub fn start_fleet_with(
+    mut coordinator: Coordinator,
+    hosts: &[(&str, &str)],
+    extra_toml: &str,
+) -> (Coordinator, Vec<Agent>) {
     coordinator.start().expect("coordinator start");
     let mut agents = Vec::new();
     for (name, role) in hosts {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pitcrew_tests::{Agent, Coordinator, start_fleet, wait_for};
+use pitcrew_tests::{Agent, Coordinator, start_fleet, start_fleet_with, wait_for};
 use serde_json::Value;
 
 const FLEET: &[(&str, &str)] = &[
@@ -437,6 +437,59 @@ fn a_coordinator_killed_mid_campaign_resumes_and_no_action_runs_twice() {
     assert_eq!(log.iter().filter(|e| e["step"] == "release").count(), 6);
     assert!(log.iter().any(|e| e["kind"] == "audit"
         && e["message"] == "campaign completed: all 6 hosts done"));
+}
+
+#[test]
+fn a_campaign_on_a_postgres_store_completes_and_resumes_after_its_coordinator_is_killed() {
+    // The same fleet and campaign as above, with the coordinator's store in PostgreSQL.
+    let Some(coordinator) = Coordinator::init_postgres().unwrap() else {
+        return;
+    };
+    let (mut c, agents) = start_fleet_with(coordinator, FLEET, &policy());
+    assert!(
+        !c.dir.join("pitcrew.db").exists(),
+        "the store is the database, not a file in the data dir"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = campaign(
+        dir.path(),
+        "on-postgres",
+        "[concurrency]\nworker = 2\nmanager = 1",
+        "sleep 0.4",
+    );
+    let id = run_campaign(&c, &file);
+    for kill_after_starts in [2usize, 4] {
+        wait_for(
+            &format!("{kill_after_starts} hosts to have started"),
+            || (starts(&ran(dir.path())).len() >= kill_after_starts).then_some(()),
+        );
+        c.kill();
+        c.start().unwrap();
+    }
+    wait_state(&c, &id, "completed");
+
+    let events = ran(dir.path());
+    let counts = starts(&events);
+    assert_eq!(counts.len(), 6, "{events:?}");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "an action ran twice: {counts:?}"
+    );
+    assert_eq!(
+        max_overlap(&events, |h| h.starts_with('m')),
+        1,
+        "two managers out at once: {events:?}"
+    );
+    assert!(max_overlap(&events, |h| h.starts_with('w')) <= 2);
+    let log = c.cli_json(&["events", "--campaign", &id, "--limit", "0"]);
+    let log = log.as_array().unwrap();
+    assert_eq!(log.iter().filter(|e| e["step"] == "release").count(), 6);
+    assert!(log.iter().any(|e| e["kind"] == "audit"
+        && e["message"] == "campaign completed: all 6 hosts done"));
+    // Hosts and their names come back from the database too.
+    for agent in &agents {
+        assert_eq!(c.host(&agent.machine_id).unwrap()["connected"], true);
+    }
 }
 
 #[test]

@@ -405,13 +405,9 @@ fn a_fleet_made_before_operator_roles_keeps_its_admin_after_the_upgrade() {
     // What a fleet made by an older init looks like: an operator certificate on disk and
     // none registered in the store.
     {
-        let store = pitcrew_coordinator::store::Store::open(&c.dir.join("pitcrew.db")).unwrap();
-        store
-            .write_blocking(|conn| {
-                conn.execute("DELETE FROM operator_certs", [])?;
-                Ok(())
-            })
-            .unwrap();
+        // The SQLite file, behind the store's back (the coordinator is not running).
+        let conn = rusqlite::Connection::open(c.dir.join("pitcrew.db")).unwrap();
+        conn.execute("DELETE FROM operator_certs", []).unwrap();
     }
     c.start().unwrap();
     ok(

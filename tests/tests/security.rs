@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pitcrew_coordinator::ca::{Ca, make_csr};
-use pitcrew_coordinator::store::{Store, TokenRecord, tokens};
+use pitcrew_coordinator::store::{Store, TokenRecord};
 use pitcrew_proto::tls;
 use pitcrew_proto::v1::{
     self, admin_client::AdminClient, agent_session_client::AgentSessionClient,
@@ -249,9 +249,7 @@ fn expired_revoked_and_used_up_tokens_are_refused_saying_which() {
         created_by: "test".into(),
         replace_host: String::new(),
     };
-    store
-        .write_blocking(move |c| tokens::insert(c, &record))
-        .unwrap();
+    futures::executor::block_on(store.create_token(record)).unwrap();
     let revoked = coordinator.token("worker", &[], 1);
     let id = coordinator
         .cli_json(&["token", "ls"])

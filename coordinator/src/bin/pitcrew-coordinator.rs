@@ -39,6 +39,14 @@ enum Command {
         operator: String,
         #[arg(long, default_value = "0.0.0.0:7443")]
         listen: String,
+        /// Create the fleet's store in this PostgreSQL database (an empty one) instead of the
+        /// data dir's SQLite file: postgres://USER@HOST[:PORT]/DATABASE, no password in it.
+        #[arg(long, env = "PITCREW_PG_URL", hide_env_values = true)]
+        postgres_url: Option<String>,
+        /// A file whose first line is the PostgreSQL password (recorded in coordinator.toml);
+        /// or set PITCREW_PG_PASSWORD.
+        #[arg(long, requires = "postgres_url")]
+        pg_password_file: Option<PathBuf>,
     },
     /// Serve enrollment, agent sessions and the Admin API until SIGTERM or SIGINT.
     Serve {
@@ -51,6 +59,10 @@ enum Command {
         /// Overrides `listen` from coordinator.toml.
         #[arg(long)]
         listen: Option<String>,
+        /// Overrides `[store] postgres_url` from coordinator.toml (the password comes from
+        /// `[store] password_file` or PITCREW_PG_PASSWORD).
+        #[arg(long, env = "PITCREW_PG_URL", hide_env_values = true)]
+        postgres_url: Option<String>,
     },
     /// Write the manual pages (pitcrew-coordinator.1 and one per command) into a directory; the packages
     /// ship them.
@@ -81,8 +93,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sans,
             operator,
             listen,
+            postgres_url,
+            pg_password_file,
         } => {
-            let made = pitcrew_coordinator::init::init(&data_dir, &sans, &operator, &listen)?;
+            let store = pitcrew_coordinator::config::StoreConfig {
+                postgres_url,
+                password_file: pg_password_file.map(|f| std::path::absolute(&f).unwrap_or(f)),
+            };
+            let made =
+                pitcrew_coordinator::init::init_fleet(&data_dir, &sans, &operator, &listen, store)?;
             println!("Created a new pitcrew fleet in {}.", data_dir.display());
             println!("Agents pin the fleet CA with this line in their config:");
             println!("ca_fingerprint = \"sha256:{}\"", made.ca_fingerprint);
@@ -114,7 +133,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Man { dir } => std::fs::create_dir_all(&dir)
             .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
             .with_context(|| format!("writing manual pages into {}", dir.display())),
-        Command::Serve { data_dir, listen } => {
+        Command::Serve {
+            data_dir,
+            listen,
+            postgres_url,
+        } => {
             // Blocking work is store reads on one connection and planning: a few threads are
             // plenty, and every extra one costs memory (its stack and allocator arena).
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -122,14 +145,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .max_blocking_threads(BLOCKING_THREADS)
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(serve(data_dir, listen))
+            runtime.block_on(serve(data_dir, listen, postgres_url))
         }
     }
 }
 
-async fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
+async fn serve(
+    data_dir: PathBuf,
+    listen: Option<String>,
+    postgres_url: Option<String>,
+) -> anyhow::Result<()> {
     let dir = DataDir::new(&data_dir);
-    let (coordinator, engine) = Coordinator::open(&dir).await?;
+    let (coordinator, engine) = Coordinator::open(&dir, postgres_url).await?;
     let metrics_address = &coordinator.config.metrics_listen;
     if !metrics_address.is_empty() {
         let listener = tokio::net::TcpListener::bind(metrics_address)

@@ -47,7 +47,7 @@ use crate::config::DataDir;
 use crate::engine::{
     CampaignControl, CampaignView, EngineError, FleetTable, Hold, HostControl, HostPage,
 };
-use crate::store::{EventFilter, EventRecord, events};
+use crate::store::{EventFilter, EventRecord};
 use auth::{AuthError, Principal};
 
 /// Connections open at once; more are closed at accept.
@@ -646,7 +646,7 @@ async fn host_stream(
     let backlog = app
         .c
         .store
-        .read(move |conn| events::list(conn, &filter))
+        .list_events(filter)
         .await
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut feed = feed;

@@ -152,7 +152,9 @@ impl Engine {
         outbox: Arc<dyn Outbox>,
         settings: EngineSettings,
     ) -> Result<(Engine, EngineTask), EngineError> {
-        let (state, turn) = store.read(EngineState::load).await?;
+        let mut state = EngineState::from_store(store.load_fleet().await?);
+        let results = store.action_results(state.in_flight_action_ids()).await?;
+        let turn = state.apply_stored_results(&results);
         let (inbox, inputs) = mpsc::unbounded_channel();
         let (changes_tx, changes) = watch::channel(0u64);
         let (fleet_changes_tx, fleet_changes) = watch::channel(0u64);
@@ -610,7 +612,7 @@ impl Runner {
         let logged = if !wrote {
             Vec::new()
         } else {
-            match self.store.write(move |c| writes.apply(c)).await {
+            match self.store.commit_turn(writes).await {
                 Ok(logged) => logged,
                 Err(error) => return Err(fail(replies, error.into())),
             }

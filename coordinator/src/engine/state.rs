@@ -15,7 +15,6 @@ use pitcrew_scheduler::{
     ManualState, Role,
 };
 use prost::Message;
-use rusqlite::Connection;
 
 mod compliance;
 mod gauges;
@@ -26,14 +25,14 @@ pub use compliance::CampaignSuccess;
 
 pub(crate) use gauges::{CAMPAIGN_STATES, FleetGauges, HOST_STATES, HolderKind, StepOutcome};
 
-pub(crate) use lifecycle::HostChange;
+pub(crate) use crate::store::HostChange;
 pub use lifecycle::HostEdit;
 
 use super::EngineError;
 use super::view::{CampaignView, HostPage, LastTurn, campaign_view};
 use crate::store::{
-    ActionRecord, CampaignHostRow, EventRecord, HostRecord, StoreError, actions, campaigns, events,
-    hosts,
+    ActionRecord, CampaignHostRow, EventRecord, HostRecord, StoreError, StoredFleet, TurnWrites,
+    campaigns,
 };
 
 /// How many decide/apply rounds one turn may take before it commits and lets inputs in (a
@@ -92,62 +91,6 @@ pub(crate) struct Turn {
 impl Turn {
     fn event(&mut self, event: EventRecord) {
         self.events.push(event);
-    }
-}
-
-/// A turn's writes as owned data, ready for the store's writer thread.
-#[derive(Debug, Default)]
-pub(crate) struct Writes {
-    new_runs: Vec<(CampaignRun, String, String)>,
-    headers: Vec<(String, String)>,
-    hosts: Vec<CampaignHostRow>,
-    actions: Vec<ActionRecord>,
-    finished: Vec<(String, Vec<u8>)>,
-    events: Vec<EventRecord>,
-    manual: Vec<(String, Option<ManualState>)>,
-    host_changes: Vec<HostChange>,
-}
-
-impl Writes {
-    pub fn is_empty(&self) -> bool {
-        self.new_runs.is_empty()
-            && self.headers.is_empty()
-            && self.hosts.is_empty()
-            && self.actions.is_empty()
-            && self.finished.is_empty()
-            && self.events.is_empty()
-            && self.manual.is_empty()
-            && self.host_changes.is_empty()
-    }
-
-    /// Runs inside one writer transaction; returns the events with their ids.
-    pub fn apply(self, conn: &Connection) -> Result<Vec<EventRecord>, StoreError> {
-        for (run, spec_toml, created_by) in &self.new_runs {
-            campaigns::insert_run(conn, run, spec_toml, created_by)?;
-        }
-        for (id, header) in &self.headers {
-            campaigns::put_header(conn, id, header)?;
-        }
-        for row in &self.hosts {
-            campaigns::put_host(conn, row)?;
-        }
-        for action in &self.actions {
-            actions::insert(conn, action)?;
-        }
-        for (id, result) in &self.finished {
-            actions::finish(conn, id, result)?;
-        }
-        for (host, state) in &self.manual {
-            campaigns::put_manual(conn, host, state.as_ref())?;
-        }
-        for change in &self.host_changes {
-            change.apply(conn)?;
-        }
-        let mut logged = self.events;
-        for event in &mut logged {
-            event.id = events::append(conn, event)?;
-        }
-        Ok(logged)
     }
 }
 
@@ -284,12 +227,10 @@ pub(crate) struct EngineState {
 }
 
 impl EngineState {
-    /// Reads everything back from the store, and applies results that were stored for
-    /// in-flight actions but not yet applied (the returned turn holds those changes).
-    pub fn load(conn: &Connection) -> Result<(EngineState, Turn), StoreError> {
-        let hosts = hosts::list(conn, &hosts::HostFilter::default())?;
-        let mut fleet = Fleet::from_hosts(hosts.iter().filter_map(|h| host_view(h, false)));
-        fleet.manual = campaigns::load_manual(conn)?;
+    /// The state as the store kept it (read once, at start).
+    pub fn from_store(stored: StoredFleet) -> EngineState {
+        let mut fleet = Fleet::from_hosts(stored.hosts.iter().filter_map(|h| host_view(h, false)));
+        fleet.manual = stored.manual;
         let mut state = EngineState {
             fleet,
             generations: HashMap::new(),
@@ -300,10 +241,10 @@ impl EngineState {
             unit_holds: unit_holds::UnitHolds::default(),
             gauges: FleetGauges::default(),
         };
-        for record in campaigns::load_all(conn)? {
+        for record in stored.campaigns {
             state.push_run(record.run, record.spec_toml, record.created_by);
         }
-        for host in &hosts {
+        for host in &stored.hosts {
             let reboot_required = !host.facts.is_empty()
                 && v1::Facts::decode(host.facts.as_slice()).is_ok_and(|f| f.reboot_required);
             if reboot_required {
@@ -311,25 +252,39 @@ impl EngineState {
             }
         }
         state.count_every_host();
+        state
+    }
+
+    /// The ids of every action in flight (their results may have been stored before a crash).
+    pub fn in_flight_action_ids(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .flat_map(|r| r.in_flight_dispatches())
+            .map(|d| d.action_id)
+            .collect()
+    }
+
+    /// Applies results that were stored for in-flight actions but not yet applied; the
+    /// returned turn holds those changes.
+    pub fn apply_stored_results(&mut self, results: &HashMap<String, Vec<u8>>) -> Turn {
         let mut turn = Turn::default();
         let now = pitcrew_proto::now_ms();
-        for ci in 0..state.runs.len() {
-            for dispatch in state.runs[ci].in_flight_dispatches() {
-                let stored = actions::get(conn, &dispatch.action_id)?.and_then(|r| r.result);
-                if let Some(bytes) = stored
+        for ci in 0..self.runs.len() {
+            for dispatch in self.runs[ci].in_flight_dispatches() {
+                if let Some(bytes) = results.get(&dispatch.action_id)
                     && let Ok(result) = v1::ActionResult::decode(bytes.as_slice())
                 {
-                    let boot_id = state
+                    let boot_id = self
                         .fleet
                         .hosts
                         .get(&dispatch.target_host)
                         .map(|h| h.boot_id.clone());
                     let event = finished_event(&result, boot_id);
-                    let _ = state.apply_event(ci, &event, now, &mut turn);
+                    let _ = self.apply_event(ci, &event, now, &mut turn);
                 }
             }
         }
-        Ok((state, turn))
+        turn
     }
 
     fn push_run(&mut self, run: CampaignRun, spec_toml: String, created_by: String) -> usize {
@@ -351,8 +306,8 @@ impl EngineState {
     }
 
     /// Serialises what the turn touched.
-    pub fn writes(&self, turn: &mut Turn) -> Result<Writes, StoreError> {
-        let mut writes = Writes::default();
+    pub fn writes(&self, turn: &mut Turn) -> Result<TurnWrites, StoreError> {
+        let mut writes = TurnWrites::default();
         for &ci in &turn.new_runs {
             let run = &self.runs[ci];
             let meta = &self.meta[ci];

@@ -14,7 +14,8 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::store::{HostRecord, Store, actions, campaigns, hosts};
+use crate::store::sqlite::run_now;
+use crate::store::{HostRecord, Store, campaigns};
 
 mod dashboard;
 mod gauges;
@@ -72,9 +73,13 @@ impl Outbox for CheckingOutbox {
         let Some(v1::coordinator_message::Msg::Action(request)) = message.msg else {
             return self.deliver;
         };
-        let db = self.db.lock();
-        let recorded = actions::get(&db, &request.action_id).unwrap().is_some();
-        let in_flight_stored = campaigns::load_all(&db).unwrap().iter().any(|c| {
+        let mut db = self.db.lock();
+        let id = request.action_id.clone();
+        let recorded = run_now(&mut db, |tx| Box::pin(async move { tx.action(&id).await }))
+            .unwrap()
+            .is_some();
+        let stored = run_now(&mut db, |tx| Box::pin(campaigns::load_all(tx))).unwrap();
+        let in_flight_stored = stored.iter().any(|c| {
             c.run.hosts.iter().any(|h| {
                 h.in_flight
                     .as_ref()
@@ -123,14 +128,15 @@ fn enroll(
             removed_at_ms: 0,
         })
         .collect();
-    store
-        .write_blocking(move |c| {
+    futures::executor::block_on(store.write(move |tx| {
+        Box::pin(async move {
             for r in &records {
-                hosts::upsert_enrolled(c, r)?;
+                tx.upsert_host(r).await?;
             }
             Ok(())
         })
-        .unwrap();
+    }))
+    .unwrap();
     ids
 }
 
@@ -142,13 +148,7 @@ fn workers(store: &Store, n: usize) -> Vec<String> {
 /// Tells a running engine of hosts enrolled in its store, as enrollment does.
 async fn announce(rig: &Rig, ids: &[String]) {
     for id in ids {
-        let id = id.clone();
-        let record = rig
-            .store
-            .read(move |c| hosts::get(c, &id))
-            .await
-            .unwrap()
-            .unwrap();
+        let record = rig.store.host(id.clone()).await.unwrap().unwrap();
         rig.engine.host_enrolled(record);
     }
 }
@@ -218,10 +218,9 @@ async fn next_sent(rx: &mut mpsc::UnboundedReceiver<Sent>) -> Sent {
 
 /// Answers an action as its agent would, and waits until the answer is durable.
 async fn answer(rig: &Rig, sent: &Sent) {
-    let id = sent.action_id.clone();
     let record = rig
         .store
-        .read(move |c| actions::get(c, &id))
+        .action(sent.action_id.clone())
         .await
         .unwrap()
         .unwrap();
@@ -241,8 +240,11 @@ async fn answer(rig: &Rig, sent: &Sent) {
 }
 
 fn stored_run(path: &Path) -> CampaignRun {
-    let db = Connection::open(path).unwrap();
-    campaigns::load_all(&db).unwrap().remove(0).run
+    let mut db = Connection::open(path).unwrap();
+    run_now(&mut db, |tx| Box::pin(campaigns::load_all(tx)))
+        .unwrap()
+        .remove(0)
+        .run
 }
 
 #[tokio::test]

@@ -21,8 +21,7 @@ use super::convert::{self, page_size};
 use super::operators;
 use super::roles::{GuardedStream, caller, until_revoked};
 use crate::engine::{CampaignControl, HostControl, HostEdit, HostPage};
-use crate::store::{ActionRecord, EventFilter, HostFilter, HostRecord, TokenRecord};
-use crate::store::{actions, events, hosts, tokens as token_store};
+use crate::store::{ActionRecord, EventFilter, HostFilter, HostLookup, HostRecord, TokenRecord};
 use crate::tokens;
 
 /// Longest accepted token lifetime: a join token is for installing, not a standing credential.
@@ -51,33 +50,14 @@ const PREFIX_CANDIDATES: u32 = 8;
 /// each, in that order). A removed host is found by its id, or by its name when no enrolled
 /// host has that name; a prefix finds enrolled hosts only.
 pub async fn resolve_host(c: &Coordinator, name: &str) -> Result<HostRecord, Status> {
-    let wanted = name.to_owned();
-    let (by_id, by_name, removed, by_prefix) = c
-        .store
-        .read(move |conn| {
-            let by_id = hosts::get(conn, &wanted)?;
-            let by_name = if by_id.is_none() {
-                hosts::by_hostname(conn, &wanted)?
-            } else {
-                Vec::new()
-            };
-            let removed = if by_id.is_none() && by_name.is_empty() {
-                hosts::removed_by_hostname(conn, &wanted)?
-            } else {
-                None
-            };
-            let by_prefix = if by_id.is_none()
-                && by_name.is_empty()
-                && removed.is_none()
-                && wanted.len() >= MIN_ID_PREFIX
-            {
-                hosts::by_id_prefix(conn, &wanted, PREFIX_CANDIDATES + 1)?
-            } else {
-                Vec::new()
-            };
-            Ok((by_id, by_name, removed, by_prefix))
-        })
-        .await?;
+    // A prefix finds enrolled hosts only, and only when nothing else matched.
+    let prefix_limit = (name.len() >= MIN_ID_PREFIX).then_some(PREFIX_CANDIDATES + 1);
+    let HostLookup {
+        by_id,
+        by_name,
+        removed,
+        by_prefix,
+    } = c.store.find_host(name.to_owned(), prefix_limit).await?;
     if let Some(host) = by_id.or(removed) {
         return Ok(host);
     }
@@ -131,11 +111,7 @@ async fn list_host_page(
     let mut last = None;
     let mut exhausted = false;
     while out.len() < want && !exhausted {
-        let page_filter = filter.clone();
-        let page = c
-            .store
-            .read(move |conn| hosts::list(conn, &page_filter))
-            .await?;
+        let page = c.store.list_hosts(filter.clone()).await?;
         exhausted = page.len() < want;
         let Some(tail) = page.last() else { break };
         filter.after = Some((tail.hostname.clone(), tail.host_id.clone()));
@@ -402,10 +378,7 @@ impl Admin for AdminService {
                 .map(|h| h.host_id.clone())
                 .unwrap_or_default(),
         };
-        let stored = record.clone();
-        c.store
-            .write(move |conn| token_store::insert(conn, &stored))
-            .await?;
+        c.store.create_token(record.clone()).await?;
         c.events.audit(
             &operator,
             "",
@@ -435,7 +408,7 @@ impl Admin for AdminService {
         let tokens = self
             .coordinator
             .store
-            .read(token_store::list)
+            .list_tokens()
             .await?
             .into_iter()
             .map(convert::token_info)
@@ -450,10 +423,9 @@ impl Admin for AdminService {
         let operator = caller(&request)?.name;
         let c = &self.coordinator;
         let id = request.into_inner().id;
-        let wanted = id.clone();
         let token = c
             .store
-            .write(move |conn| token_store::revoke(conn, &wanted))
+            .revoke_token(id.clone())
             .await?
             .ok_or_else(|| Status::not_found(format!("no join token has the id {id:?}")))?;
         c.events
@@ -535,16 +507,7 @@ impl Admin for AdminService {
             result: None,
             created_at_ms: pitcrew_proto::now_ms(),
         };
-        let owner = c
-            .store
-            .write(move |conn| {
-                if let Some(existing) = actions::get(conn, &record.action_id)? {
-                    return Ok(Some(existing.host_id));
-                }
-                actions::insert(conn, &record)?;
-                Ok(None)
-            })
-            .await?;
+        let owner = c.store.record_action(record).await?;
         if owner.is_some_and(|owner| owner != host.host_id) {
             return Err(Status::already_exists(format!(
                 "action id {id} was used for another host"
@@ -856,7 +819,7 @@ impl Admin for AdminService {
         let events = self
             .coordinator
             .store
-            .read(move |conn| events::list(conn, &filter))
+            .list_events(filter)
             .await?
             .into_iter()
             .map(convert::event)
@@ -875,11 +838,7 @@ impl Admin for AdminService {
         let filter = event_filter(&c, request.get_ref()).await?;
         // Subscribe first, then read the backlog, then skip live events already in it.
         let mut live = c.events.subscribe();
-        let backlog_filter = filter.clone();
-        let backlog = c
-            .store
-            .read(move |conn| events::list(conn, &backlog_filter))
-            .await?;
+        let backlog = c.store.list_events(filter.clone()).await?;
         let mut last_id = backlog.last().map(|e| e.id).unwrap_or(0);
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
@@ -972,10 +931,9 @@ impl Admin for AdminService {
         let changes = c.engine.remove_host(operator, host.host_id.clone()).await?;
         c.registry
             .close_session(&host.host_id, "the host was removed from the fleet");
-        let id = host.host_id.clone();
         let record = c
             .store
-            .read(move |conn| hosts::get(conn, &id))
+            .host(host.host_id.clone())
             .await?
             .ok_or_else(|| Status::internal("the host vanished while being removed"))?;
         let info = host_infos(c, vec![record]).await?.pop();
@@ -1003,10 +961,9 @@ impl Admin for AdminService {
         c.engine
             .set_host(operator, host.host_id.clone(), edit)
             .await?;
-        let id = host.host_id.clone();
         let record = c
             .store
-            .read(move |conn| hosts::get(conn, &id))
+            .host(host.host_id.clone())
             .await?
             .ok_or_else(|| Status::internal("the host vanished while being changed"))?;
         host_infos(c, vec![record])

@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 
 use super::Coordinator;
 use crate::metrics::EnrollRefusal;
-use crate::store::{HostRecord, TokenRefusal, hosts, tokens as token_store};
+use crate::store::{EnrollRefusal as Refusal, Enrolled, HostEnrollment, TokenRefusal};
 use crate::tokens;
 
 /// The window refused enrollments are counted over.
@@ -139,54 +139,6 @@ pub fn validate_hostname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Why an enrollment was refused after the token was found.
-#[derive(Debug)]
-enum Refusal {
-    Token(TokenRefusal),
-    /// The host id is enrolled and the token is not one made to re-enroll it.
-    Taken {
-        host: String,
-        hostname: String,
-    },
-    /// The host id was removed from the fleet and the token is not one made to bring it back.
-    Removed {
-        host: String,
-        hostname: String,
-    },
-    /// A re-enrollment token used for another host.
-    WrongHost {
-        token_for: String,
-    },
-    /// Another host is enrolled under that name.
-    NameTaken {
-        hostname: String,
-        by: String,
-    },
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::Token(r) => r.fmt(f),
-            Refusal::Taken { host, hostname } => write!(
-                f,
-                "host {host} ({hostname}) is already enrolled; re-enrolling it needs a token made for it (pitcrew token create --replace {hostname})"
-            ),
-            Refusal::Removed { host, hostname } => write!(
-                f,
-                "host {host} ({hostname}) was removed from the fleet; bringing it back needs a token made for it (pitcrew token create --replace {host})"
-            ),
-            Refusal::WrongHost { token_for } => {
-                write!(f, "this token re-enrolls host {token_for} only")
-            }
-            Refusal::NameTaken { hostname, by } => write!(
-                f,
-                "the hostname {hostname} is already enrolled as host {by}; hostnames are unique in a fleet"
-            ),
-        }
-    }
-}
-
 pub struct EnrollmentService {
     coordinator: Arc<Coordinator>,
     refusals: Arc<RefusalGate>,
@@ -275,91 +227,18 @@ impl Enrollment for EnrollmentService {
             })?;
 
         // One transaction: the token's checks and use, the host's checks, and its record.
-        let (hash, host_id, name, serial) = (
-            tokens::hash(&request.token),
-            request.host_id.clone(),
-            hostname.clone(),
-            issued.serial.clone(),
-        );
-        let outcome = c
-            .store
-            .write(move |conn| {
-                let existing = hosts::get(conn, &host_id)?;
-                let reenrolled = existing.is_some();
-                let token = match token_store::peek(conn, &hash, now)? {
-                    Ok(token) => token,
-                    Err(refusal) => return Ok(Err(Refusal::Token(refusal))),
-                };
-                match (&existing, token.replace_host.as_str()) {
-                    (Some(host), replace) if replace != host.host_id && host.removed_at_ms != 0 => {
-                        return Ok(Err(Refusal::Removed {
-                            host: host.host_id.clone(),
-                            hostname: host.hostname.clone(),
-                        }));
-                    }
-                    (Some(host), replace) if replace != host.host_id => {
-                        return Ok(Err(Refusal::Taken {
-                            host: host.host_id.clone(),
-                            hostname: host.hostname.clone(),
-                        }));
-                    }
-                    (None, replace) if !replace.is_empty() => {
-                        return Ok(Err(Refusal::WrongHost {
-                            token_for: replace.to_owned(),
-                        }));
-                    }
-                    _ => {}
-                }
-                let record = match existing {
-                    // A re-enrolled host keeps everything but its certificate.
-                    Some(host) => {
-                        // A removed host comes back under its name only if no enrolled host
-                        // took that name meanwhile.
-                        if host.removed_at_ms != 0
-                            && let Some(other) = hosts::by_hostname(conn, &host.hostname)?
-                                .into_iter()
-                                .find(|o| o.host_id != host.host_id)
-                        {
-                            return Ok(Err(Refusal::NameTaken {
-                                hostname: host.hostname,
-                                by: other.host_id,
-                            }));
-                        }
-                        HostRecord {
-                            cert_serial: serial,
-                            pending_serial: String::new(),
-                            enrolled_at_ms: now,
-                            removed_at_ms: 0,
-                            ..host
-                        }
-                    }
-                    None => {
-                        if let Some(other) = hosts::by_hostname(conn, &name)?.first() {
-                            return Ok(Err(Refusal::NameTaken {
-                                hostname: name,
-                                by: other.host_id.clone(),
-                            }));
-                        }
-                        HostRecord {
-                            host_id: host_id.clone(),
-                            hostname: name,
-                            role: token.role.clone(),
-                            labels: token.labels.clone(),
-                            cert_serial: serial,
-                            pending_serial: String::new(),
-                            enrolled_at_ms: now,
-                            last_seen_ms: 0,
-                            facts: Vec::new(),
-                            removed_at_ms: 0,
-                        }
-                    }
-                };
-                token_store::use_once(conn, &token.id)?;
-                hosts::upsert_enrolled(conn, &record)?;
-                Ok(Ok((token, record, reenrolled)))
-            })
-            .await?;
-        let (token, record, reenrolled) = match outcome {
+        let enrollment = HostEnrollment {
+            token_hash: tokens::hash(&request.token),
+            host_id: request.host_id.clone(),
+            hostname: hostname.clone(),
+            serial: issued.serial.clone(),
+            now_ms: now,
+        };
+        let Enrolled {
+            token,
+            record,
+            reenrolled,
+        } = match c.store.enroll(enrollment).await? {
             Ok(done) => done,
             Err(refusal) => {
                 let why = match &refusal {

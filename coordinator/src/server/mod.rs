@@ -37,7 +37,14 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Status {
         tracing::error!(message = "store failure", %error);
-        Status::internal(format!("the coordinator's store failed: {error}"))
+        let message = format!("the coordinator's store failed: {error}");
+        match error {
+            // The database is away or another coordinator leads: trying again later may work.
+            StoreError::Unavailable(_) | StoreError::Fenced { .. } | StoreError::InUse(_) => {
+                Status::unavailable(message)
+            }
+            _ => Status::internal(message),
+        }
     }
 }
 

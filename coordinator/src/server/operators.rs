@@ -13,7 +13,7 @@ use super::convert;
 use super::roles::Caller;
 use crate::ca::{CaError, Issued, MAX_OPERATOR_CERT_VALIDITY};
 use crate::operators::{Role, validate_name};
-use crate::store::{OperatorRecord, operators as store};
+use crate::store::{OperatorCaller, OperatorRecord, OperatorRefusal};
 
 /// The shortest lifetime an operator certificate may be asked for.
 const MIN_LIFETIME: Duration = Duration::from_secs(10);
@@ -50,22 +50,24 @@ fn until(not_after_ms: i64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
-/// Whether the caller's own certificate is still valid in the store, checked inside a writer
-/// job: a change made by an operator revoked a moment earlier is refused.
-fn caller_still_valid(
-    conn: &rusqlite::Connection,
-    caller: &Caller,
-    now_ms: i64,
-) -> Result<bool, crate::store::StoreError> {
-    Ok(store::get(conn, &caller.serial)?
-        .is_some_and(|own| !own.revoked && own.not_after_ms > now_ms && own.name == caller.name))
+fn store_caller(caller: &Caller, now_ms: i64) -> OperatorCaller {
+    OperatorCaller {
+        name: caller.name.clone(),
+        serial: caller.serial.clone(),
+        now_ms,
+    }
 }
 
-fn caller_revoked(caller: &Caller) -> Status {
-    Status::permission_denied(format!(
-        "the certificate of operator {} (serial {}) was revoked or expired while this call ran; refused",
-        caller.name, caller.serial
-    ))
+/// A refused operator change as the caller sees it.
+fn refused(refusal: OperatorRefusal) -> Status {
+    let text = refusal.to_string();
+    match refusal {
+        OperatorRefusal::CallerRevoked { .. } => Status::permission_denied(text),
+        OperatorRefusal::Unknown { .. } => Status::not_found(text),
+        OperatorRefusal::RoleTaken { .. } | OperatorRefusal::LastAdmin { .. } => {
+            Status::failed_precondition(text)
+        }
+    }
 }
 
 /// `AddOperator` (admin): a certificate for `name` with `role`. A name keeps one role while it
@@ -90,25 +92,10 @@ pub async fn add(
         created_at_ms: now,
         created_by: caller.name.clone(),
     };
-    let stored = record.clone();
-    let by = caller.clone();
     c.store
-        .write(move |conn| {
-            if !caller_still_valid(conn, &by, now)? {
-                return Ok(Err(caller_revoked(&by)));
-            }
-            if let Some(existing) = store::active_role(conn, &stored.name, now)?
-                && existing != stored.role
-            {
-                return Ok(Err(Status::failed_precondition(format!(
-                    "operator {} already has role {existing}; to give the name another role revoke it first (pitcrew operator revoke {})",
-                    stored.name, stored.name
-                ))));
-            }
-            store::insert(conn, &stored)?;
-            Ok(Ok(()))
-        })
-        .await??;
+        .add_operator(store_caller(&caller, now), record.clone())
+        .await?
+        .map_err(refused)?;
     c.operators.insert(record.clone())?;
     c.events.audit(
         &caller.name,
@@ -133,7 +120,7 @@ pub async fn add(
 pub async fn list(c: &Coordinator) -> Result<v1::ListOperatorsResponse, Status> {
     let operators = c
         .store
-        .read(store::list)
+        .list_operators()
         .await?
         .into_iter()
         .map(convert::operator_info)
@@ -151,30 +138,11 @@ pub async fn revoke(
 ) -> Result<v1::ListOperatorsResponse, Status> {
     validate_name(&r.name).map_err(Status::invalid_argument)?;
     let now = pitcrew_proto::now_ms();
-    let name = r.name.clone();
-    let by = caller.clone();
     let revoked = c
         .store
-        .write(move |conn| {
-            if !caller_still_valid(conn, &by, now)? {
-                return Ok(Err(caller_revoked(&by)));
-            }
-            if store::by_name(conn, &name)?.is_empty() {
-                return Ok(Err(Status::not_found(format!(
-                    "no operator is named {name:?} (pitcrew operator ls lists them)"
-                ))));
-            }
-            let admin = Role::Admin.as_str();
-            if store::active_role(conn, &name, now)?.as_deref() == Some(admin)
-                && store::count_active_names(conn, admin, &name, now)? == 0
-            {
-                return Ok(Err(Status::failed_precondition(format!(
-                    "{name} is the last admin with a valid certificate; add another admin first (pitcrew operator add NAME --role admin)"
-                ))));
-            }
-            Ok(Ok(store::revoke_name(conn, &name)?))
-        })
-        .await??;
+        .revoke_operator(store_caller(&caller, now), r.name.clone())
+        .await?
+        .map_err(refused)?;
     c.operators.revoke(&revoked);
     let serials: Vec<&str> = revoked.iter().map(|r| r.serial.as_str()).collect();
     c.events.audit(
@@ -211,18 +179,11 @@ pub async fn renew(
         created_at_ms: now,
         created_by: caller.name.clone(),
     };
-    let stored = record.clone();
-    let by = caller.clone();
+    // A certificate revoked meanwhile must not renew itself out of its revocation.
     c.store
-        .write(move |conn| {
-            // A certificate revoked meanwhile must not renew itself out of its revocation.
-            if !caller_still_valid(conn, &by, now)? {
-                return Ok(Err(caller_revoked(&by)));
-            }
-            store::insert(conn, &stored)?;
-            Ok(Ok(()))
-        })
-        .await??;
+        .renew_operator(store_caller(&caller, now), record.clone())
+        .await?
+        .map_err(refused)?;
     c.operators.insert(record.clone())?;
     c.events.audit(
         &caller.name,

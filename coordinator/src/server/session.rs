@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Coordinator;
 use crate::registry::{OUTBOUND_CAPACITY, SessionShared};
-use crate::store::{HostRecord, actions, hosts};
+use crate::store::HostRecord;
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,8 +46,7 @@ async fn check_current_certificate(
     host_id: &str,
     serial: &str,
 ) -> Result<HostRecord, Status> {
-    let id = host_id.to_owned();
-    let Some(mut host) = c.store.read(move |conn| hosts::get(conn, &id)).await? else {
+    let Some(mut host) = c.store.host(host_id.to_owned()).await? else {
         tracing::warn!(message = "refused a session from a host that is not enrolled", %host_id);
         return Err(Status::permission_denied(format!(
             "host {host_id} is not enrolled"
@@ -61,9 +60,8 @@ async fn check_current_certificate(
         )));
     }
     if !host.pending_serial.is_empty() && host.pending_serial == serial {
-        let (id, new) = (host_id.to_owned(), serial.to_owned());
         if c.store
-            .write(move |conn| hosts::promote_pending_serial(conn, &id, &new))
+            .promote_pending_serial(host_id.to_owned(), serial.to_owned())
             .await?
         {
             c.registry
@@ -151,8 +149,7 @@ impl AgentSession for SessionService {
         let (generation, shared) = c.registry.connect(&host_id, tx.clone(), now);
         // A removal committed while this hello was awaited found no session to close: look
         // again now that this one is registered (a later removal closes it in the registry).
-        let id = host_id.clone();
-        let removed = match c.store.read(move |conn| hosts::get(conn, &id)).await {
+        let removed = match c.store.host(host_id.clone()).await {
             Ok(host) => host.is_none_or(|h| h.removed_at_ms != 0),
             Err(error) => {
                 c.registry.disconnect(&host_id, generation);
@@ -218,10 +215,7 @@ impl AgentSession for SessionService {
                 c.engine
                     .session_changed(&live.host_id, live.generation, None);
                 let seen = vec![(live.host_id.clone(), live.shared.last_seen_ms())];
-                let _ = c.store.submit(
-                    move |conn| hosts::set_last_seen(conn, &seen),
-                    |_: Result<(), _>| {},
-                );
+                c.store.record_last_seen(seen);
                 c.events
                     .host(&live.host_id, "", "session", "disconnected", &reason);
             }
@@ -246,9 +240,8 @@ impl AgentSession for SessionService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Two-phase: the current certificate stays valid until the new one is first used, so
         // an answer lost on the way (or a crash while the agent stores it) locks nobody out.
-        let (id, new_serial) = (host_id.clone(), issued.serial.clone());
         c.store
-            .write(move |conn| hosts::set_pending_serial(conn, &id, &new_serial))
+            .set_pending_serial(host_id.clone(), issued.serial.clone())
             .await?;
         c.events.audit(
             "session",
@@ -268,29 +261,14 @@ impl AgentSession for SessionService {
 
 /// Keeps the host's latest facts for listings (no one waits on it).
 fn store_facts(c: &Coordinator, host_id: &str, facts: &v1::Facts, now_ms: i64) {
-    let (id, bytes) = (host_id.to_owned(), facts.encode_to_vec());
-    let submitted = c.store.submit(
-        move |conn| hosts::set_facts(conn, &id, &bytes, now_ms),
-        |stored: Result<(), _>| {
-            if let Err(error) = stored {
-                tracing::warn!(message = "cannot store a host's facts", %error);
-            }
-        },
-    );
-    if let Err(error) = submitted {
-        tracing::warn!(message = "cannot store a host's facts", %error);
-    }
+    c.store
+        .store_facts(host_id.to_owned(), facts.encode_to_vec(), now_ms);
 }
 
 /// Re-sends what was sent before but never got a result. The agent answers ids it has already
 /// run from its journal, so this never runs anything twice.
 async fn resend_unfinished(c: &Coordinator, host_id: &str) {
-    let id = host_id.to_owned();
-    let unfinished = match c
-        .store
-        .read(move |conn| actions::unfinished(conn, &id))
-        .await
-    {
+    let unfinished = match c.store.unfinished_actions(host_id.to_owned()).await {
         Ok(unfinished) => unfinished,
         Err(error) => {
             tracing::error!(message = "cannot read the actions to re-send", %host_id, %error);
@@ -395,8 +373,7 @@ fn take_message(
 /// Returns whether it may be acknowledged: results for actions this coordinator never sent to
 /// this host are ignored and not acknowledged.
 async fn record_result(c: &Coordinator, host_id: &str, result: v1::ActionResult) -> bool {
-    let id = result.action_id.clone();
-    let record = match c.store.read(move |conn| actions::get(conn, &id)).await {
+    let record = match c.store.action(result.action_id.clone()).await {
         Ok(Some(record)) => record,
         Ok(None) => {
             tracing::warn!(message = "ignored a result for an action this coordinator never sent", %host_id, action_id = %result.action_id);

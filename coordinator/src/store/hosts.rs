@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, Row, params};
-
-use super::{StoreError, from_json, to_json};
+use super::StoreError;
+use super::tokens::{self, TokenRecord, TokenRefusal};
+use super::tx::Tx;
 
 /// A host as the registry knows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,396 +43,192 @@ pub struct HostFilter {
     pub removed: bool,
 }
 
-const COLUMNS: &str = "host_id, hostname, role, labels, cert_serial, enrolled_at_ms, last_seen_ms, \
-     facts, pending_serial, removed_at_ms";
-
-fn from_row(row: &Row<'_>) -> Result<HostRecord, StoreError> {
-    let labels: String = row.get("labels")?;
-    Ok(HostRecord {
-        host_id: row.get("host_id")?,
-        hostname: row.get("hostname")?,
-        role: row.get("role")?,
-        labels: from_json("host labels", &labels)?,
-        cert_serial: row.get("cert_serial")?,
-        enrolled_at_ms: row.get("enrolled_at_ms")?,
-        last_seen_ms: row.get("last_seen_ms")?,
-        facts: row.get("facts")?,
-        pending_serial: row.get("pending_serial")?,
-        removed_at_ms: row.get("removed_at_ms")?,
-    })
+/// An agent's enrollment, as the store checks and records it.
+#[derive(Debug, Clone)]
+pub struct HostEnrollment {
+    /// SHA-256 of the join token presented.
+    pub token_hash: String,
+    pub host_id: String,
+    pub hostname: String,
+    /// The serial of the certificate signed for it.
+    pub serial: String,
+    pub now_ms: i64,
 }
 
-/// Records a (re-)enrolled host. Re-enrollment replaces the accepted certificate serial, so
-/// the old certificate of a rebuilt host stops working.
-pub fn upsert_enrolled(conn: &Connection, host: &HostRecord) -> Result<(), StoreError> {
-    conn.execute(
-        &format!(
-            "INSERT INTO hosts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '', 0)
-             ON CONFLICT(host_id) DO UPDATE SET hostname = excluded.hostname, role = excluded.role,
-                labels = excluded.labels, cert_serial = excluded.cert_serial, pending_serial = '',
-                enrolled_at_ms = excluded.enrolled_at_ms, removed_at_ms = 0"
-        ),
-        params![
-            host.host_id,
-            host.hostname,
-            host.role,
-            to_json("host labels", &host.labels)?,
-            host.cert_serial,
-            host.enrolled_at_ms,
-            host.last_seen_ms,
-            host.facts
-        ],
-    )?;
-    Ok(())
+/// An enrollment done: the token used, the host's record, whether it existed before.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub token: TokenRecord,
+    pub record: HostRecord,
+    pub reenrolled: bool,
 }
 
-/// Records a renewed certificate: accepted alongside the current one until first used.
-pub fn set_pending_serial(
-    conn: &Connection,
-    host_id: &str,
-    serial: &str,
-) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE hosts SET pending_serial = ?2 WHERE host_id = ?1",
-        params![host_id, serial],
-    )?;
-    Ok(())
+/// Why an enrollment was refused (nothing was written). The text is for the enrolling agent's
+/// operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrollRefusal {
+    #[error(transparent)]
+    Token(TokenRefusal),
+    /// The host id is enrolled and the token is not one made to re-enroll it.
+    #[error(
+        "host {host} ({hostname}) is already enrolled; re-enrolling it needs a token made for it (pitcrew token create --replace {hostname})"
+    )]
+    Taken { host: String, hostname: String },
+    /// The host id was removed from the fleet and the token is not one made to bring it back.
+    #[error(
+        "host {host} ({hostname}) was removed from the fleet; bringing it back needs a token made for it (pitcrew token create --replace {host})"
+    )]
+    Removed { host: String, hostname: String },
+    /// A re-enrollment token used for another host.
+    #[error("this token re-enrolls host {token_for} only")]
+    WrongHost { token_for: String },
+    /// Another host is enrolled under that name.
+    #[error(
+        "the hostname {hostname} is already enrolled as host {by}; hostnames are unique in a fleet"
+    )]
+    NameTaken { hostname: String, by: String },
 }
 
-/// The renewed certificate was used: it becomes the only one accepted. Returns false when
-/// `serial` was not (or no longer) the pending one.
-pub fn promote_pending_serial(
-    conn: &Connection,
-    host_id: &str,
-    serial: &str,
-) -> Result<bool, StoreError> {
-    let changed = conn.execute(
-        "UPDATE hosts SET cert_serial = pending_serial, pending_serial = ''
-         WHERE host_id = ?1 AND pending_serial = ?2 AND ?2 != ''",
-        params![host_id, serial],
-    )?;
-    Ok(changed > 0)
-}
-
-pub fn get(conn: &Connection, host_id: &str) -> Result<Option<HostRecord>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM hosts WHERE host_id = ?1"))?;
-    let mut rows = stmt.query(params![host_id])?;
-    rows.next()?.map(from_row).transpose()
-}
-
-/// Enrolled hosts with this hostname (at most a few; the index makes it one lookup). Removed
-/// hosts do not count: their hostname is free for a new machine.
-pub fn by_hostname(conn: &Connection, hostname: &str) -> Result<Vec<HostRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM hosts WHERE hostname = ?1 AND removed_at_ms = 0 LIMIT 2"
-    ))?;
-    let mut rows = stmt.query(params![hostname])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(from_row(row)?);
-    }
-    Ok(out)
-}
-
-/// Enrolled hosts whose id starts with `prefix`, at most `limit`, by id: a range on the
-/// primary key, so one index lookup whatever the size of the fleet.
-pub fn by_id_prefix(
-    conn: &Connection,
-    prefix: &str,
-    limit: u32,
-) -> Result<Vec<HostRecord>, StoreError> {
-    // Every id starting with the prefix sorts between it and the prefix followed by the
-    // greatest code point (ids compare as UTF-8 bytes).
-    let upper = format!("{prefix}\u{10FFFF}");
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM hosts WHERE host_id >= ?1 AND host_id < ?2 AND removed_at_ms = 0
-         ORDER BY host_id LIMIT ?3"
-    ))?;
-    let mut rows = stmt.query(params![prefix, upper, limit])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(from_row(row)?);
-    }
-    Ok(out)
-}
-
-/// The most recently removed host with this hostname, if any (so `events --host NAME` and
-/// `token create --replace NAME` still find a removed host by its name).
-pub fn removed_by_hostname(
-    conn: &Connection,
-    hostname: &str,
-) -> Result<Option<HostRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM hosts WHERE hostname = ?1 AND removed_at_ms != 0
-         ORDER BY removed_at_ms DESC LIMIT 1"
-    ))?;
-    let mut rows = stmt.query(params![hostname])?;
-    rows.next()?.map(from_row).transpose()
-}
-
-/// Marks a host removed from the fleet: no certificate of it is accepted from now on (both
-/// serials are cleared), and it lists only among removed hosts. Its row stays for its history.
-pub fn mark_removed(conn: &Connection, host_id: &str, now_ms: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE hosts SET removed_at_ms = ?2, cert_serial = '', pending_serial = ''
-         WHERE host_id = ?1",
-        params![host_id, now_ms.max(1)],
-    )?;
-    Ok(())
-}
-
-/// Changes an enrolled host's role and labels (`pitcrew hosts set`).
-pub fn set_role_labels(
-    conn: &Connection,
-    host_id: &str,
-    role: &str,
-    labels: &BTreeMap<String, String>,
-) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE hosts SET role = ?2, labels = ?3 WHERE host_id = ?1 AND removed_at_ms = 0",
-        params![host_id, role, to_json("host labels", labels)?],
-    )?;
-    Ok(())
-}
-
-/// One page of hosts in (hostname, host_id) order. A limit of 0 means every host (start-up
-/// only: request paths always pass a limit).
-pub fn list(conn: &Connection, filter: &HostFilter) -> Result<Vec<HostRecord>, StoreError> {
-    let (after_name, after_id) = filter.after.clone().unwrap_or_default();
-    let has_after = filter.after.is_some();
-    let (label_key, label_value) = match &filter.label {
-        Some((k, v)) => (
-            Some(format!("$.\"{}\"", k.replace('"', ""))),
-            Some(v.clone()),
-        ),
-        None => (None, None),
+/// One enrollment in one transaction: the token's checks and use, the host's checks, and its
+/// record. A join token creates new hosts only; a token made for a host (`--replace`)
+/// re-enrolls that host, which keeps everything but its certificate.
+pub(crate) async fn enroll(
+    tx: &mut dyn Tx,
+    e: &HostEnrollment,
+) -> Result<Result<Enrolled, EnrollRefusal>, StoreError> {
+    let existing = tx.host(&e.host_id).await?;
+    let reenrolled = existing.is_some();
+    let token = match tokens::peek(tx, &e.token_hash, e.now_ms).await? {
+        Ok(token) => token,
+        Err(refusal) => return Ok(Err(EnrollRefusal::Token(refusal))),
     };
-    let limit = if filter.limit == 0 {
-        i64::MAX
+    match (&existing, token.replace_host.as_str()) {
+        (Some(host), replace) if replace != host.host_id && host.removed_at_ms != 0 => {
+            return Ok(Err(EnrollRefusal::Removed {
+                host: host.host_id.clone(),
+                hostname: host.hostname.clone(),
+            }));
+        }
+        (Some(host), replace) if replace != host.host_id => {
+            return Ok(Err(EnrollRefusal::Taken {
+                host: host.host_id.clone(),
+                hostname: host.hostname.clone(),
+            }));
+        }
+        (None, replace) if !replace.is_empty() => {
+            return Ok(Err(EnrollRefusal::WrongHost {
+                token_for: replace.to_owned(),
+            }));
+        }
+        _ => {}
+    }
+    let record = match existing {
+        Some(host) => {
+            // A removed host comes back under its name only if no enrolled host took that
+            // name meanwhile.
+            if host.removed_at_ms != 0
+                && let Some(other) = tx
+                    .hosts_by_hostname(&host.hostname)
+                    .await?
+                    .into_iter()
+                    .find(|o| o.host_id != host.host_id)
+            {
+                return Ok(Err(EnrollRefusal::NameTaken {
+                    hostname: host.hostname,
+                    by: other.host_id,
+                }));
+            }
+            HostRecord {
+                cert_serial: e.serial.clone(),
+                pending_serial: String::new(),
+                enrolled_at_ms: e.now_ms,
+                removed_at_ms: 0,
+                ..host
+            }
+        }
+        None => {
+            if let Some(other) = tx.hosts_by_hostname(&e.hostname).await?.first() {
+                return Ok(Err(EnrollRefusal::NameTaken {
+                    hostname: e.hostname.clone(),
+                    by: other.host_id.clone(),
+                }));
+            }
+            HostRecord {
+                host_id: e.host_id.clone(),
+                hostname: e.hostname.clone(),
+                role: token.role.clone(),
+                labels: token.labels.clone(),
+                cert_serial: e.serial.clone(),
+                pending_serial: String::new(),
+                enrolled_at_ms: e.now_ms,
+                last_seen_ms: 0,
+                facts: Vec::new(),
+                removed_at_ms: 0,
+            }
+        }
+    };
+    // The single writer makes check-then-spend one step; the conditional decrement is a second
+    // guard should two writers ever race for the last use.
+    if !tx.use_token(&token.id).await? {
+        return Ok(Err(EnrollRefusal::Token(TokenRefusal::UsedUp)));
+    }
+    tx.upsert_host(&record).await?;
+    Ok(Ok(Enrolled {
+        token,
+        record,
+        reenrolled,
+    }))
+}
+
+/// What a lookup by id or name found.
+#[derive(Debug, Clone, Default)]
+pub struct HostLookup {
+    pub by_id: Option<HostRecord>,
+    /// Enrolled hosts with that hostname (at most two: more than one is ambiguous).
+    pub by_name: Vec<HostRecord>,
+    /// The newest removed host with that hostname, when nothing else matched.
+    pub removed: Option<HostRecord>,
+    /// Enrolled hosts whose id starts with the name, by id, when nothing else matched and the
+    /// lookup asked for them (see [`find`]).
+    pub by_prefix: Vec<HostRecord>,
+}
+
+/// Where the ids starting with `prefix` end: every such id sorts between the prefix and the
+/// prefix followed by the greatest code point (ids compare as UTF-8 bytes; PostgreSQL's
+/// `host_id` is `COLLATE "C"`).
+pub(crate) fn id_prefix_end(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+/// A host by id, else by enrolled hostname, else the newest removed host of that name, else,
+/// when `prefix_limit` is given, at most that many enrolled hosts whose id starts with the
+/// name (one indexed lookup each).
+pub(crate) async fn find(
+    tx: &mut dyn Tx,
+    name: &str,
+    prefix_limit: Option<u32>,
+) -> Result<HostLookup, StoreError> {
+    let by_id = tx.host(name).await?;
+    let by_name = if by_id.is_none() {
+        tx.hosts_by_hostname(name).await?
     } else {
-        i64::from(filter.limit)
+        Vec::new()
     };
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM hosts
-         WHERE (?1 = 0 OR (hostname, host_id) > (?2, ?3))
-           AND (?4 IS NULL OR role = ?4)
-           AND (?5 IS NULL OR json_extract(labels, ?5) = ?6)
-           AND ((?8 = 0) = (removed_at_ms = 0))
-         ORDER BY hostname, host_id LIMIT ?7"
-    ))?;
-    let mut rows = stmt.query(params![
-        has_after,
-        after_name,
-        after_id,
-        filter.role,
-        label_key,
-        label_value,
-        limit,
-        filter.removed
-    ])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(from_row(row)?);
-    }
-    Ok(out)
-}
-
-/// Stores a host's latest facts. The hostname is fixed at enrollment: facts never rename a
-/// host.
-pub fn set_facts(
-    conn: &Connection,
-    host_id: &str,
-    facts: &[u8],
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE hosts SET facts = ?2, last_seen_ms = ?3 WHERE host_id = ?1",
-        params![host_id, facts, now_ms],
-    )?;
-    Ok(())
-}
-
-/// Records when hosts were last seen, many at once (the periodic flush of heartbeats).
-pub fn set_last_seen(conn: &Connection, seen: &[(String, i64)]) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE hosts SET last_seen_ms = max(last_seen_ms, ?2) WHERE host_id = ?1",
-    )?;
-    for (host_id, at_ms) in seen {
-        stmt.execute(params![host_id, at_ms])?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::Store;
-
-    fn host(id: &str, name: &str, role: &str, cluster: &str) -> HostRecord {
-        HostRecord {
-            host_id: id.into(),
-            hostname: name.into(),
-            role: role.into(),
-            labels: BTreeMap::from([("cluster".into(), cluster.into())]),
-            cert_serial: "01".into(),
-            pending_serial: String::new(),
-            enrolled_at_ms: 1,
-            last_seen_ms: 0,
-            facts: Vec::new(),
-            removed_at_ms: 0,
+    let removed = if by_id.is_none() && by_name.is_empty() {
+        tx.removed_host_by_hostname(name).await?
+    } else {
+        None
+    };
+    let by_prefix = match prefix_limit {
+        Some(limit) if by_id.is_none() && by_name.is_empty() && removed.is_none() => {
+            tx.hosts_by_id_prefix(name, limit).await?
         }
-    }
-
-    #[test]
-    fn hosts_are_listed_in_pages_with_filters() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        store
-            .write_blocking(|c| {
-                for i in 0..25 {
-                    let role = if i % 5 == 0 { "manager" } else { "worker" };
-                    let cluster = if i % 2 == 0 { "a" } else { "b" };
-                    upsert_enrolled(
-                        c,
-                        &host(&format!("id{i:02}"), &format!("h{i:02}"), role, cluster),
-                    )?;
-                }
-                Ok(())
-            })
-            .unwrap();
-        let mut seen = Vec::new();
-        let mut filter = HostFilter {
-            limit: 10,
-            ..Default::default()
-        };
-        loop {
-            let page = store.read_blocking(|c| list(c, &filter)).unwrap();
-            assert!(page.len() <= 10);
-            let Some(last) = page.last() else { break };
-            filter.after = Some((last.hostname.clone(), last.host_id.clone()));
-            seen.extend(page.into_iter().map(|h| h.hostname));
-        }
-        assert_eq!(seen.len(), 25);
-        assert!(seen.windows(2).all(|w| w[0] < w[1]));
-
-        let managers = store
-            .read_blocking(|c| {
-                list(
-                    c,
-                    &HostFilter {
-                        role: Some("manager".into()),
-                        label: Some(("cluster".into(), "a".into())),
-                        ..Default::default()
-                    },
-                )
-            })
-            .unwrap();
-        let names: Vec<_> = managers.iter().map(|h| h.hostname.as_str()).collect();
-        assert_eq!(names, vec!["h00", "h10", "h20"]);
-    }
-
-    #[test]
-    fn facts_never_rename_a_host_and_last_seen_only_moves_forward() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        store
-            .write_blocking(|c| {
-                upsert_enrolled(c, &host("id1", "web-1", "worker", "a"))?;
-                set_facts(c, "id1", &[1, 2], 50)?;
-                set_last_seen(c, &[("id1".into(), 40)])?;
-                set_last_seen(c, &[("id1".into(), 70)])
-            })
-            .unwrap();
-        let h = store.read_blocking(|c| get(c, "id1")).unwrap().unwrap();
-        assert_eq!(h.hostname, "web-1");
-        assert_eq!(h.facts, vec![1, 2]);
-        assert_eq!(h.last_seen_ms, 70);
-        assert_eq!(
-            store
-                .read_blocking(|c| by_hostname(c, "web-1"))
-                .unwrap()
-                .len(),
-            1
-        );
-    }
-
-    #[test]
-    fn id_prefixes_find_enrolled_hosts_in_id_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        store
-            .write_blocking(|c| {
-                upsert_enrolled(c, &host("ab12", "web-1", "worker", "a"))?;
-                upsert_enrolled(c, &host("ab34", "web-2", "worker", "a"))?;
-                upsert_enrolled(c, &host("cd56", "web-3", "worker", "a"))
-            })
-            .unwrap();
-        let ids = |prefix: &'static str| -> Vec<String> {
-            store
-                .read_blocking(move |c| by_id_prefix(c, prefix, 10))
-                .unwrap()
-                .into_iter()
-                .map(|h| h.host_id)
-                .collect()
-        };
-        assert_eq!(ids("ab"), ["ab12", "ab34"]);
-        assert_eq!(ids("ab3"), ["ab34"]);
-        assert_eq!(ids("cd56"), ["cd56"]);
-        assert!(ids("e").is_empty());
-    }
-
-    #[test]
-    fn a_removed_host_keeps_its_row_lists_apart_and_frees_its_hostname() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        store
-            .write_blocking(|c| {
-                upsert_enrolled(c, &host("id1", "mgr-1", "manager", "a"))?;
-                upsert_enrolled(c, &host("id2", "mgr-2", "manager", "a"))?;
-                mark_removed(c, "id1", 50)
-            })
-            .unwrap();
-        let enrolled = store
-            .read_blocking(|c| list(c, &HostFilter::default()))
-            .unwrap();
-        assert_eq!(enrolled.len(), 1);
-        assert_eq!(enrolled[0].host_id, "id2");
-        let removed = store
-            .read_blocking(|c| {
-                list(
-                    c,
-                    &HostFilter {
-                        removed: true,
-                        ..Default::default()
-                    },
-                )
-            })
-            .unwrap();
-        assert_eq!(removed.len(), 1);
-        assert_eq!(removed[0].removed_at_ms, 50);
-        assert!(
-            removed[0].cert_serial.is_empty(),
-            "its certificate is no longer accepted"
-        );
-        assert!(
-            store
-                .read_blocking(|c| by_hostname(c, "mgr-1"))
-                .unwrap()
-                .is_empty()
-        );
-        assert!(
-            store
-                .read_blocking(|c| removed_by_hostname(c, "mgr-1"))
-                .unwrap()
-                .is_some()
-        );
-        // Re-enrolled (a token made for it), it is back with its new certificate.
-        store
-            .write_blocking(|c| upsert_enrolled(c, &host("id1", "mgr-1", "manager", "a")))
-            .unwrap();
-        let back = store.read_blocking(|c| get(c, "id1")).unwrap().unwrap();
-        assert_eq!(back.removed_at_ms, 0);
-        assert_eq!(back.cert_serial, "01");
-    }
+        _ => Vec::new(),
+    };
+    Ok(HostLookup {
+        by_id,
+        by_name,
+        removed,
+        by_prefix,
+    })
 }

@@ -269,6 +269,7 @@ fn session_messages(dir: &Path) {
             unit: "docker.service".into(),
             hold_id: "c-1:w1:main-0:a1".into(),
         }],
+        pending_updates: Some(3),
     };
     write(
         dir,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use pitcrew_coordinator::store::{CampaignHostRow, Store, campaigns};
+use pitcrew_coordinator::store::{CampaignHostRow, Store, TurnWrites, campaigns};
 use pitcrew_scheduler::{CampaignRun, CampaignSpec, Fleet, HostView, Role, decide};
 use pitcrew_tests::fleet::{self, FleetOptions, SimFleet};
 use pitcrew_tests::{Agent, Coordinator, wait_connected};
@@ -102,10 +102,11 @@ fn bench_store() {
     for size in [100usize, 1000, 10_000] {
         let id = format!("c-bench-{size}");
         let run = CampaignRun::new(&id, &spec, &fleet(size - 9, 9, 3), 0).expect("a run");
-        let inserted = run.clone();
-        store
-            .write_blocking(move |c| campaigns::insert_run(c, &inserted, CAMPAIGN, "bench"))
-            .expect("the run is stored");
+        let inserted = TurnWrites {
+            new_runs: vec![(run.clone(), CAMPAIGN.to_owned(), "bench".to_owned())],
+            ..Default::default()
+        };
+        futures::executor::block_on(store.commit_turn(inserted)).expect("the run is stored");
         let host = run.hosts[size / 2].clone();
         let progress = campaigns::host_progress_json(&host).expect("serialises");
         let bytes = progress.len();
@@ -117,9 +118,11 @@ fn bench_store() {
                     progress_json: progress.clone(),
                 };
                 let start = Instant::now();
-                store
-                    .write_blocking(move |c| campaigns::put_host(c, &row))
-                    .expect("a commit");
+                let writes = TurnWrites {
+                    hosts: vec![row],
+                    ..Default::default()
+                };
+                futures::executor::block_on(store.commit_turn(writes)).expect("a commit");
                 start.elapsed()
             })
             .collect();

@@ -6,45 +6,10 @@
 use std::collections::BTreeMap;
 
 use pitcrew_scheduler::{self as scheduler, CampaignState, Event, HostState, OperatorAction, Role};
-use rusqlite::Connection;
 
 use super::{EngineState, Turn, audit_event, host_event};
 use crate::engine::EngineError;
-use crate::store::{StoreError, hosts};
-
-/// A host row an operator changed, written in the turn's transaction.
-#[derive(Debug, Clone)]
-pub(crate) enum HostChange {
-    Removed {
-        host_id: String,
-        at_ms: i64,
-    },
-    Set {
-        host_id: String,
-        role: Role,
-        labels: BTreeMap<String, String>,
-    },
-}
-
-impl HostChange {
-    /// The host the change is about.
-    pub(super) fn host_id(&self) -> &str {
-        match self {
-            HostChange::Removed { host_id, .. } | HostChange::Set { host_id, .. } => host_id,
-        }
-    }
-
-    pub(super) fn apply(&self, conn: &Connection) -> Result<(), StoreError> {
-        match self {
-            HostChange::Removed { host_id, at_ms } => hosts::mark_removed(conn, host_id, *at_ms),
-            HostChange::Set {
-                host_id,
-                role,
-                labels,
-            } => hosts::set_role_labels(conn, host_id, role.as_str(), labels),
-        }
-    }
-}
+use crate::store::HostChange;
 
 /// What `pitcrew hosts set` asks to change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

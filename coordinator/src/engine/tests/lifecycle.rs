@@ -7,7 +7,7 @@ use pitcrew_scheduler::Role;
 
 use super::*;
 use crate::engine::HostEdit;
-use crate::store::{EventFilter, events};
+use crate::store::EventFilter;
 
 /// Enrolls managers m0.. of cluster "swarm-a" (before the engine starts; it reads hosts then).
 fn managers(store: &Store, n: usize) -> Vec<String> {
@@ -16,7 +16,7 @@ fn managers(store: &Store, n: usize) -> Vec<String> {
 
 async fn audit_messages(store: &Store) -> Vec<String> {
     store
-        .read(|c| events::list(c, &EventFilter::default()))
+        .list_events(EventFilter::default())
         .await
         .unwrap()
         .into_iter()
@@ -240,12 +240,7 @@ async fn removing_a_host_skips_it_in_its_campaign_frees_its_slot_and_keeps_its_h
         "{changes:?}"
     );
     let id = gone.clone();
-    let row = rig
-        .store
-        .read(move |c| hosts::get(c, &id))
-        .await
-        .unwrap()
-        .unwrap();
+    let row = rig.store.host(id.clone()).await.unwrap().unwrap();
     assert!(
         row.removed_at_ms > 0 && row.cert_serial.is_empty(),
         "{row:?}"
@@ -295,14 +290,9 @@ async fn removing_a_host_skips_it_in_its_campaign_frees_its_slot_and_keeps_its_h
     let id = gone.clone();
     let history = rig
         .store
-        .read(move |c| {
-            events::list(
-                c,
-                &EventFilter {
-                    host_id: Some(id),
-                    ..Default::default()
-                },
-            )
+        .list_events(EventFilter {
+            host_id: Some(id),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -366,12 +356,7 @@ async fn a_host_changes_role_or_labels_only_while_no_campaign_has_it() {
     assert_eq!(role, Role::Manager);
     assert_eq!(labels["cluster"], "swarm-b");
     let id = ids[0].clone();
-    let row = rig
-        .store
-        .read(move |c| hosts::get(c, &id))
-        .await
-        .unwrap()
-        .unwrap();
+    let row = rig.store.host(id.clone()).await.unwrap().unwrap();
     assert_eq!(row.role, "manager");
     assert_eq!(row.labels["cluster"], "swarm-b");
     let audit = audit_messages(&rig.store).await;

@@ -13,7 +13,12 @@ use std::collections::BTreeMap;
 use pitcrew_scheduler::{CampaignRun, ManualState};
 use rusqlite::{Connection, params};
 
-use super::{StoreError, campaigns, from_json};
+use super::super::{StoreError, campaigns, from_json};
+use super::run_now;
+
+/// The newest version this build knows. A store written by a newer build is refused rather
+/// than misread.
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -139,6 +144,12 @@ const V1_MANUAL_KEY: &str = "manual_maintenance";
 /// Brings the schema to the newest version, one version per transaction.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Sql(format!(
+            "the store's schema is version {version}, newer than this coordinator knows \
+             ({SCHEMA_VERSION}): run the coordinator version that wrote it, or a newer one"
+        )));
+    }
     if version < 1 {
         let tx = conn.transaction()?;
         tx.execute_batch(V1)?;
@@ -146,11 +157,21 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
     }
     if version < 2 {
-        let tx = conn.transaction()?;
-        tx.execute_batch(V2)?;
-        convert_v1_campaigns(&tx)?;
-        tx.pragma_update(None, "user_version", 2)?;
-        tx.commit()?;
+        // By hand: the conversion runs the store's own row operations on the connection.
+        conn.execute_batch("BEGIN")?;
+        let converted = (|| {
+            conn.execute_batch(V2)?;
+            convert_v1_campaigns(conn)?;
+            conn.pragma_update(None, "user_version", 2)?;
+            Ok::<(), StoreError>(())
+        })();
+        match converted {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(error) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(error);
+            }
+        }
     }
     if version < 3 {
         let tx = conn.transaction()?;
@@ -175,7 +196,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// Splits each version-1 campaign document into a header and host rows, and moves manual
 /// maintenance out of the key-value table.
-fn convert_v1_campaigns(conn: &Connection) -> Result<(), StoreError> {
+fn convert_v1_campaigns(conn: &mut Connection) -> Result<(), StoreError> {
     let old: Vec<(String, String, String, i64, String)> = {
         let mut stmt = conn.prepare(
             "SELECT id, spec_toml, state_json, created_at_ms, created_by FROM campaigns",
@@ -187,7 +208,9 @@ fn convert_v1_campaigns(conn: &Connection) -> Result<(), StoreError> {
     };
     for (id, spec_toml, state_json, _created_at_ms, created_by) in old {
         let run: CampaignRun = from_json(&format!("campaign {id}"), &state_json)?;
-        campaigns::insert_run(conn, &run, &spec_toml, &created_by)?;
+        run_now(conn, |tx| {
+            Box::pin(async move { campaigns::insert_run(tx, &run, &spec_toml, &created_by).await })
+        })?;
     }
     conn.execute_batch("DROP TABLE campaigns")?;
     let manual: Option<String> = conn
@@ -199,9 +222,14 @@ fn convert_v1_campaigns(conn: &Connection) -> Result<(), StoreError> {
         .ok();
     if let Some(text) = manual {
         let manual: BTreeMap<String, ManualState> = from_json("manual maintenance", &text)?;
-        for (host, state) in &manual {
-            campaigns::put_manual(conn, host, Some(state))?;
-        }
+        run_now(conn, |tx| {
+            Box::pin(async move {
+                for (host, state) in &manual {
+                    tx.put_manual(host, Some(state)).await?;
+                }
+                Ok(())
+            })
+        })?;
         conn.execute("DELETE FROM kv WHERE key = ?1", params![V1_MANUAL_KEY])?;
     }
     Ok(())
@@ -248,11 +276,11 @@ mod tests {
         }
         let mut conn = Connection::open(&path).unwrap();
         migrate(&mut conn).unwrap();
-        let loaded = campaigns::load_all(&conn).unwrap();
+        let loaded = run_now(&mut conn, |tx| Box::pin(campaigns::load_all(tx))).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].run, run);
         assert_eq!(loaded[0].created_by, "admin");
-        let manual = campaigns::load_manual(&conn).unwrap();
+        let manual = run_now(&mut conn, |tx| tx.load_manual()).unwrap();
         assert_eq!(manual["h2"].by, "admin");
         // Opening again is a no-op.
         migrate(&mut conn).unwrap();
