@@ -374,20 +374,25 @@ fn a_closing_window_stops_new_starts_while_the_host_in_progress_finishes() {
     assert!(!starts(&ran(dir.path())).contains_key("w2"));
 }
 
-#[test]
-fn a_coordinator_killed_mid_campaign_resumes_and_no_action_runs_twice() {
-    let (mut c, agents) = start_fleet(FLEET, &policy());
+/// Runs a campaign over the whole fleet (two workers at a time, managers one at a time) and
+/// kills the coordinator with SIGKILL, restarting it, each time `kill_points[i]` hosts have
+/// started; returns the directory the hosts record their runs in and the campaign's id once it
+/// has completed.
+fn run_through_kills(
+    c: &mut Coordinator,
+    name: &str,
+    kill_points: &[usize],
+) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = campaign(
         dir.path(),
-        "crashy",
+        name,
         "[concurrency]\nworker = 2\nmanager = 1",
         "sleep 0.4",
     );
-    let id = run_campaign(&c, &file);
-
-    // Kill the coordinator (no clean-up at all) at several points of the run, restarting each time.
-    for kill_after_starts in [1usize, 3, 4, 5] {
+    let id = run_campaign(c, &file);
+    // No clean-up at all on the coordinator's side: SIGKILL, then a restart on the same store.
+    for &kill_after_starts in kill_points {
         wait_for(
             &format!("{kill_after_starts} hosts to have started"),
             || (starts(&ran(dir.path())).len() >= kill_after_starts).then_some(()),
@@ -395,9 +400,15 @@ fn a_coordinator_killed_mid_campaign_resumes_and_no_action_runs_twice() {
         c.kill();
         c.start().unwrap();
     }
-    wait_state(&c, &id, "completed");
+    wait_state(c, &id, "completed");
+    (dir, id)
+}
 
-    let events = ran(dir.path());
+/// What the hosts recorded and the event log say of a completed run over the whole fleet:
+/// every host ran once, never two managers (or more than two workers) out at once, every host
+/// released, the campaign completed. Returns the event log.
+fn assert_each_host_ran_once(c: &Coordinator, dir: &Path, id: &str) -> Vec<Value> {
+    let events = ran(dir);
     let counts = starts(&events);
     assert_eq!(counts.len(), 6, "{events:?}");
     assert!(
@@ -410,14 +421,24 @@ fn a_coordinator_killed_mid_campaign_resumes_and_no_action_runs_twice() {
         "two managers out at once: {events:?}"
     );
     assert!(max_overlap(&events, |h| h.starts_with('w')) <= 2);
+    let log = c.cli_json(&["events", "--campaign", id, "--limit", "0"]);
+    let log = log.as_array().unwrap().clone();
+    assert_eq!(log.iter().filter(|e| e["step"] == "release").count(), 6);
+    assert!(log.iter().any(|e| e["kind"] == "audit"
+        && e["message"] == "campaign completed: all 6 hosts done"));
+    log
+}
 
-    // The event log says the same: every host entered and was released once, and manager
-    // maintenance intervals never overlap.
-    let log = c.cli_json(&["events", "--campaign", &id, "--limit", "0"]);
-    let log = log.as_array().unwrap();
+#[test]
+fn a_coordinator_killed_mid_campaign_resumes_and_no_action_runs_twice() {
+    let (mut c, agents) = start_fleet(FLEET, &policy());
+    let (dir, id) = run_through_kills(&mut c, "crashy", &[1, 3, 4, 5]);
+    let log = assert_each_host_ran_once(&c, dir.path(), &id);
+
+    // The event log says the same: manager maintenance intervals never overlap.
     let mut open_managers = 0;
     let managers: Vec<&str> = agents[3..].iter().map(|a| a.machine_id.as_str()).collect();
-    for e in log {
+    for e in &log {
         let host = e["host_id"].as_str().unwrap_or_default();
         if !managers.contains(&host) {
             continue;
@@ -434,9 +455,6 @@ fn a_coordinator_killed_mid_campaign_resumes_and_no_action_runs_twice() {
             _ => {}
         }
     }
-    assert_eq!(log.iter().filter(|e| e["step"] == "release").count(), 6);
-    assert!(log.iter().any(|e| e["kind"] == "audit"
-        && e["message"] == "campaign completed: all 6 hosts done"));
 }
 
 #[test]
@@ -450,42 +468,8 @@ fn a_campaign_on_a_postgres_store_completes_and_resumes_after_its_coordinator_is
         !c.dir.join("pitcrew.db").exists(),
         "the store is the database, not a file in the data dir"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let file = campaign(
-        dir.path(),
-        "on-postgres",
-        "[concurrency]\nworker = 2\nmanager = 1",
-        "sleep 0.4",
-    );
-    let id = run_campaign(&c, &file);
-    for kill_after_starts in [2usize, 4] {
-        wait_for(
-            &format!("{kill_after_starts} hosts to have started"),
-            || (starts(&ran(dir.path())).len() >= kill_after_starts).then_some(()),
-        );
-        c.kill();
-        c.start().unwrap();
-    }
-    wait_state(&c, &id, "completed");
-
-    let events = ran(dir.path());
-    let counts = starts(&events);
-    assert_eq!(counts.len(), 6, "{events:?}");
-    assert!(
-        counts.values().all(|n| *n == 1),
-        "an action ran twice: {counts:?}"
-    );
-    assert_eq!(
-        max_overlap(&events, |h| h.starts_with('m')),
-        1,
-        "two managers out at once: {events:?}"
-    );
-    assert!(max_overlap(&events, |h| h.starts_with('w')) <= 2);
-    let log = c.cli_json(&["events", "--campaign", &id, "--limit", "0"]);
-    let log = log.as_array().unwrap();
-    assert_eq!(log.iter().filter(|e| e["step"] == "release").count(), 6);
-    assert!(log.iter().any(|e| e["kind"] == "audit"
-        && e["message"] == "campaign completed: all 6 hosts done"));
+    let (dir, id) = run_through_kills(&mut c, "on-postgres", &[2, 4]);
+    assert_each_host_ran_once(&c, dir.path(), &id);
     // Hosts and their names come back from the database too.
     for agent in &agents {
         assert_eq!(c.host(&agent.machine_id).unwrap()["connected"], true);

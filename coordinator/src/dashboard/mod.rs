@@ -507,16 +507,23 @@ fn feed<S>(
     })
 }
 
-async fn campaign_stream(
-    State(app): State<App>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Events, Failure> {
-    let changes = app.c.engine.subscribe();
-    let feed = feed(&app, &headers, changes, CAMPAIGN_PUSH_EVERY, id)?;
-    Ok(sse(futures::stream::unfold(
-        Some(feed),
-        |state| async move {
+/// The pushes of a page that shows a view: after each change (at most every push interval),
+/// `build` makes the view from what the page follows and it is sent as `name` if it differs from
+/// the last one; a revoked or expired session ends the stream with `signed_out`, an error with
+/// `failed`.
+fn view_pushes<S, B, F>(
+    feed: Feed<S>,
+    name: &'static str,
+    build: B,
+) -> impl Stream<Item = Event> + Send + 'static
+where
+    S: Clone + Send + 'static,
+    B: Fn(App, S) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Result<Value, Failure>> + Send,
+{
+    futures::stream::unfold(Some(feed), move |state| {
+        let build = build.clone();
+        async move {
             let mut feed = state?;
             loop {
                 if !feed.wait().await {
@@ -525,24 +532,39 @@ async fn campaign_stream(
                 if let Err(error) = feed.who() {
                     return Some((signed_out(&error), None));
                 }
-                let page = HostPage::Range {
-                    offset: 0,
-                    limit: CAMPAIGN_HOSTS_SHOWN,
-                };
-                match feed.app.c.engine.view(feed.what.clone(), page).await {
-                    Ok(view) => {
-                        let data = campaign_json(&view);
+                match build(feed.app.clone(), feed.what.clone()).await {
+                    Ok(data) => {
                         if feed.fresh(&data) {
-                            return Some((event("campaign", &data), Some(feed)));
+                            return Some((event(name, &data), Some(feed)));
                         }
                     }
-                    Err(error) => {
-                        let failure = Failure::from(error);
+                    Err(failure) => {
                         let data = json!({ "error": failure.1, "status": failure.0.as_u16() });
                         return Some((event("failed", &data), None));
                     }
                 }
             }
+        }
+    })
+}
+
+async fn campaign_stream(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Events, Failure> {
+    let changes = app.c.engine.subscribe();
+    let feed = feed(&app, &headers, changes, CAMPAIGN_PUSH_EVERY, id)?;
+    Ok(sse(view_pushes(
+        feed,
+        "campaign",
+        |app: App, id| async move {
+            let page = HostPage::Range {
+                offset: 0,
+                limit: CAMPAIGN_HOSTS_SHOWN,
+            };
+            let view = app.c.engine.view(id, page).await?;
+            Ok(campaign_json(&view))
         },
     )))
 }
@@ -591,33 +613,14 @@ async fn fleet_stream(
 ) -> Result<Events, Failure> {
     let changes = app.c.engine.subscribe_fleet();
     let feed = feed(&app, &headers, changes, FLEET_PUSH_EVERY, filter)?;
-    Ok(sse(futures::stream::unfold(
-        Some(feed),
-        |state| async move {
-            let mut feed = state?;
-            loop {
-                if !feed.wait().await {
-                    return None;
-                }
-                if let Err(error) = feed.who() {
-                    return Some((signed_out(&error), None));
-                }
-                let filter = feed.what.clone();
-                let keep =
-                    move |view: &pitcrew_scheduler::HostView, hold: &Hold| filter.keeps(view, hold);
-                match feed.app.c.engine.fleet_table(keep, FLEET_HOSTS_SHOWN).await {
-                    Ok(table) => {
-                        let data = fleet_json(&table);
-                        if feed.fresh(&data) {
-                            return Some((event("fleet", &data), Some(feed)));
-                        }
-                    }
-                    Err(error) => {
-                        let failure = Failure::from(error);
-                        return Some((event("failed", &json!({ "error": failure.1 })), None));
-                    }
-                }
-            }
+    Ok(sse(view_pushes(
+        feed,
+        "fleet",
+        |app: App, filter: FleetFilter| async move {
+            let keep =
+                move |view: &pitcrew_scheduler::HostView, hold: &Hold| filter.keeps(view, hold);
+            let table = app.c.engine.fleet_table(keep, FLEET_HOSTS_SHOWN).await?;
+            Ok(fleet_json(&table))
         },
     )))
 }
