@@ -166,7 +166,14 @@ pub async fn request_certificate(ask: &EnrollAsk<'_>) -> Result<Issued, EnrollEr
         tls::pinned_client_config(&pin).map_err(|e| EnrollError::Identity(e.to_string()))?,
     );
     let mut last_error = String::new();
-    for address in ask.coordinators {
+    // The configured addresses in turn; a standby's answer puts the leader it names first.
+    let mut to_try: std::collections::VecDeque<String> = ask.coordinators.iter().cloned().collect();
+    let mut tried = std::collections::BTreeSet::new();
+    while let Some(address) = to_try.pop_front() {
+        if !tried.insert(address.clone()) {
+            continue;
+        }
+        let address = address.as_str();
         let channel = match tls::connect(address, tls_config.clone()).await {
             Ok(channel) => channel,
             Err(error) => {
@@ -195,6 +202,14 @@ pub async fn request_certificate(ask: &EnrollAsk<'_>) -> Result<Issued, EnrollEr
                 ) =>
             {
                 last_error = format!("{address}: {}", status.message());
+                let leader = status
+                    .metadata()
+                    .get(pitcrew_proto::LEADER_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|l| !l.is_empty());
+                if let Some(leader) = leader {
+                    to_try.push_front(leader.to_owned());
+                }
                 continue;
             }
             Err(status) => return Err(EnrollError::Refused(status.message().to_owned())),

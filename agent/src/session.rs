@@ -65,8 +65,24 @@ impl Backoff {
 pub enum Ended {
     /// The shutdown signal fired: nothing went wrong.
     Shutdown,
+    /// A standby coordinator answered: the leader is at this address (empty while none
+    /// leads). Not an outage: the agent connects there next without backing off.
+    Standby(String),
     /// Anything else; the text says what, and the loop reconnects.
     Lost(String),
+}
+
+/// How long the agent waits before following a standby to the leader (a little jitter on top,
+/// so a fleet does not arrive at the leader in the same millisecond).
+const FOLLOW_LEADER: Duration = Duration::from_millis(50);
+/// The longest the agent waits between tries while no coordinator leads (an election takes
+/// about a lease: seconds).
+const MAX_ELECTION_WAIT: Duration = Duration::from_secs(2);
+
+/// The leader a standby named in its refusal, if the refusal came from a standby.
+fn standby_answer(status: &tonic::Status) -> Option<String> {
+    let value = status.metadata().get(pitcrew_proto::LEADER_METADATA)?;
+    Some(value.to_str().unwrap_or_default().to_owned())
 }
 
 /// What the session needs from the action side. The agent's [`Executor`] runs real actions,
@@ -266,6 +282,8 @@ pub async fn run<R: ActionRunner>(
     }
     let mut backoff = Backoff::default();
     let mut attempt: usize = 0;
+    // Where a standby said the leader is: tried next, before the configured list goes on.
+    let mut leader: Option<String> = None;
     // Events of running actions outlive any one connection: results are journaled anyway and
     // re-sent in the next hello, so a lost event here is never a lost result.
     let (events_tx, mut events_rx) = mpsc::channel::<v1::ActionEvent>(1024);
@@ -273,8 +291,13 @@ pub async fn run<R: ActionRunner>(
         if *shutdown.borrow() {
             return;
         }
-        let address = ctx.coordinators[attempt % ctx.coordinators.len()].clone();
-        attempt += 1;
+        let address = match leader.take() {
+            Some(address) => address,
+            None => {
+                attempt += 1;
+                ctx.coordinators[(attempt - 1) % ctx.coordinators.len()].clone()
+            }
+        };
         let started = tokio::time::Instant::now();
         let mut connected = false;
         let ended = session(
@@ -289,6 +312,20 @@ pub async fn run<R: ActionRunner>(
         ctx.observer.ended(&address, connected, &ended);
         match ended {
             Ended::Shutdown => return,
+            Ended::Standby(named) => {
+                let delay = if named.is_empty() || named == address {
+                    // None leads yet (or the standby's news is stale): the next address, soon.
+                    backoff.next_delay().min(MAX_ELECTION_WAIT)
+                } else {
+                    tracing::info!(message = "following the leader", standby = %address, leader = %named);
+                    leader = Some(named);
+                    FOLLOW_LEADER + Duration::from_millis(rand::random_range(0..=50))
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
             Ended::Lost(reason) => {
                 if started.elapsed() >= STABLE_SESSION {
                     backoff.reset();
@@ -362,6 +399,9 @@ async fn session<R: ActionRunner>(
     let mut inbound = match client.connect(ReceiverStream::new(out_rx)).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
+            if let Some(leader) = standby_answer(&status) {
+                return Ended::Standby(leader);
+            }
             return Ended::Lost(format!(
                 "the coordinator refused the session: {}",
                 status.message()

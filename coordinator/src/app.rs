@@ -13,6 +13,7 @@ use crate::config::{CoordinatorConfig, DataDir};
 use crate::dashboard::auth::DashboardAuth;
 use crate::engine::{Engine, EngineSettings, EngineTask};
 use crate::events::EventLog;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::operators::OperatorDirectory;
 use crate::registry::Registry;
@@ -46,20 +47,16 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Opens the data dir (CA, config, store), loads the engine and starts the background
-    /// duties. The returned task is the engine's loop: the caller must treat its end as
-    /// fatal.
-    ///
-    /// `postgres_url`, when given (`serve --postgres-url`), overrides `[store] postgres_url`.
-    pub async fn open(
+    /// Reads the config and opens (and migrates) the store. `postgres_url`, when given
+    /// (`serve --postgres-url`), overrides `[store] postgres_url`.
+    pub async fn open_store(
         data_dir: &DataDir,
         postgres_url: Option<String>,
-    ) -> anyhow::Result<(Arc<Coordinator>, EngineTask)> {
+    ) -> anyhow::Result<(CoordinatorConfig, Arc<Store>)> {
         let mut config = CoordinatorConfig::load(&data_dir.config())?;
         if postgres_url.is_some() {
             config.store.postgres_url = postgres_url;
         }
-        let ca = Ca::load(&data_dir.root)?;
         let location = config
             .store
             .location(data_dir, std::env::var(crate::config::PG_PASSWORD_ENV).ok())
@@ -70,10 +67,18 @@ impl Coordinator {
                 .context("opening the store")?
                 .context("opening the store")?,
         );
-        store
-            .claim_engine()
-            .await
-            .context("claiming the store for this coordinator")?;
+        Ok((config, store))
+    }
+
+    /// Loads the engine, which leads under `leadership`, and starts the background duties.
+    /// The returned task is the engine's loop: the caller must treat its end as fatal.
+    pub async fn start(
+        data_dir: &DataDir,
+        config: CoordinatorConfig,
+        store: Arc<Store>,
+        leadership: Leadership,
+    ) -> anyhow::Result<(Arc<Coordinator>, EngineTask)> {
+        let ca = Ca::load(&data_dir.root)?;
         let events = Arc::new(EventLog::new(store.clone()));
         let operators = Arc::new(
             crate::operators::load(&store, &events, &data_dir.operator_dir())
@@ -83,6 +88,7 @@ impl Coordinator {
         let registry = Arc::new(Registry::default());
         let settings = EngineSettings {
             reconnect_grace: Duration::from_secs(u64::from(config.heartbeat_timeout_seconds) * 2),
+            leadership,
         };
         let (engine, task) =
             Engine::start(store.clone(), events.clone(), registry.clone(), settings)

@@ -50,6 +50,60 @@ pub struct CoordinatorConfig {
     /// Where the store is (`[store]`): the embedded SQLite file by default, or PostgreSQL.
     #[serde(default)]
     pub store: StoreConfig,
+    /// How coordinators sharing a PostgreSQL store choose their leader (`[leader]`).
+    #[serde(default)]
+    pub leader: LeaderConfig,
+}
+
+/// `[leader]`: the lease that makes one coordinator of those sharing a PostgreSQL store the
+/// leader. Unused with the SQLite store (one coordinator).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaderConfig {
+    /// How long a lease lasts by the database's clock: a leader gone this long is replaced.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often the leader renews the lease and standbys try to take it (well inside
+    /// `lease`: at most a third of it).
+    #[serde(with = "humantime_serde")]
+    pub renew_every: Duration,
+    /// The address agents and operators reach this coordinator at
+    /// (`https://coord-1.example.net:7443`), which standbys tell them while this one leads.
+    /// Differs per coordinator, so usually given by `serve --advertise` or PITCREW_ADVERTISE.
+    pub advertise: String,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        LeaderConfig {
+            lease: Duration::from_secs(3),
+            renew_every: Duration::from_millis(500),
+            advertise: String::new(),
+        }
+    }
+}
+
+impl LeaderConfig {
+    /// The lease's timing, checked: renewals must fit several times in a lease.
+    pub fn timing(&self) -> Result<crate::leader::LeaseTiming, String> {
+        if self.lease < Duration::from_secs(1) {
+            return Err(format!(
+                "[leader] lease: {} is too short; at least 1s",
+                humantime::format_duration(self.lease)
+            ));
+        }
+        if self.renew_every.is_zero() || self.renew_every * 3 > self.lease {
+            return Err(format!(
+                "[leader] renew_every: {} does not fit three times in the lease ({})",
+                humantime::format_duration(self.renew_every),
+                humantime::format_duration(self.lease)
+            ));
+        }
+        Ok(crate::leader::LeaseTiming {
+            length: self.lease,
+            renew_every: self.renew_every,
+        })
+    }
 }
 
 /// The environment variable that may hold the PostgreSQL password.
@@ -254,6 +308,7 @@ impl Default for CoordinatorConfig {
             metrics_listen: default_metrics_listen(),
             dashboard_listen: default_dashboard_listen(),
             dashboard_url: String::new(),
+            leader: LeaderConfig::default(),
         }
     }
 }

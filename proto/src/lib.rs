@@ -42,3 +42,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The largest gRPC message either side accepts. Keeps a hostile peer from making us buffer
 /// arbitrarily much; the biggest legitimate messages (captured output) are capped well below it.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The response metadata key in which a standby coordinator names the leader's address, on
+/// the `UNAVAILABLE` status it answers every call with (empty while no coordinator leads; its
+/// presence says the answer came from a standby). Agents and the CLI connect there next.
+pub const LEADER_METADATA: &str = "pitcrew-leader";

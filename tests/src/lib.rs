@@ -2,9 +2,11 @@
 //! processes on loopback over real mTLS, each agent with its own state dir and host identity,
 //! driven through the real `pitcrew` CLI. Every process is killed when its handle drops.
 
+pub mod failover_bench;
 pub mod fleet;
 pub mod hostile;
 pub mod lab;
+pub mod runs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -154,6 +156,13 @@ impl Proc {
             .status();
     }
 
+    /// Sends `signal` (a name: `STOP`, `CONT`, ...) to the process, if it runs.
+    pub fn send(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            Proc::signal(pid, signal);
+        }
+    }
+
     /// SIGKILL: the process gets no chance to clean up (a crash).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -221,8 +230,11 @@ pub struct Coordinator {
     pub dashboard_port: u16,
     pub fingerprint: String,
     pub proc: Option<Proc>,
-    /// The store's database and password for `serve` (a PostgreSQL store), as environment.
+    /// The store's database and password for `serve` (a PostgreSQL store), and its advertised
+    /// address when it shares the store, as environment.
     store_env: Vec<(String, String)>,
+    /// The other coordinators of the fleet (their addresses), which the CLI is also given.
+    pub peers: Vec<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -303,8 +315,68 @@ impl Coordinator {
             fingerprint,
             proc: None,
             store_env,
+            peers: Vec::new(),
             _temp: Some(temp),
         })
+    }
+
+    /// Another coordinator of the same fleet and store, as an operator sets one up: a copy of
+    /// this one's CA, server certificate and operator files in a data dir of its own, its own
+    /// ports, the same database. Call [`share_leadership`] once all are made.
+    pub fn replica(&self) -> anyhow::Result<Coordinator> {
+        let temp = tempfile::tempdir()?;
+        let dir = temp.path().join("coordinator");
+        std::fs::create_dir_all(dir.join("operator"))?;
+        for file in ["ca.crt", "ca.key", "server.crt", "server.key"] {
+            std::fs::copy(self.dir.join(file), dir.join(file))?;
+        }
+        for entry in std::fs::read_dir(self.dir.join("operator"))? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), dir.join("operator").join(entry.file_name()))?;
+        }
+        let (port, metrics_port, dashboard_port) = (free_port(), free_port(), free_port());
+        let ip = &self.ip;
+        std::fs::write(
+            dir.join("coordinator.toml"),
+            format!(
+                "listen = \"{ip}:{port}\"\nheartbeat_seconds = 1\nheartbeat_timeout_seconds = 3\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndashboard_listen = \"127.0.0.1:{dashboard_port}\"\n"
+            ),
+        )?;
+        Ok(Coordinator {
+            dir,
+            ip: ip.clone(),
+            port,
+            metrics_port,
+            dashboard_port,
+            fingerprint: self.fingerprint.clone(),
+            proc: None,
+            store_env: self.store_env.clone(),
+            peers: Vec::new(),
+            _temp: Some(temp),
+        })
+    }
+
+    /// Sets the database `serve` uses (`PITCREW_PG_URL`), e.g. through a proxy the test cuts.
+    pub fn set_store_url(&mut self, url: &str) {
+        self.store_env.retain(|(k, _)| k != "PITCREW_PG_URL");
+        self.store_env.push(("PITCREW_PG_URL".into(), url.into()));
+    }
+
+    /// The database URL `serve` is given.
+    pub fn store_url(&self) -> Option<String> {
+        self.store_env
+            .iter()
+            .find(|(k, _)| k == "PITCREW_PG_URL")
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Whether this coordinator leads: only the leader serves metrics (standbys answer
+    /// nothing but where the leader is).
+    pub fn leads(&self) -> bool {
+        self.proc.is_some()
+            && self
+                .metrics_get("/metrics")
+                .is_ok_and(|(code, _, _)| code == 200)
     }
 
     /// Adds a line to coordinator.toml (before `start`), e.g. `host_cert_lifetime = "40s"`.
@@ -392,13 +464,28 @@ impl Coordinator {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the running coordinator.
+    pub fn signal(&self, signal: &str) {
+        if let Some(p) = &self.proc {
+            p.send(signal);
+        }
+    }
+
+    /// Whether the coordinator process has exited by itself (its exit code, if any).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.proc.as_mut()?.exited()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("coordinator.log")).unwrap_or_default()
     }
 
     pub fn operator_env(&self) -> Vec<(String, String)> {
+        let addresses: Vec<String> = std::iter::once(self.address())
+            .chain(self.peers.iter().cloned())
+            .collect();
         vec![
-            ("PITCREW_COORDINATOR".into(), self.address()),
+            ("PITCREW_COORDINATOR".into(), addresses.join(",")),
             (
                 "PITCREW_CA".into(),
                 self.dir.join("ca.crt").display().to_string(),
@@ -508,6 +595,18 @@ fn descendant_named(ancestor: u32, name: &str) -> Option<u32> {
     None
 }
 
+/// Makes `coordinators` (sharing one PostgreSQL store) one fleet: each advertises its own
+/// address (`PITCREW_ADVERTISE`) and knows the others', which its CLI is given too.
+pub fn share_leadership(coordinators: &mut [Coordinator]) {
+    let addresses: Vec<String> = coordinators.iter().map(Coordinator::address).collect();
+    for c in coordinators.iter_mut() {
+        let own = c.address();
+        c.store_env.retain(|(k, _)| k != "PITCREW_ADVERTISE");
+        c.store_env.push(("PITCREW_ADVERTISE".into(), own.clone()));
+        c.peers = addresses.iter().filter(|a| **a != own).cloned().collect();
+    }
+}
+
 /// One agent process with its own state dir and machine id.
 pub struct Agent {
     pub name: String,
@@ -551,6 +650,24 @@ impl Agent {
             proc: None,
             _temp: temp,
         })
+    }
+
+    /// Points the agent at several coordinators (before `start`): it connects to them in turn
+    /// and follows a standby to the leader.
+    pub fn set_coordinators(&self, addresses: &[String]) {
+        let text = std::fs::read_to_string(&self.config).expect("reading agent.toml");
+        let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("coordinators = ") {
+                    format!("coordinators = [{}]", list.join(", "))
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&self.config, text.join("\n") + "\n").expect("writing agent.toml");
     }
 
     pub fn start(&mut self) -> anyhow::Result<()> {

@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use pitcrew_tests::{Coordinator, start_fleet, wait_for};
+use pitcrew_tests::{Coordinator, start_fleet, wait_for, wait_for_within};
+
+/// How long the hosts may take to count their pending updates.
+const SLOW_COUNT: std::time::Duration = std::time::Duration::from_secs(300);
 use serde_json::Value;
 
 const FLEET: &[(&str, &str)] = &[("w1", "worker"), ("w2", "worker"), ("m1", "manager")];
@@ -118,14 +121,20 @@ fn the_report_shows_each_host_and_when_each_campaign_last_succeeded_on_it() {
 
     // Pending updates, as the host's package manager counts them from its own metadata.
     if let Some(want) = apt_pending() {
-        wait_for("every host to report its pending updates", || {
-            let report = c.cli_json(&["report", "compliance"]);
-            report
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|r| r["host"]["facts"]["pending_updates"].as_u64() == Some(want))
-                .then_some(())
-        });
+        // Counting is a simulated `apt-get upgrade` on each host at once: seconds each on a
+        // busy machine with many updates pending, so a generous deadline.
+        wait_for_within(
+            "every host to report its pending updates",
+            SLOW_COUNT,
+            || {
+                let report = c.cli_json(&["report", "compliance"]);
+                report
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| r["host"]["facts"]["pending_updates"].as_u64() == Some(want))
+                    .then_some(())
+            },
+        );
     }
 }

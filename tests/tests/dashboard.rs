@@ -314,6 +314,32 @@ fn the_dashboard_shows_a_campaign_live_lets_an_operator_pause_it_and_a_viewer_on
     )
     .unwrap();
 
+    // The compliance page: w1 has the campaign's success, w2 (held, not done) has none yet;
+    // each host's agent version is the one it reported.
+    rt!(admin.goto(&format!(
+        "https://127.0.0.1:{}/compliance",
+        c.dashboard_port
+    )))
+    .unwrap();
+    let w2 = &agents[1].machine_id;
+    let (w1_row, w2_row) = wait_for("the compliance page to show both hosts", || {
+        let w1_row = rt!(text(&admin, &format!("#compliance tr[data-host='{w1}']")))?;
+        let w2_row = rt!(text(&admin, &format!("#compliance tr[data-host='{w2}']")))?;
+        w1_row.contains("slow").then_some((w1_row, w2_row))
+    });
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(w1_row.contains(version), "w1's agent version: {w1_row}");
+    assert!(w2_row.contains(version), "w2's agent version: {w2_row}");
+    assert!(
+        w2_row.contains("never") && !w2_row.contains("slow"),
+        "w2 has not succeeded yet: {w2_row}"
+    );
+    std::fs::write(
+        artifacts().join("dashboard-compliance.png"),
+        rt!(admin.screenshot()).unwrap(),
+    )
+    .unwrap();
+
     // A viewer sees the campaign but no controls, and is refused if they post anyway.
     let viewer = rt!(browser(&driver, &work.path().join("profile-viewer")));
     runtime

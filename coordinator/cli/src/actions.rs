@@ -8,7 +8,7 @@ use pitcrew_proto::v1::{self, action_event::Event};
 use super::connect::{ConnectArgs, admin, status};
 use super::output::{self, Format};
 
-#[derive(Args)]
+#[derive(Clone, Args)]
 pub struct DoArgs {
     /// Host id or hostname.
     pub host: String,

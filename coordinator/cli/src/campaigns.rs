@@ -13,7 +13,7 @@ use super::connect::{CallFailed, ConnectArgs, admin, status};
 use super::output::{self, Format};
 use super::{EXIT_CANCELLED, EXIT_INCOMPLETE, EXIT_INTERRUPTED, Exit};
 
-#[derive(Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum CampaignCommand {
     /// Dry run from the fleet as it is: the exact order, waves, slots and steps, what delays
     /// which wave (hosts held by other campaigns or manual maintenance, disconnected managers,
@@ -60,7 +60,7 @@ pub enum CampaignCommand {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum MaintenanceCommand {
     /// Take a host out of service by hand (it holds a slot like a campaign does).
     Enable { host: String },
@@ -68,7 +68,7 @@ pub enum MaintenanceCommand {
     Disable { host: String },
 }
 
-#[derive(Args)]
+#[derive(Clone, Args)]
 pub struct EventsArgs {
     /// Only this host's events (id or hostname).
     #[arg(long)]

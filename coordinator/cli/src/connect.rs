@@ -97,8 +97,42 @@ pub struct ConnectArgs {
     pub key: PathBuf,
 }
 
-/// Opens an Admin client with the operator certificate.
+/// Where a standby coordinator last said the fleet's leader is: this process's next
+/// connection goes there first.
+static LEADER: Mutex<Option<String>> = Mutex::new(None);
+
+/// The addresses to try, in order: the leader a standby named, then `--coordinator`'s (a
+/// comma-separated list when the fleet has several coordinators).
+fn addresses(args: &ConnectArgs) -> Vec<String> {
+    let leader = LEADER.lock().ok().and_then(|l| l.clone());
+    let listed = args
+        .coordinator
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned);
+    let mut out: Vec<String> = leader.into_iter().chain(listed).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|a| seen.insert(a.clone()));
+    out
+}
+
+/// Opens an Admin client with the operator certificate, on the first of the coordinator's
+/// addresses that answers (see [`addresses`]).
 pub async fn admin(args: &ConnectArgs) -> anyhow::Result<AdminClient<Channel>> {
+    let mut first_error = None;
+    for address in addresses(args) {
+        match admin_at(args, &address).await {
+            Ok(client) => return Ok(client),
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| anyhow::anyhow!("no coordinator address is given")))
+}
+
+async fn admin_at(args: &ConnectArgs, address: &str) -> anyhow::Result<AdminClient<Channel>> {
     let ca = tls::load_certs(&args.ca)?;
     let chain = tls::load_certs(&args.cert)?;
     if let Some(leaf) = chain.first() {
@@ -111,7 +145,7 @@ pub async fn admin(args: &ConnectArgs) -> anyhow::Result<AdminClient<Channel>> {
     config
         .dangerous()
         .set_certificate_verifier(Arc::new(verifier));
-    let channel = match tls::connect(&args.coordinator, Arc::new(config)).await {
+    let channel = match tls::connect(address, Arc::new(config)).await {
         Ok(channel) => channel,
         Err(error) => {
             let refusal = refused.lock().ok().and_then(|mut r| r.take());
@@ -119,7 +153,7 @@ pub async fn admin(args: &ConnectArgs) -> anyhow::Result<AdminClient<Channel>> {
                 Some(refusal) => anyhow::anyhow!(server_refused(args, &refusal)),
                 None => anyhow::Error::new(error),
             })
-            .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator));
+            .with_context(|| format!("cannot reach the coordinator at {address}"));
         }
     };
     Ok(AdminClient::new(channel).max_decoding_message_size(pitcrew_proto::MAX_MESSAGE_BYTES))
@@ -298,7 +332,13 @@ fn renewal_hint(path: &std::path::Path, der: &[u8]) {
 }
 
 /// Turns a gRPC status into an error an operator can read (the coordinator's message as is).
+/// A standby's answer also records where the leader is, for the next connection.
 pub fn status(status: tonic::Status) -> anyhow::Error {
+    if let Some(leader) = standby_answer(&status).filter(|l| !l.is_empty()) {
+        if let Ok(mut known) = LEADER.lock() {
+            *known = Some(leader);
+        }
+    }
     let code = match status.code() {
         tonic::Code::PermissionDenied => "refused",
         tonic::Code::Unauthenticated => "not authenticated",
@@ -321,7 +361,19 @@ pub struct CallFailed {
     status: tonic::Status,
 }
 
+/// The leader a standby named in its refusal (empty while none leads), if a standby refused.
+fn standby_answer(status: &tonic::Status) -> Option<String> {
+    let value = status.metadata().get(pitcrew_proto::LEADER_METADATA)?;
+    Some(value.to_str().unwrap_or_default().to_owned())
+}
+
 impl CallFailed {
+    /// Whether a standby coordinator refused the call (nothing was done): the command may be
+    /// run again on the leader.
+    pub fn from_standby(&self) -> bool {
+        standby_answer(&self.status).is_some()
+    }
+
     /// The status code the call ended with.
     pub fn code(&self) -> tonic::Code {
         self.status.code()
@@ -342,3 +394,41 @@ impl std::fmt::Display for CallFailed {
 }
 
 impl std::error::Error for CallFailed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(coordinator: &str) -> ConnectArgs {
+        ConnectArgs {
+            coordinator: coordinator.into(),
+            ca: PathBuf::new(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn a_standby_naming_the_leader_sends_the_next_connection_there_first() {
+        let listed = args(" https://c1:7443, https://c2:7443 ,,https://c3:7443");
+        assert_eq!(
+            addresses(&listed),
+            ["https://c1:7443", "https://c2:7443", "https://c3:7443"]
+        );
+        let mut refused = tonic::Status::unavailable("this coordinator is a standby");
+        refused.metadata_mut().insert(
+            pitcrew_proto::LEADER_METADATA,
+            "https://c2:7443".parse().unwrap(),
+        );
+        let error = status(refused);
+        let failed = error.downcast_ref::<CallFailed>().unwrap();
+        assert!(failed.from_standby());
+        assert_eq!(
+            addresses(&listed),
+            ["https://c2:7443", "https://c1:7443", "https://c3:7443"]
+        );
+        // A plain unavailable coordinator is not a standby.
+        let error = status(tonic::Status::unavailable("down"));
+        assert!(!error.downcast_ref::<CallFailed>().unwrap().from_standby());
+    }
+}

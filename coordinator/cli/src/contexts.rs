@@ -51,7 +51,7 @@ pub struct Context {
 }
 
 /// `pitcrew context ...`
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum ContextCommand {
     /// List the contexts of the client config (* marks the current one).
     Ls,

@@ -8,7 +8,7 @@ use pitcrew_proto::v1;
 use super::connect::{ConnectArgs, admin, status};
 use super::output::{self, Format};
 
-#[derive(Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum HostsCommand {
     /// List hosts (the default: every host), page by page from the coordinator.
     Ls(HostsFilter),
@@ -23,7 +23,7 @@ pub enum HostsCommand {
     Set(crate::lifecycle::SetArgs),
 }
 
-#[derive(Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum TokenCommand {
     /// Create a join token; it is printed once and stored only as a hash.
     Create {
@@ -51,7 +51,7 @@ pub enum TokenCommand {
 }
 
 /// Which hosts `pitcrew hosts ls` lists; the coordinator applies the filters.
-#[derive(Args, Default)]
+#[derive(Clone, Args, Default)]
 pub struct HostsFilter {
     /// Only hosts of this role.
     #[arg(long, value_parser = ["worker", "manager"])]

@@ -22,7 +22,7 @@ pub mod report;
 
 use clap::{Parser, Subcommand};
 
-use connect::{ConnectArgs, ConnectFlags};
+use connect::{CallFailed, ConnectArgs, ConnectFlags};
 use output::Format;
 
 /// Exit status of `campaign watch` (and `run --watch`) when the campaign finished with hosts
@@ -70,7 +70,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum Command {
     /// List hosts, or show one with its facts.
     Hosts {
@@ -141,11 +141,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Context { command } => contexts::context(&cli.connect, format, command),
         command => {
             let connect = cli.connect.resolve()?;
-            fleet(&connect, format, command)
-                .await
-                .map_err(|error| connect::explain(&connect, error))
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match fleet(&connect, format, command.clone()).await {
+                    // A standby refused before anything was done: again, on the leader it
+                    // named (or the next address while a new leader is being chosen).
+                    Err(error) if tries < FOLLOW_TRIES && refused_by_standby(&error) => {
+                        tokio::time::sleep(FOLLOW_PAUSE * (tries - 1)).await;
+                    }
+                    outcome => return outcome.map_err(|error| connect::explain(&connect, error)),
+                }
+            }
         }
     }
+}
+
+/// How often a command follows standbys to the leader before giving up, and how long it waits
+/// more each time (an election takes about a lease: seconds).
+const FOLLOW_TRIES: u32 = 6;
+const FOLLOW_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn refused_by_standby(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<CallFailed>()
+            .is_some_and(CallFailed::from_standby)
+    })
 }
 
 /// Runs a command that talks to the coordinator.

@@ -10,7 +10,7 @@ use super::hosts::parse_label;
 use super::output::{self, Format};
 
 /// What `pitcrew hosts set` changes.
-#[derive(Args)]
+#[derive(Clone, Args)]
 pub struct SetArgs {
     /// Host id or hostname.
     pub host: String,

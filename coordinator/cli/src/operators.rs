@@ -14,7 +14,7 @@ use pitcrew_proto::v1;
 use super::connect::{ConnectArgs, admin, status};
 use super::output::{self, Format};
 
-#[derive(Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum OperatorCommand {
     /// Issue a certificate for a new operator with a role; writes DIR/NAME.crt and DIR/NAME.key
     /// (0600) for you to hand to them.

@@ -10,7 +10,7 @@ use super::connect::{ConnectArgs, admin, status};
 use super::hosts::HostsFilter;
 use super::output::{self, Format};
 
-#[derive(Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum ReportCommand {
     /// Patch compliance per host; the filters are those of `hosts ls`.
     Compliance(HostsFilter),

@@ -7,6 +7,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use pitcrew_coordinator::config::DataDir;
 use pitcrew_coordinator::server::{self, Coordinator};
 
+/// How long a promoted standby gives the connections it answered to close.
+const STANDBY_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// Threads for blocking work (store reads, planning) beside the async workers.
 const BLOCKING_THREADS: usize = 8;
 
@@ -63,6 +65,11 @@ enum Command {
         /// `[store] password_file` or PITCREW_PG_PASSWORD).
         #[arg(long, env = "PITCREW_PG_URL", hide_env_values = true)]
         postgres_url: Option<String>,
+        /// The address agents and operators reach this coordinator at
+        /// (https://NAME:PORT), which standbys tell them while this one leads; overrides
+        /// `[leader] advertise`. Only for coordinators sharing a PostgreSQL store.
+        #[arg(long, env = "PITCREW_ADVERTISE")]
+        advertise: Option<String>,
     },
     /// Write the manual pages (pitcrew-coordinator.1 and one per command) into a directory; the packages
     /// ship them.
@@ -137,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             postgres_url,
+            advertise,
         } => {
             // Blocking work is store reads on one connection and planning: a few threads are
             // plenty, and every extra one costs memory (its stack and allocator arena).
@@ -145,7 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .max_blocking_threads(BLOCKING_THREADS)
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(serve(data_dir, listen, postgres_url))
+            runtime.block_on(serve(data_dir, listen, postgres_url, advertise))
         }
     }
 }
@@ -154,9 +162,87 @@ async fn serve(
     data_dir: PathBuf,
     listen: Option<String>,
     postgres_url: Option<String>,
+    advertise: Option<String>,
 ) -> anyhow::Result<()> {
     let dir = DataDir::new(&data_dir);
-    let (coordinator, engine) = Coordinator::open(&dir, postgres_url).await?;
+    let (mut config, store) = Coordinator::open_store(&dir, postgres_url).await?;
+    if let Some(advertise) = advertise {
+        config.leader.advertise = advertise;
+    }
+    let address = listen.unwrap_or_else(|| config.listen.clone());
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    tracing::info!(message = "listening", address = %listener.local_addr()?, data_dir = %data_dir.display());
+    let connections = server::Connections::new(server::incoming(&dir, &config.limits, listener)?);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+
+    // Coordinators sharing a PostgreSQL store lead by the lease; the SQLite store is this
+    // coordinator's alone.
+    let (leadership, keeper) = if store.is_shared() {
+        let timing = config.leader.timing().map_err(anyhow::Error::msg)?;
+        let advertise = config.leader.advertise.clone();
+        if advertise.is_empty() {
+            tracing::warn!(
+                message = "no advertised address: standbys cannot tell agents and operators where this coordinator is when it leads (set serve --advertise or [leader] advertise)"
+            );
+        }
+        let holder = format!(
+            "{} pid {} {}",
+            if advertise.is_empty() {
+                "?"
+            } else {
+                &advertise
+            },
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let (leader_tx, leader_rx) = tokio::sync::watch::channel(String::new());
+        let (promoted_tx, promoted_rx) = tokio::sync::oneshot::channel::<()>();
+        let standby = tokio::spawn(pitcrew_coordinator::standby::serve(
+            connections.clone(),
+            config.limits.clone(),
+            leader_rx,
+            async move {
+                let _ = promoted_rx.await;
+            },
+        ));
+        // A standby is up and answering: ready as far as its supervisor is concerned.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        let leadership = tokio::select! {
+            leadership = pitcrew_coordinator::leader::stand_by(&store, &holder, &advertise, timing, &leader_tx) => leadership,
+            _ = stopped(stop.clone()) => {
+                tracing::info!(message = "pitcrew coordinator stopped (standby)");
+                return Ok(());
+            }
+        };
+        // Renewing starts at once: the lease runs from now, whatever taking over costs.
+        let keeper = tokio::spawn(pitcrew_coordinator::leader::keep(
+            store.clone(),
+            leadership.clone(),
+            holder,
+            timing,
+        ));
+        // Calls still arriving on the standby's connections now point here.
+        leader_tx.send_replace(advertise.clone());
+        let _ = promoted_tx.send(());
+        if tokio::time::timeout(STANDBY_DRAIN, standby).await.is_err() {
+            tracing::warn!(message = "the standby's connections did not close in time; cut");
+        }
+        store.fence(leadership.epoch())?;
+        (leadership, Some(keeper))
+    } else {
+        (pitcrew_coordinator::leader::Leadership::sole(), None)
+    };
+
+    let (coordinator, engine) = Coordinator::start(&dir, config, store, leadership).await?;
     let metrics_address = &coordinator.config.metrics_listen;
     if !metrics_address.is_empty() {
         let listener = tokio::net::TcpListener::bind(metrics_address)
@@ -190,15 +276,20 @@ async fn serve(
             coordinator.clone(),
         ));
     }
-    let address = listen.unwrap_or_else(|| coordinator.config.listen.clone());
-    let listener = tokio::net::TcpListener::bind(&address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
-    tracing::info!(message = "pitcrew coordinator serving", address = %listener.local_addr()?, data_dir = %data_dir.display());
+    tracing::info!(message = "pitcrew coordinator serving", data_dir = %data_dir.display());
     // Ready only now: the campaigns are loaded and the engine runs.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let lost = async move {
+        match keeper {
+            Some(keeper) => match keeper.await {
+                Ok(lost) => lost.to_string(),
+                Err(error) => format!("the lease's keeper failed: {error}"),
+            },
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        served = server::serve(coordinator, &dir, listener, shutdown_signal()) => served?,
+        served = server::serve(coordinator, connections, stopped(stop)) => served?,
         // The engine owns every campaign: a coordinator without it must not go on serving.
         ended = engine => {
             match ended {
@@ -207,6 +298,8 @@ async fn serve(
                 Err(error) => anyhow::bail!("the campaign engine failed: {error}"),
             }
         }
+        // Exiting is stepping down: the supervisor starts this coordinator again, as a standby.
+        lost = lost => anyhow::bail!("stepping down: {lost}"),
     }
     tracing::info!(message = "pitcrew coordinator stopped");
     Ok(())

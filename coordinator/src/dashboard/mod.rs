@@ -9,7 +9,9 @@
 //!   audit them with the operator's name.
 //! * **What**: everything shown comes from the engine's state (its fleet view, runs and the
 //!   last turn's blockers), except a host's event log, read from the event log like `pitcrew
-//!   events`. Nothing re-reads the store per push.
+//!   events`, and the compliance page, which reads its page of host records (their facts) like
+//!   `pitcrew report compliance`, at most every [`COMPLIANCE_PUSH_EVERY`]. Nothing else
+//!   re-reads the store per push.
 //! * **Pushes**: each open page has one event stream. It waits on the engine's change
 //!   counters (`watch` channels: the engine only bumps a number, never waits on a reader),
 //!   then builds one view, at most every [`CAMPAIGN_PUSH_EVERY`] (fleet: [`FLEET_PUSH_EVERY`])
@@ -66,6 +68,11 @@ pub const FLEET_PUSH_EVERY: Duration = Duration::from_secs(1);
 const CAMPAIGN_HOSTS_SHOWN: usize = 1000;
 /// Hosts the fleet page shows (by hostname; filters narrow them).
 const FLEET_HOSTS_SHOWN: usize = 1000;
+/// The most often the compliance page is pushed a new report: it reads its page of host
+/// records (with their facts) from the store, and what it shows moves slowly.
+pub const COMPLIANCE_PUSH_EVERY: Duration = Duration::from_secs(5);
+/// Hosts the compliance page shows (by hostname; `pitcrew report compliance` has them all).
+const COMPLIANCE_HOSTS_SHOWN: u32 = 1000;
 /// Events a host's page starts with (the newest).
 const HOST_EVENTS_SHOWN: u32 = 200;
 /// An idle stream says it is alive this often (so a dead connection is noticed).
@@ -149,6 +156,7 @@ fn router(app: App) -> Router {
         .route("/", get(page))
         .route("/campaigns/{id}", get(page))
         .route("/hosts/{id}", get(page))
+        .route("/compliance", get(page))
         .route("/assets/app.js", get(script))
         .route("/assets/app.css", get(style))
         .route("/login", get(login))
@@ -162,6 +170,7 @@ fn router(app: App) -> Router {
             post(control_host),
         )
         .route("/api/hosts/{id}/stream", get(host_stream))
+        .route("/api/compliance/stream", get(compliance_stream))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app)
@@ -210,10 +219,23 @@ impl From<EngineError> for Failure {
             | EngineError::Manual(_)
             | EngineError::Refused(_)
             | EngineError::HostBusy { .. } => StatusCode::CONFLICT,
-            EngineError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Stopped | EngineError::NotLeading(_) => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Failure(status, error.to_string())
+    }
+}
+
+/// The Admin API's reads the dashboard shares (the compliance report) answer gRPC statuses.
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Failure {
+        let code = match status.code() {
+            tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            tonic::Code::NotFound => StatusCode::NOT_FOUND,
+            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Failure(code, status.message().to_owned())
     }
 }
 
@@ -625,6 +647,41 @@ async fn fleet_stream(
     )))
 }
 
+/// The compliance page's filters (those of `pitcrew report compliance`).
+#[derive(Debug, Clone, Default, Deserialize)]
+struct ComplianceFilter {
+    #[serde(default)]
+    role: String,
+    /// `key=value`.
+    #[serde(default)]
+    label: String,
+}
+
+/// The compliance page: per host, its agent version, reboot required, pending updates and
+/// when each campaign last succeeded on it; the same rows as `pitcrew report compliance`.
+async fn compliance_stream(
+    State(app): State<App>,
+    Query(filter): Query<ComplianceFilter>,
+    headers: HeaderMap,
+) -> Result<Events, Failure> {
+    let changes = app.c.engine.subscribe_fleet();
+    let feed = feed(&app, &headers, changes, COMPLIANCE_PUSH_EVERY, filter)?;
+    Ok(sse(view_pushes(
+        feed,
+        "compliance",
+        |app: App, filter: ComplianceFilter| async move {
+            let request = pitcrew_proto::v1::ListHostsRequest {
+                role: filter.role,
+                label: filter.label,
+                page_size: COMPLIANCE_HOSTS_SHOWN,
+                ..Default::default()
+            };
+            let page = crate::server::admin::compliance_page(&app.c, request).await?;
+            Ok(compliance_json(&page))
+        },
+    )))
+}
+
 /// A host's page: the host as the engine sees it and its event log, then each new event.
 async fn host_stream(
     State(app): State<App>,
@@ -787,6 +844,34 @@ fn fleet_json(table: &FleetTable) -> Value {
             "created_by": c.created_by,
             "created_at_ms": c.created_at_ms,
         })).collect::<Vec<_>>(),
+    })
+}
+
+/// The compliance page: a row per host and whether more hosts matched than are shown.
+fn compliance_json(page: &pitcrew_proto::v1::ComplianceReportResponse) -> Value {
+    let rows = page.rows.iter().map(|row| {
+        let host = row.host.clone().unwrap_or_default();
+        let facts = host.facts.unwrap_or_default();
+        json!({
+            "host_id": host.host_id,
+            "hostname": host.hostname,
+            "role": host.role,
+            "connected": host.connected,
+            "last_seen_ms": host.last_seen_ms,
+            "agent_version": facts.agent_version,
+            "os": format!("{} {}", facts.os_name, facts.os_version).trim().to_owned(),
+            "reboot_required": facts.reboot_required,
+            "pending_updates": facts.pending_updates,
+            "last_successes": row.last_successes.iter().map(|s| json!({
+                "campaign": s.campaign,
+                "run_id": s.run_id,
+                "finished_at_ms": s.finished_at_ms,
+            })).collect::<Vec<_>>(),
+        })
+    });
+    json!({
+        "hosts": rows.collect::<Vec<_>>(),
+        "more": !page.next_page_token.is_empty(),
     })
 }
 

@@ -38,6 +38,9 @@ pub enum EngineError {
     /// The engine's loop has ended (the coordinator is stopping or failed).
     #[error("the campaign engine is not running")]
     Stopped,
+    /// The leader lease may have expired: this coordinator commits and sends nothing more.
+    #[error("this coordinator no longer leads: its lease (epoch {0}) may have expired")]
+    NotLeading(i64),
 }
 
 impl EngineError {
@@ -54,6 +57,7 @@ impl EngineError {
             EngineError::UnknownHost(_) => "unknown_host",
             EngineError::Store(_) => "store_failed",
             EngineError::Stopped => "engine_stopped",
+            EngineError::NotLeading(_) => "not_leading",
         }
     }
 }

@@ -142,6 +142,9 @@ pub struct EngineSettings {
     /// and replay their results before deciding (so an outage longer than a step's deadline
     /// does not fail hosts whose work actually finished).
     pub reconnect_grace: Duration,
+    /// The lease under which this engine leads: it commits and sends only while it holds
+    /// (always, for the sole coordinator of a SQLite store).
+    pub leadership: crate::leader::Leadership,
 }
 
 impl Engine {
@@ -181,6 +184,7 @@ impl Engine {
                 tokio::time::Instant::now() + settings.reconnect_grace,
                 waiting_for,
             )),
+            leadership: settings.leadership,
         };
         let task = tokio::spawn(runner.run(turn));
         Ok((
@@ -501,6 +505,7 @@ struct Runner {
     /// Until when, and for which hosts, deciding waits after a restart.
     grace: Option<(tokio::time::Instant, Vec<String>)>,
     metrics: EngineMetrics,
+    leadership: crate::leader::Leadership,
 }
 
 impl Runner {
@@ -609,6 +614,15 @@ impl Runner {
             Err(error) => return Err(fail(replies, error.into())),
         };
         let wrote = !writes.is_empty();
+        // Leading is checked before writing and again before sending: a leader paused past
+        // its lease wakes up to find it may have lapsed, and does neither (the database would
+        // refuse the write anyway once a newer leader holds the lease).
+        if !self.leadership.holds() {
+            return Err(fail(
+                replies,
+                EngineError::NotLeading(self.leadership.epoch()),
+            ));
+        }
         let logged = if !wrote {
             Vec::new()
         } else {
@@ -617,6 +631,12 @@ impl Runner {
                 Err(error) => return Err(fail(replies, error.into())),
             }
         };
+        if !self.leadership.holds() {
+            return Err(fail(
+                replies,
+                EngineError::NotLeading(self.leadership.epoch()),
+            ));
+        }
         for event in logged {
             self.events.publish(event);
         }

@@ -162,6 +162,10 @@ struct Rig {
 }
 
 async fn start(path: &Path, deliver: bool) -> Rig {
+    start_leading(path, deliver, crate::leader::Leadership::sole()).await
+}
+
+async fn start_leading(path: &Path, deliver: bool, leadership: crate::leader::Leadership) -> Rig {
     let store = Arc::new(Store::open(path).unwrap());
     let events = Arc::new(EventLog::new(store.clone()));
     let (outbox, sent) = CheckingOutbox::new(path, deliver);
@@ -171,6 +175,7 @@ async fn start(path: &Path, deliver: bool) -> Rig {
         outbox,
         EngineSettings {
             reconnect_grace: Duration::ZERO,
+            leadership,
         },
     )
     .await
@@ -296,6 +301,60 @@ async fn every_dispatch_is_durable_before_it_is_sent() {
     assert_eq!(run.state, CampaignState::Completed);
     assert!(run.hosts.iter().all(|h| h.state == HostState::Done));
     assert!(!rig.task.is_finished());
+}
+
+#[tokio::test]
+async fn a_leader_whose_lease_may_have_lapsed_neither_commits_nor_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let leadership = crate::leader::Leadership::held_for_test(3);
+    let mut rig = start_leading(&dir.path().join("s.db"), true, leadership.clone()).await;
+    let ids = workers(&rig.store, 5);
+    announce(&rig, &ids).await;
+    connect_all(&rig.engine, &ids);
+    create(&rig.engine).await;
+    // Two hosts at a time: both first steps are out.
+    let first = next_sent(&mut rig.sent).await;
+    next_sent(&mut rig.sent).await;
+    // Paused past its lease: the agent's answer arrives after it may have lapsed.
+    leadership.lapse();
+    let record = rig
+        .store
+        .action(first.action_id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let answered = rig
+        .engine
+        .result(
+            first.host.clone(),
+            record,
+            v1::ActionResult {
+                action_id: first.action_id.clone(),
+                outcome: v1::Outcome::Succeeded as i32,
+                ..Default::default()
+            },
+            true,
+        )
+        .await;
+    assert!(
+        matches!(answered, Err(EngineError::NotLeading(3))),
+        "{answered:?}"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(30), &mut rig.task)
+        .await
+        .expect("the engine went on after its lease lapsed")
+        .unwrap();
+    assert!(
+        matches!(ended, Err(EngineError::NotLeading(3))),
+        "{ended:?}"
+    );
+    // Nothing more was sent, and the answer was not recorded: the next leader finds the step
+    // in flight and asks the agent again (which answers from its journal).
+    assert!(rig.sent.try_recv().is_err(), "sent after the lease lapsed");
+    let run = stored_run(&rig.path);
+    let host = run.hosts.iter().find(|h| h.host_id == first.host).unwrap();
+    assert_eq!(host.step, 0, "{host:?}");
+    assert!(host.in_flight.is_some(), "{host:?}");
 }
 
 #[tokio::test]

@@ -155,6 +155,37 @@ async fn host_infos(
         .collect())
 }
 
+/// One page of the compliance report (the `ComplianceReport` rpc and the dashboard's
+/// compliance page): each host as `hosts ls` shows it (its facts: agent version, reboot
+/// required, pending updates) with when each campaign last succeeded on it.
+pub async fn compliance_page(
+    c: &Coordinator,
+    request: v1::ListHostsRequest,
+) -> Result<v1::ComplianceReportResponse, Status> {
+    let (hosts, next_page_token) = list_host_page(c, request).await?;
+    let ids = hosts.iter().map(|h| h.host_id.clone()).collect();
+    let successes = c.engine.last_successes(ids).await?;
+    let rows = hosts
+        .into_iter()
+        .zip(successes)
+        .map(|(host, successes)| v1::ComplianceRow {
+            host: Some(host),
+            last_successes: successes
+                .into_iter()
+                .map(|s| v1::CampaignSuccess {
+                    campaign: s.campaign,
+                    run_id: s.run_id,
+                    finished_at_ms: s.finished_at_ms,
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(v1::ComplianceReportResponse {
+        rows,
+        next_page_token,
+    })
+}
+
 /// Validates a role name given by an operator.
 pub fn parse_role(role: &str) -> Result<String, Status> {
     match role {
@@ -297,29 +328,8 @@ impl Admin for AdminService {
         request: Request<v1::ListHostsRequest>,
     ) -> Result<Response<v1::ComplianceReportResponse>, Status> {
         caller(&request)?;
-        let c = &self.coordinator;
-        let (hosts, next_page_token) = list_host_page(c, request.into_inner()).await?;
-        let ids = hosts.iter().map(|h| h.host_id.clone()).collect();
-        let successes = c.engine.last_successes(ids).await?;
-        let rows = hosts
-            .into_iter()
-            .zip(successes)
-            .map(|(host, successes)| v1::ComplianceRow {
-                host: Some(host),
-                last_successes: successes
-                    .into_iter()
-                    .map(|s| v1::CampaignSuccess {
-                        campaign: s.campaign,
-                        run_id: s.run_id,
-                        finished_at_ms: s.finished_at_ms,
-                    })
-                    .collect(),
-            })
-            .collect();
-        Ok(Response::new(v1::ComplianceReportResponse {
-            rows,
-            next_page_token,
-        }))
+        let page = compliance_page(&self.coordinator, request.into_inner()).await?;
+        Ok(Response::new(page))
     }
 
     async fn get_host(

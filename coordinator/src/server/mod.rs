@@ -40,9 +40,7 @@ impl From<StoreError> for Status {
         let message = format!("the coordinator's store failed: {error}");
         match error {
             // The database is away or another coordinator leads: trying again later may work.
-            StoreError::Unavailable(_) | StoreError::Fenced { .. } | StoreError::InUse(_) => {
-                Status::unavailable(message)
-            }
+            StoreError::Unavailable(_) | StoreError::Fenced { .. } => Status::unavailable(message),
             _ => Status::internal(message),
         }
     }
@@ -63,7 +61,7 @@ impl From<EngineError> for Status {
             | EngineError::Manual(_)
             | EngineError::Refused(_)
             | EngineError::HostBusy { .. } => Status::failed_precondition(message),
-            EngineError::Stopped => Status::unavailable(message),
+            EngineError::Stopped | EngineError::NotLeading(_) => Status::unavailable(message),
             EngineError::Store(_) => {
                 tracing::error!(message = "store failure", %error);
                 Status::internal(message)
@@ -72,13 +70,13 @@ impl From<EngineError> for Status {
     }
 }
 
-/// Serves until `shutdown` resolves, then drains gracefully.
-pub async fn serve(
-    coordinator: Arc<Coordinator>,
+/// The connections the gRPC server takes: TLS with the coordinator's server certificate
+/// (client certificates verified when presented), within the `[limits]` of coordinator.toml.
+pub fn incoming(
     data_dir: &DataDir,
+    limits: &crate::config::Limits,
     listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<pitcrew_proto::accept::Incoming> {
     use anyhow::Context;
     use pitcrew_proto::tls;
     let mut chain = tls::load_certs(&data_dir.server_cert())?;
@@ -87,8 +85,7 @@ pub async fn serve(
     let key = tls::load_key(&data_dir.server_key())?;
     let ca = tls::load_certs(&data_dir.ca_cert())?;
     let config = tls::server_config(chain, key, &ca).context("building the TLS configuration")?;
-    let limits = &coordinator.config.limits;
-    let incoming = pitcrew_proto::accept::accept(
+    Ok(pitcrew_proto::accept::accept(
         listener,
         Arc::new(config),
         AcceptLimits {
@@ -99,7 +96,51 @@ pub async fn serve(
             anonymous_lifetime: limits.anonymous_connection_lifetime,
             handshake_timeout: limits.handshake_timeout,
         },
-    );
+    ))
+}
+
+/// The listener's accepted connections, taken by one server at a time: a standby's answer
+/// until this coordinator leads, then the services (the listener stays bound throughout).
+#[derive(Clone)]
+pub struct Connections(Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Accepted>>>);
+
+type Accepted = Result<pitcrew_proto::accept::Conn, std::io::Error>;
+
+impl Connections {
+    pub fn new(incoming: pitcrew_proto::accept::Incoming) -> Connections {
+        Connections(Arc::new(tokio::sync::Mutex::new(incoming.into_inner())))
+    }
+
+    /// The connections as a server takes them; ends when the listener's task does.
+    pub fn stream(&self) -> impl futures::Stream<Item = Accepted> + Send + 'static {
+        futures::stream::unfold(self.0.clone(), |shared| async move {
+            let next = shared.lock().await.recv().await;
+            next.map(|conn| (conn, shared))
+        })
+    }
+}
+
+/// The HTTP/2 settings every coordinator's gRPC server uses.
+pub fn builder(limits: &crate::config::Limits) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        // A control channel carries small messages: small flow-control windows bound what a
+        // peer can make the coordinator buffer per connection (hyper's default is 1 MiB each).
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+}
+
+/// Serves until `shutdown` resolves, then drains gracefully.
+pub async fn serve(
+    coordinator: Arc<Coordinator>,
+    connections: Connections,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let limits = &coordinator.config.limits;
+    let incoming = connections.stream();
 
     // At shutdown, end the agents' long-lived sessions so the server can drain; anything still
     // open after a grace period is cut.
@@ -128,14 +169,7 @@ pub async fn serve(
             .max_decoding_message_size(max),
         coordinator.operators.clone(),
     );
-    let server = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(limits.max_concurrent_streams))
-        // A control channel carries small messages: small flow-control windows bound what a
-        // peer can make the coordinator buffer per connection (hyper's default is 1 MiB each).
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+    let server = builder(limits)
         .add_service(enrollment)
         .add_service(session)
         .add_service(admin)

@@ -50,6 +50,18 @@ pub use operators::{OperatorCaller, OperatorRecord, OperatorRefusal};
 pub use postgres::PostgresSettings;
 pub use tokens::{TokenRecord, TokenRefusal};
 pub use turn::{HostChange, TurnWrites};
+
+/// The leader lease as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// The holding coordinator process (empty: never taken).
+    pub holder: String,
+    /// Where agents and operators reach it (its `serve --advertise`; may be empty).
+    pub address: String,
+    pub epoch: i64,
+    /// Whether it has not expired, by the database's clock.
+    pub valid: bool,
+}
 use tx::{Job, Tx};
 
 /// Store errors. `Clone` so that one failed commit can be reported to every job it carried.
@@ -67,9 +79,6 @@ pub enum StoreError {
     /// commit, what was being written is lost and nothing was sent because of it.
     #[error("store: the database is unreachable: {0}")]
     Unavailable(String),
-    /// Another coordinator serves this store.
-    #[error("store: {0}")]
-    InUse(String),
     /// A newer leader holds the lease: this coordinator may write nothing more.
     #[error(
         "store: fenced: this coordinator led with lease epoch {ours}, the database now holds epoch {current}; nothing was written"
@@ -176,32 +185,36 @@ impl Store {
         self.commit_seconds.clone()
     }
 
-    /// Claims the store for this coordinator's engine until the store is dropped: on
-    /// PostgreSQL a session advisory lock on a connection of its own, refused while another
-    /// coordinator holds it. Until the leader lease exists this keeps a second coordinator
-    /// started on the same database from running a second engine; it is not fencing (a lost
-    /// lock connection is not noticed). On SQLite the data dir is this coordinator's alone.
-    pub async fn claim_engine(&self) -> Result<(), StoreError> {
-        match &self.reads {
-            Reads::Sqlite(_) => Ok(()),
-            Reads::Postgres(reader) => reader.claim_engine().await,
-        }
-    }
-
-    // --- The leader lease (PostgreSQL only; the engine does not use it yet).
+    // --- The leader lease (PostgreSQL only; see `crate::leader`).
 
     /// Takes the leader lease for `holder` (unique per process) for `length`, by the
     /// database's clock: a new epoch when it was free or expired, the same one when `holder`
-    /// still holds it. `None` while another holder's lease is valid.
+    /// still holds it; `address` is where agents and operators reach it. `None` while another
+    /// holder's lease is valid.
     pub async fn take_lease(
         &self,
         holder: String,
+        address: String,
         length: std::time::Duration,
     ) -> Result<Option<i64>, StoreError> {
         match &self.reads {
             Reads::Sqlite(_) => Err(StoreError::Unsupported("the leader lease")),
-            Reads::Postgres(reader) => reader.take_lease(holder, length).await,
+            Reads::Postgres(reader) => reader.take_lease(holder, address, length).await,
         }
+    }
+
+    /// Who holds the leader lease now, by the database's clock (PostgreSQL only).
+    pub async fn leader(&self) -> Result<LeaseHolder, StoreError> {
+        match &self.reads {
+            Reads::Sqlite(_) => Err(StoreError::Unsupported("the leader lease")),
+            Reads::Postgres(reader) => reader.leader().await,
+        }
+    }
+
+    /// Whether several coordinators may share this store (PostgreSQL), so that leadership is
+    /// decided by the lease; the SQLite file belongs to one coordinator.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.reads, Reads::Postgres(_))
     }
 
     /// Extends `holder`'s lease at `epoch`; false when it expired or a newer leader took it.

@@ -1155,23 +1155,80 @@ async fn a_lost_database_connection_is_an_error_and_the_next_write_reconnects() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_coordinator_on_one_database_is_refused_until_the_first_is_gone() {
+async fn renewals_never_wait_for_the_leaders_writes_and_a_takeover_does() {
     let Some(cluster) = pg() else { return };
-    let mut settings = cluster.new_database();
-    settings.claim_wait = std::time::Duration::from_millis(500);
-    let first = Store::open_postgres(&settings).unwrap();
-    first.claim_engine().await.unwrap();
-    first.claim_engine().await.unwrap();
-    let second = Store::open_postgres(&settings).unwrap();
-    let error = second.claim_engine().await.unwrap_err();
-    assert!(matches!(error, StoreError::InUse(_)), "{error}");
-    assert!(
-        error.to_string().contains("one coordinator per database"),
-        "{error}"
+    let settings = cluster.new_database();
+    let db = database_of(&settings);
+    let (a, b) = (
+        Store::open_postgres(&settings).unwrap(),
+        Store::open_postgres(&settings).unwrap(),
     );
-    drop(first);
-    // Gone: the server drops its claim once it sees the connection closed.
-    second.claim_engine().await.unwrap();
+    let long = std::time::Duration::from_secs(60);
+    let ha = holder("a");
+    let epoch = a
+        .take_lease(ha.clone(), String::new(), long)
+        .await
+        .unwrap()
+        .unwrap();
+    // A write of the leader in progress, holding the lease row as the fence does.
+    let mut config: tokio_postgres::Config = cluster.url(&db).parse().unwrap();
+    config.password(cluster.password());
+    let (writer, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    writer
+        .batch_execute("BEGIN; SELECT epoch FROM leader_lease WHERE id = 1 FOR KEY SHARE")
+        .await
+        .unwrap();
+    let renewed = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        a.renew_lease(ha, epoch, long),
+    )
+    .await
+    .expect("a renewal waited for the leader's own write in progress");
+    assert!(renewed.unwrap());
+    // The lease lapses; a takeover must wait until that write has committed.
+    cluster
+        .sql(
+            &db,
+            "UPDATE leader_lease SET expires_at = now() - interval '1 second'",
+        )
+        .unwrap();
+    let takeover =
+        tokio::spawn(async move { b.take_lease(holder("b"), String::new(), long).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !takeover.is_finished(),
+        "the takeover did not wait for the old leader's write in progress"
+    );
+    writer.batch_execute("COMMIT").await.unwrap();
+    let taken = takeover.await.unwrap().unwrap();
+    assert!(taken.is_some_and(|e| e > epoch), "{taken:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_ends_a_transaction_a_stalled_coordinator_leaves_open() {
+    let Some(cluster) = pg() else { return };
+    let settings = cluster.new_database();
+    let (client, connection) = settings
+        .connect_config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let shown = client
+        .query_one("SHOW idle_in_transaction_session_timeout", &[])
+        .await
+        .unwrap();
+    assert_eq!(shown.get::<_, String>(0), "5s");
+    // Left open (as by a coordinator paused mid-commit), the server ends it.
+    client.batch_execute("BEGIN").await.unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(60), connection)
+        .await
+        .expect("the server left an idle transaction open");
+    assert!(
+        ended.unwrap().is_err(),
+        "the connection ended with an error"
+    );
 }
 
 /// A coordinator's holder name, unique per process incarnation.
@@ -1190,18 +1247,31 @@ async fn the_leader_lease_is_held_renewed_and_taken_over_by_the_database_clock()
     );
     let (ha, hb) = (holder("a"), holder("b"));
     let long = std::time::Duration::from_secs(60);
+    let never = a.leader().await.unwrap();
+    assert!(!never.valid && never.holder.is_empty(), "{never:?}");
     let epoch_a = a
-        .take_lease(ha.clone(), long)
+        .take_lease(ha.clone(), "https://a.example:7443".into(), long)
         .await
         .unwrap()
         .expect("free: taken");
+    // Standbys learn who leads and where, by the database's clock.
+    let seen = b.leader().await.unwrap();
     assert_eq!(
-        a.take_lease(ha.clone(), long).await.unwrap(),
+        (
+            seen.holder.as_str(),
+            seen.address.as_str(),
+            seen.epoch,
+            seen.valid
+        ),
+        (ha.as_str(), "https://a.example:7443", epoch_a, true)
+    );
+    assert_eq!(
+        a.take_lease(ha.clone(), String::new(), long).await.unwrap(),
         Some(epoch_a),
         "kept"
     );
     assert_eq!(
-        b.take_lease(hb.clone(), long).await.unwrap(),
+        b.take_lease(hb.clone(), String::new(), long).await.unwrap(),
         None,
         "held by a"
     );
@@ -1219,16 +1289,21 @@ async fn the_leader_lease_is_held_renewed_and_taken_over_by_the_database_clock()
         "expired"
     );
     let epoch_b = b
-        .take_lease(hb.clone(), long)
+        .take_lease(hb.clone(), String::new(), long)
         .await
         .unwrap()
         .expect("expired: taken");
     assert!(epoch_b > epoch_a);
-    assert_eq!(a.take_lease(ha, long).await.unwrap(), None);
+    let seen = a.leader().await.unwrap();
+    assert_eq!(
+        (seen.holder.as_str(), seen.address.as_str(), seen.epoch),
+        (hb.as_str(), "", epoch_b)
+    );
+    assert_eq!(a.take_lease(ha, String::new(), long).await.unwrap(), None);
     let sqlite = tempfile::tempdir().unwrap();
     let local = Store::open(&sqlite.path().join("s.db")).unwrap();
     assert!(matches!(
-        local.take_lease(hb, long).await,
+        local.take_lease(hb, String::new(), long).await,
         Err(StoreError::Unsupported(_))
     ));
     assert!(matches!(local.fence(1), Err(StoreError::Unsupported(_))));
@@ -1244,7 +1319,11 @@ async fn a_fenced_leader_writes_nothing_once_a_newer_leader_holds_the_lease() {
         Store::open_postgres(&settings).unwrap(),
     );
     let long = std::time::Duration::from_secs(60);
-    let epoch_a = a.take_lease(holder("a"), long).await.unwrap().unwrap();
+    let epoch_a = a
+        .take_lease(holder("a"), String::new(), long)
+        .await
+        .unwrap()
+        .unwrap();
     a.fence(epoch_a).unwrap();
     a.create_token(token("by-a", 1, 1000)).await.unwrap();
     // a is paused past its lease; b takes over and leads.
@@ -1254,7 +1333,11 @@ async fn a_fenced_leader_writes_nothing_once_a_newer_leader_holds_the_lease() {
             "UPDATE leader_lease SET expires_at = now() - interval '1 second'",
         )
         .unwrap();
-    let epoch_b = b.take_lease(holder("b"), long).await.unwrap().unwrap();
+    let epoch_b = b
+        .take_lease(holder("b"), String::new(), long)
+        .await
+        .unwrap()
+        .unwrap();
     b.fence(epoch_b).unwrap();
     // a wakes up: its turn (an action record, the host's progress, an event) and any other
     // write are refused by the database, whole.

@@ -8,7 +8,7 @@ use super::{remove_path, signal_unit, unit, wait_unit};
 use crate::v1::{self, action::Kind};
 
 /// One action, as given on the command line.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum ActionCommand {
     /// Start, stop, restart, reload, enable or disable a systemd unit.
     Unit(unit::Cli),

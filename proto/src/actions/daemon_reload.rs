@@ -56,7 +56,7 @@ impl WireAction for v1::DaemonReload {
 
 /// `pitcrew do HOST daemon-reload`.
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Cli {}
 
 #[cfg(feature = "cli")]

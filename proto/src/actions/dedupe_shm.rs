@@ -55,7 +55,7 @@ impl WireAction for v1::DedupeShm {
 
 /// `pitcrew do HOST dedupe-shm`.
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Cli {}
 
 #[cfg(feature = "cli")]

@@ -70,7 +70,7 @@ impl WireAction for v1::Exec {
 
 /// `pitcrew do HOST exec [--env KEY=VALUE]... [--workdir DIR] -- ARGV...`.
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Cli {
     /// Environment variables as KEY=VALUE (repeat).
     #[arg(long = "env", value_parser = parse_env)]

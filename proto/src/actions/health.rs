@@ -171,14 +171,14 @@ impl WireAction for v1::Health {
 
 /// `pitcrew do HOST health CHECK ...`.
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Cli {
     #[command(subcommand)]
     check: CheckCli,
 }
 
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 enum CheckCli {
     /// The unit is active.
     UnitActive { unit: String },

@@ -87,7 +87,7 @@ impl WireAction for v1::Patch {
 
 /// `pitcrew do HOST patch [PACKAGE...]`.
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Cli {
     packages: Vec<String>,
     /// How long to wait for a package manager lock held by someone else, e.g. `2m` (a bare

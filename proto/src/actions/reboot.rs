@@ -71,7 +71,7 @@ impl WireAction for v1::Reboot {
 
 /// `pitcrew do HOST reboot`.
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Cli {
     /// Only when the host says a reboot is required (e.g. /run/reboot-required).
     #[arg(long)]

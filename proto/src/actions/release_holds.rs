@@ -33,7 +33,7 @@ impl WireAction for v1::ReleaseHolds {
 
 /// `pitcrew do HOST release-holds UNIT...`.
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Cli {
     #[arg(required = true)]
     units: Vec<String>,

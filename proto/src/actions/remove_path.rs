@@ -64,7 +64,7 @@ impl WireAction for v1::RemovePath {
 
 /// `pitcrew do HOST remove-path PATH`.
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Cli {
     path: String,
     #[arg(long)]

@@ -206,7 +206,7 @@ impl WireAction for v1::SignalUnit {
 
 /// `pitcrew do HOST signal-unit UNIT SIGNAL`.
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Cli {
     unit: String,
     /// e.g. SIGUSR1

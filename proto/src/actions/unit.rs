@@ -128,7 +128,7 @@ impl WireAction for v1::UnitAction {
 
 /// `pitcrew do HOST unit OPERATION UNIT`.
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Cli {
     #[arg(value_enum)]
     operation: UnitOp,

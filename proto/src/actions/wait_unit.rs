@@ -100,7 +100,7 @@ impl WireAction for v1::WaitUnit {
 
 /// `pitcrew do HOST wait-unit UNIT STATE`.
 #[cfg(feature = "cli")]
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Cli {
     unit: String,
     #[arg(value_enum)]

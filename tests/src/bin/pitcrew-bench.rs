@@ -7,6 +7,9 @@
 //! coordinator with N simulated agents over real mTLS (see `pitcrew_tests::fleet`): how long
 //! they take to enroll, what the coordinator holds and burns while they idle, how long
 //! campaigns over 100, 1,000 and N of them take, and how many sessions were lost.
+//!
+//! `pitcrew-bench failover` compares campaign throughput on SQLite and PostgreSQL and measures
+//! how long three coordinators on PostgreSQL take to replace a leader killed mid-campaign.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -204,6 +207,19 @@ enum Command {
         #[arg(long, default_value_t = 1200)]
         deadline_seconds: u64,
     },
+    /// Campaign throughput on SQLite and on PostgreSQL, and the time three coordinators on
+    /// PostgreSQL take to replace a leader killed mid-campaign.
+    Failover {
+        /// How many simulated agents.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Workers out of service at once.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// How long a simulated action takes in the failover campaign, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        action_delay_ms: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -226,6 +242,15 @@ fn main() -> anyhow::Result<()> {
             action_delay: Duration::from_millis(action_delay_ms),
             idle_window: Duration::from_secs(idle_seconds.max(1)),
             deadline: Instant::now() + Duration::from_secs(deadline_seconds),
+        }),
+        Some(Command::Failover {
+            agents,
+            concurrency,
+            action_delay_ms,
+        }) => pitcrew_tests::failover_bench::run(&pitcrew_tests::failover_bench::FailoverBench {
+            agents: agents.max(3),
+            concurrency: concurrency.max(1),
+            action_delay: Duration::from_millis(action_delay_ms),
         }),
     }
 }

@@ -244,6 +244,50 @@ function hostPage(id) {
   });
 }
 
+// ---- compliance ----
+
+function compliancePage() {
+  const params = new URLSearchParams(location.search);
+  const role = el("select", { name: "role" },
+    el("option", { value: "" }, "any role"), el("option", { value: "worker" }, "worker"),
+    el("option", { value: "manager" }, "manager"));
+  const label = el("input", { name: "label", placeholder: "label, e.g. cluster=c1", size: 24 });
+  role.value = params.get("role") || "";
+  label.value = params.get("label") || "";
+  const rows = el("tbody", { id: "compliance" });
+  const more = el("p", { class: "muted", id: "compliance-more" });
+  const apply = () => {
+    const q = new URLSearchParams();
+    if (role.value) q.set("role", role.value);
+    if (label.value) q.set("label", label.value);
+    history.replaceState(null, "", q.toString() ? "/compliance?" + q : "/compliance");
+    follow("/api/compliance/stream?" + q, { compliance: render });
+  };
+  role.addEventListener("change", apply);
+  label.addEventListener("change", apply);
+  show(
+    el("h1", {}, "Compliance"),
+    el("p", { class: "muted" }, "Per host: what its agent reports of itself and when each campaign last succeeded on it. ",
+      "For a spreadsheet: pitcrew report compliance -o csv"),
+    el("div", { class: "filters" }, role, label),
+    el("table", {}, el("thead", {}, el("tr", {}, ["host", "role", "agent", "os", "reboot", "pending updates", "last seen", "last successes"].map((h) => el("th", {}, h)))), rows),
+    more,
+  );
+  function render(data) {
+    rows.replaceChildren(...(data.hosts.length ? data.hosts.map((h) => el("tr", { "data-host": h.host_id },
+      el("td", {}, el("a", { href: "/hosts/" + encodeURIComponent(h.host_id) }, h.hostname)),
+      el("td", {}, h.role), el("td", { class: "agent" }, h.agent_version), el("td", {}, h.os),
+      el("td", { class: h.reboot_required ? "reboot error" : "reboot" }, h.reboot_required ? "required" : "-"),
+      el("td", { class: "updates" }, h.pending_updates === null || h.pending_updates === undefined ? "unknown" : h.pending_updates),
+      el("td", {}, h.connected ? "connected" : when(h.last_seen_ms)),
+      el("td", { class: "successes" }, h.last_successes.length ? h.last_successes.map((s) => el("div", { "data-campaign": s.campaign },
+        s.campaign, " ", el("a", { href: "/campaigns/" + encodeURIComponent(s.run_id) }, when(s.finished_at_ms))))
+        : el("span", { class: "muted" }, "never")))) : [el("tr", {}, el("td", { colspan: 8, class: "muted" }, "no hosts"))]));
+    more.textContent = data.more ? "More hosts matched than are shown: narrow the filters, or use pitcrew report compliance." : "";
+  }
+  apply();
+}
+
 // ---- start ----
 
 async function start() {
@@ -264,6 +308,7 @@ async function start() {
   let m;
   if ((m = path.match(/^\/campaigns\/([^/]+)$/))) campaignPage(decodeURIComponent(m[1]));
   else if ((m = path.match(/^\/hosts\/([^/]+)$/))) hostPage(decodeURIComponent(m[1]));
+  else if (path === "/compliance") compliancePage();
   else fleetPage();
 }
 

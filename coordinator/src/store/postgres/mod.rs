@@ -41,6 +41,8 @@ use super::{
 
 /// Connections in the pool: the writer's and the reads'.
 pub const POOL_SIZE: usize = 8;
+/// How long the server lets one of the coordinator's transactions sit idle before ending it.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
 /// How long opening the store, or taking a connection, may wait for the database.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -51,9 +53,6 @@ pub struct PostgresSettings {
     config: tokio_postgres::Config,
     /// How long to wait for the database when connecting.
     pub connect_timeout: Duration,
-    /// How long a starting coordinator waits for another one's claim on the database to go
-    /// (see `Store::claim_engine`).
-    pub claim_wait: Duration,
 }
 
 impl std::fmt::Debug for PostgresSettings {
@@ -99,10 +98,18 @@ impl PostgresSettings {
         }
         config.application_name("pitcrew-coordinator");
         config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        // A coordinator never leaves a transaction idle: one that is (a paused or cut-off
+        // leader mid-commit) is ended by the server, so it cannot hold the lease row and keep
+        // a new leader from taking over.
+        let options = format!(
+            "{} -c idle_in_transaction_session_timeout={}",
+            config.get_options().unwrap_or_default(),
+            IDLE_IN_TRANSACTION.as_millis()
+        );
+        config.options(options.trim_start());
         Ok(PostgresSettings {
             config,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            claim_wait: CLAIM_WAIT,
         })
     }
 
@@ -110,6 +117,12 @@ impl PostgresSettings {
     /// the password.
     pub fn describe(&self) -> String {
         describe(&self.config)
+    }
+
+    /// How every connection of the store logs in (tests connect beside the store with it).
+    #[cfg(test)]
+    pub(crate) fn connect_config(&self) -> &tokio_postgres::Config {
+        &self.config
     }
 }
 
@@ -154,20 +167,16 @@ impl Drop for Runtime {
 pub(crate) struct Reader {
     pool: Pool,
     handle: tokio::runtime::Handle,
-    /// To connect the engine's claim (outside the pool).
-    config: tokio_postgres::Config,
-    claim_wait: Duration,
     /// The epoch the writer's transactions must find in the lease (0: not fenced).
     fence: Arc<AtomicI64>,
-    /// The connection holding the engine's claim, once made.
-    claim: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
+    /// How to open the lease's own connection.
+    config: tokio_postgres::Config,
+    /// The connection the lease is taken and renewed on: its own, outside the pool and the
+    /// store's runtime, so that a renewal never queues behind the store's work (a burst of
+    /// new pool connections when agents reconnect, each a SCRAM exchange, or a long read).
+    lease: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
     _runtime: Arc<Runtime>,
 }
-
-/// The advisory lock a serving coordinator holds ("pitcrew" and 'E' for engine).
-const ENGINE_LOCK: i64 = 0x7069_7463_7265_7745;
-/// How long a starting coordinator waits for another one's claim to go.
-const CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 impl Reader {
     /// From the next batch on, every write transaction requires the lease at `epoch`.
@@ -176,30 +185,96 @@ impl Reader {
     }
 
     /// Takes the leader lease if it is free or expired by the database's clock (a new epoch),
-    /// or keeps it if `holder` holds it still (same epoch). None: another holder's lease is
-    /// valid.
+    /// or keeps it if `holder` holds it still (same epoch), recording `address` as where the
+    /// leader is reached. None: another holder's lease is valid.
     pub(crate) async fn take_lease(
         &self,
         holder: String,
+        address: String,
         length: Duration,
     ) -> Result<Option<i64>, StoreError> {
+        let mut lease = self.lease_connection().await?;
+        let client = lease.as_mut().expect("connected above");
+        let tx = client.transaction().await.map_err(pg_error)?;
+        // A leader's write in progress holds the row (FOR KEY SHARE) until it commits; never
+        // wait for it longer than a lease (a stalled one is ended by the server's
+        // idle-in-transaction timeout), and try again at the next attempt.
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            length.as_millis().max(1)
+        ))
+        .await
+        .map_err(pg_error)?;
+        // Only a lease this holder may take is locked — FOR UPDATE, which waits for the old
+        // leader's write in progress, so that none of its writes commits after the takeover.
+        // A standby asking while the lease is valid locks nothing and so never delays the
+        // leader's writes.
+        let takeable = tx
+            .query(
+                "SELECT epoch FROM leader_lease
+                 WHERE id = 1 AND (holder = $1 OR expires_at <= now()) FOR UPDATE",
+                &[&holder],
+            )
+            .await
+            .map_err(pg_error)?;
+        if takeable.is_empty() {
+            return Ok(None);
+        }
+        let rows = tx
+            .query(
+                "UPDATE leader_lease SET
+                    epoch = CASE WHEN holder = $1 AND expires_at > now()
+                                 THEN epoch ELSE epoch + 1 END,
+                    holder = $1,
+                    address = $3,
+                    expires_at = now() + make_interval(secs => $2)
+                 WHERE id = 1 AND (holder = $1 OR expires_at <= now())
+                 RETURNING epoch",
+                &[&holder, &length.as_secs_f64(), &address],
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        rows.first().map(|r| get(r, "epoch")).transpose()
+    }
+
+    /// The lease's own connection, opened (again) when there is none or it broke. Driven on
+    /// the caller's runtime, not the store's.
+    async fn lease_connection(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<tokio_postgres::Client>>, StoreError> {
+        let mut lease = self.lease.lock().await;
+        if lease.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            let (client, connection) = self.config.connect(NoTls).await.map_err(pg_error)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(message = "store: the leader lease's connection ended", %error);
+                }
+            });
+            *lease = Some(client);
+        }
+        Ok(lease)
+    }
+
+    /// Who holds the lease, by the database's clock.
+    pub(crate) async fn leader(&self) -> Result<crate::store::LeaseHolder, StoreError> {
         let pool = self.pool.clone();
         self.run(async move {
             let client = pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query(
-                    "UPDATE leader_lease SET
-                        epoch = CASE WHEN holder = $1 AND expires_at > now()
-                                     THEN epoch ELSE epoch + 1 END,
-                        holder = $1,
-                        expires_at = now() + make_interval(secs => $2)
-                     WHERE id = 1 AND (holder = $1 OR expires_at <= now())
-                     RETURNING epoch",
-                    &[&holder, &length.as_secs_f64()],
+            let row = client
+                .query_one(
+                    "SELECT holder, address, epoch, expires_at > now() AS valid
+                     FROM leader_lease WHERE id = 1",
+                    &[],
                 )
                 .await
                 .map_err(pg_error)?;
-            rows.first().map(|r| get(r, "epoch")).transpose()
+            Ok(crate::store::LeaseHolder {
+                holder: get(&row, "holder")?,
+                address: get(&row, "address")?,
+                epoch: get(&row, "epoch")?,
+                valid: get(&row, "valid")?,
+            })
         })
         .await
     }
@@ -211,20 +286,26 @@ impl Reader {
         epoch: i64,
         length: Duration,
     ) -> Result<bool, StoreError> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let changed = client
-                .execute(
-                    "UPDATE leader_lease SET expires_at = now() + make_interval(secs => $3)
-                     WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > now()",
-                    &[&holder, &epoch, &length.as_secs_f64()],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(changed == 1)
-        })
-        .await
+        let mut lease = self.lease_connection().await?;
+        let client = lease.as_mut().expect("connected above");
+        let tx = client.transaction().await.map_err(pg_error)?;
+        // A renewal does not wait for the disk: a leader whose renewals queue behind fsyncs
+        // on a busy server would step down for nothing. Losing one in a database crash only
+        // ends the lease earlier than the leader thinks, and a takeover then (committed
+        // durably, with a new epoch) fences the old leader's writes anyway.
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(pg_error)?;
+        let changed = tx
+            .execute(
+                "UPDATE leader_lease SET expires_at = now() + make_interval(secs => $3)
+                 WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > now()",
+                &[&holder, &epoch, &length.as_secs_f64()],
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(changed == 1)
     }
 
     async fn run<T: Send + 'static>(
@@ -235,53 +316,6 @@ impl Reader {
             .spawn(work)
             .await
             .map_err(|e| StoreError::Sql(format!("a store task failed: {e}")))?
-    }
-
-    pub(crate) async fn claim_engine(&self) -> Result<(), StoreError> {
-        let (config, claim, wait) = (self.config.clone(), self.claim.clone(), self.claim_wait);
-        self.handle
-            .spawn(async move {
-                let mut held = claim.lock().await;
-                if held.as_ref().is_some_and(|c| !c.is_closed()) {
-                    return Ok(());
-                }
-                let (client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::warn!(message = "store: the connection holding the engine's claim ended", %error);
-                    }
-                });
-                // A coordinator killed a moment ago still holds it until the server notices its
-                // connection is gone: wait for the lock a while (the server's own wait, no
-                // polling) before calling it taken.
-                client
-                    .batch_execute(&format!(
-                        "SET lock_timeout = '{}ms'",
-                        wait.as_millis().max(1)
-                    ))
-                    .await
-                    .map_err(pg_error)?;
-                if let Err(error) = client
-                    .execute("SELECT pg_advisory_lock($1)", &[&ENGINE_LOCK])
-                    .await
-                {
-                    let busy = error
-                        .as_db_error()
-                        .is_some_and(|db| db.code().code() == "55P03");
-                    if !busy {
-                        return Err(pg_error(error));
-                    }
-                    return Err(StoreError::InUse(format!(
-                        "another pitcrew coordinator has been serving this database for the last \
-                         {:?}; until the leader lease exists, run one coordinator per database",
-                        wait
-                    )));
-                }
-                *held = Some(client);
-                Ok(())
-            })
-            .await
-            .map_err(|e| StoreError::Sql(format!("the claim task failed: {e}")))?
     }
 
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -390,10 +424,9 @@ pub(super) fn open(
         Reader {
             pool,
             handle,
-            config: settings.config.clone(),
-            claim_wait: settings.claim_wait,
             fence,
-            claim: Arc::new(tokio::sync::Mutex::new(None)),
+            config: settings.config.clone(),
+            lease: Arc::new(tokio::sync::Mutex::new(None)),
             _runtime: runtime,
         },
     ))
@@ -1287,11 +1320,16 @@ impl Conn for PgTx<'_> {
             if self.fence == 0 {
                 return Ok(());
             }
-            // The fence: the lease row, locked for share until this transaction ends, must
-            // still carry this leader's epoch. A takeover's UPDATE of the row waits for this
-            // commit; once a newer epoch is committed, no batch of the old leader commits.
+            // The fence: the lease row, locked (FOR KEY SHARE) until this transaction ends,
+            // must still carry this leader's epoch. A takeover locks the row FOR UPDATE first,
+            // which waits for this commit; once a newer epoch is committed, no batch of the
+            // old leader commits. The leader's own renewals (a plain UPDATE of the expiry)
+            // do not conflict with this lock, so they never wait behind a slow commit.
             let rows = self
-                .query("SELECT epoch FROM leader_lease WHERE id = 1 FOR SHARE", &[])
+                .query(
+                    "SELECT epoch FROM leader_lease WHERE id = 1 FOR KEY SHARE",
+                    &[],
+                )
                 .await?;
             let current: i64 = rows
                 .first()

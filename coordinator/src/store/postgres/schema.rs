@@ -10,6 +10,7 @@
 //! to both backends.
 //!
 //! Version 2 adds the leader lease (`leader_lease`, one row), which only PostgreSQL has.
+//! Version 3 adds the leader's address to it (where standbys send agents and operators).
 //!
 //! Every migration takes a transaction-scoped advisory lock first, so coordinators started
 //! together on one database migrate it once, one after the other.
@@ -21,7 +22,7 @@ use crate::store::StoreError;
 
 /// The newest version this build knows. A database written by a newer build is refused
 /// rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// The advisory lock key migrations hold ("pitcrew!" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7069_7463_7265_7721;
@@ -129,8 +130,14 @@ CREATE TABLE leader_lease (
 INSERT INTO leader_lease (id, holder, epoch, expires_at) VALUES (1, '', 0, '-infinity');
 "#;
 
+/// The address agents and operators reach the lease's holder at (its `serve --advertise`),
+/// which standbys tell whoever connects to them.
+const V3: &str = r#"
+ALTER TABLE leader_lease ADD COLUMN address TEXT NOT NULL DEFAULT '';
+"#;
+
 /// Each version's statements, in order: `MIGRATIONS[n - 1]` brings the schema to version n.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Brings the schema to the newest version, one version per transaction.
 pub(super) async fn migrate(client: &mut ClientWrapper) -> Result<(), StoreError> {
