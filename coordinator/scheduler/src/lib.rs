@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod conditions;
 pub mod decide;
 pub mod delays;
 pub mod fleet;
@@ -17,6 +18,7 @@ pub mod manual;
 pub mod operator;
 pub mod plan;
 pub mod run;
+pub mod schedule;
 pub mod spec;
 pub mod template;
 pub mod window;
@@ -31,4 +33,6 @@ pub use operator::{Admission, OperatorRefusal, admit_action};
 pub use plan::{Plan, PlanError, PlanStart, PlannedHost, PlannedStep, Refusal, plan, plan_from};
 pub use run::{ApplyError, CampaignRun, CampaignState, Event, HostRun, HostState, Outcome, apply};
 pub use spec::{CampaignSpec, Concurrency, FailureBudget, OnHost, Phase, SpecError, StepSpec};
+pub use conditions::{Condition, HostFacts};
+pub use schedule::{Due, Schedule};
 pub use window::Window;
