@@ -204,7 +204,11 @@ impl From<EngineError> for Failure {
     fn from(error: EngineError) -> Failure {
         let status = match &error {
             EngineError::Spec(_) => StatusCode::BAD_REQUEST,
-            EngineError::UnknownCampaign(_) | EngineError::UnknownHost(_) => StatusCode::NOT_FOUND,
+            EngineError::Schedule(_) => StatusCode::BAD_REQUEST,
+            EngineError::UnknownCampaign(_)
+            | EngineError::UnknownHost(_)
+            | EngineError::UnknownSchedule(_) => StatusCode::NOT_FOUND,
+            EngineError::AlreadyRunning { .. } => StatusCode::CONFLICT,
             EngineError::Plan(_)
             | EngineError::Apply(_)
             | EngineError::Manual(_)
@@ -826,6 +830,7 @@ mod tests {
             healthy: true,
             boot_id: String::new(),
             policy: None,
+            facts: None,
         };
         let hold = Hold {
             state: "running".into(),

@@ -20,6 +20,7 @@ use crate::store::{HostRecord, Store, campaigns};
 mod dashboard;
 mod gauges;
 mod lifecycle;
+mod schedules;
 mod unit_holds;
 
 const SPEC: &str = r#"
@@ -162,6 +163,19 @@ struct Rig {
 }
 
 async fn start(path: &Path, deliver: bool) -> Rig {
+    start_with(
+        path,
+        deliver,
+        EngineSettings {
+            reconnect_grace: Duration::ZERO,
+            archive_after: Duration::from_secs(7 * 24 * 3600),
+            clock: Clock::System,
+        },
+    )
+    .await
+}
+
+async fn start_with(path: &Path, deliver: bool, settings: EngineSettings) -> Rig {
     let store = Arc::new(Store::open(path).unwrap());
     let events = Arc::new(EventLog::new(store.clone()));
     let (outbox, sent) = CheckingOutbox::new(path, deliver);
@@ -169,9 +183,7 @@ async fn start(path: &Path, deliver: bool) -> Rig {
         store.clone(),
         events,
         outbox,
-        EngineSettings {
-            reconnect_grace: Duration::ZERO,
-        },
+        settings,
     )
     .await
     .unwrap();

@@ -138,6 +138,7 @@ fn run(id: &str, hosts: &[&str]) -> CampaignRun {
             healthy: true,
             boot_id: String::new(),
             policy: None,
+            facts: None,
         })
         .collect();
     CampaignRun::new(id, &spec, &views, 5).unwrap()
