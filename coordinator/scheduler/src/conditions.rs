@@ -118,14 +118,10 @@ impl Condition {
     /// Reads one condition; the error says what is wrong and what is accepted.
     pub fn parse(text: &str) -> Result<Condition, String> {
         let t = text.trim();
-        let known = || {
-            FACTS
-                .iter()
-                .map(|(_, s)| *s)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if let Some((i, op)) = COMPARES.iter().find_map(|(c, s)| t.find(s).map(|i| (i, (*c, *s))))
+        let known = || FACTS.iter().map(|(_, s)| *s).collect::<Vec<_>>().join(", ");
+        if let Some((i, op)) = COMPARES
+            .iter()
+            .find_map(|(c, s)| t.find(s).map(|i| (i, (*c, *s))))
         {
             let (name, number) = (t[..i].trim(), t[i + op.1.len()..].trim());
             let fact = Fact::parse(name)
@@ -136,7 +132,10 @@ impl Condition {
                 ));
             }
             let value = number.parse::<u64>().map_err(|_| {
-                format!("{number:?} is not a whole number; write e.g. \"{name} {} 1\"", op.1)
+                format!(
+                    "{number:?} is not a whole number; write e.g. \"{name} {} 1\"",
+                    op.1
+                )
             })?;
             return Ok(Condition::Count {
                 fact,
@@ -229,7 +228,11 @@ mod tests {
             ("pending_updates <= 5", 6, false),
         ] {
             let c = Condition::parse(text).unwrap();
-            assert_eq!(c.holds(Some(&facts(false, 0, Some(value)))), holds, "{text}");
+            assert_eq!(
+                c.holds(Some(&facts(false, 0, Some(value)))),
+                holds,
+                "{text}"
+            );
         }
     }
 
@@ -238,7 +241,11 @@ mod tests {
         let c = Condition::parse("pending_updates == 0").unwrap();
         assert!(!c.holds(Some(&facts(false, 0, None))), "not counted yet");
         assert!(!Condition::parse("not reboot_required").unwrap().holds(None));
-        assert!(!Condition::parse("shm_tmpfs_mounts < 5").unwrap().holds(None));
+        assert!(
+            !Condition::parse("shm_tmpfs_mounts < 5")
+                .unwrap()
+                .holds(None)
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod template;
 pub mod window;
 
 pub use action::{HealthCheck, StepAction};
+pub use conditions::{Condition, HostFacts};
 pub use decide::{Blocker, BlockerEntry, Decision, Decisions, Dispatch, Holder, action_id, decide};
 pub use delays::WaveBlocker;
 pub use fleet::{Fleet, HostView, ManualPhase, ManualState, OperatorAction, Role};
@@ -32,7 +33,6 @@ pub use manual::{ManualError, manual_enable};
 pub use operator::{Admission, OperatorRefusal, admit_action};
 pub use plan::{Plan, PlanError, PlanStart, PlannedHost, PlannedStep, Refusal, plan, plan_from};
 pub use run::{ApplyError, CampaignRun, CampaignState, Event, HostRun, HostState, Outcome, apply};
-pub use spec::{CampaignSpec, Concurrency, FailureBudget, OnHost, Phase, SpecError, StepSpec};
-pub use conditions::{Condition, HostFacts};
 pub use schedule::{Due, Schedule};
+pub use spec::{CampaignSpec, Concurrency, FailureBudget, OnHost, Phase, SpecError, StepSpec};
 pub use window::Window;

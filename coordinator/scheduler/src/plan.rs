@@ -594,12 +594,9 @@ pub fn plan_from(
             .iter()
             .filter(|h| spec.select.matches_ignoring_facts(h) && !spec.select.facts_hold(h))
             .count(),
-        schedule: spec
-            .schedule
-            .clone()
-            .map(|s| {
-                let next = s.next_after(start_ms);
-                (s, next)
-            }),
+        schedule: spec.schedule.clone().map(|s| {
+            let next = s.next_after(start_ms);
+            (s, next)
+        }),
     })
 }

@@ -193,7 +193,11 @@ mod tests {
         // Europe/Berlin, 2025-03-30: 02:00 CET jumps to 03:00 CEST (01:00 UTC).
         let s = berlin("30 2 * * *");
         let first = s.next_after(utc(2025, 3, 29, 12, 0)).unwrap();
-        assert_eq!(first, utc(2025, 3, 30, 1, 0), "03:00 CEST, the first valid time");
+        assert_eq!(
+            first,
+            utc(2025, 3, 30, 1, 0),
+            "03:00 CEST, the first valid time"
+        );
         // Once that day: the next is 02:30 CEST the day after.
         assert_eq!(s.next_after(first), Some(utc(2025, 3, 31, 0, 30)));
     }
@@ -279,7 +283,10 @@ mod tests {
     fn an_expression_without_a_later_time_never_fires_again() {
         // 30 February does not exist.
         let s = Schedule::new("0 3 30 2 *", "UTC").unwrap();
-        assert_eq!(due(&s, utc(2025, 1, 1, 0, 0), utc(2026, 1, 1, 0, 0)), Due::Never);
+        assert_eq!(
+            due(&s, utc(2025, 1, 1, 0, 0), utc(2026, 1, 1, 0, 0)),
+            Due::Never
+        );
     }
 
     #[test]
@@ -287,7 +294,10 @@ mod tests {
         let e = Schedule::new("0 3 * *", "UTC").unwrap_err();
         assert!(matches!(e, ScheduleError::Cron(..)), "{e}");
         assert!(e.to_string().contains("five fields"), "{e}");
-        assert!(Schedule::new("0 0 3 * * *", "UTC").is_err(), "no seconds field");
+        assert!(
+            Schedule::new("0 0 3 * * *", "UTC").is_err(),
+            "no seconds field"
+        );
         assert!(Schedule::new("61 3 * * *", "UTC").is_err());
         let e = Schedule::new("0 3 * * *", "Mars/Olympus").unwrap_err();
         assert_eq!(e, ScheduleError::Timezone("Mars/Olympus".into()));

@@ -171,7 +171,8 @@ impl Engine {
         settings: EngineSettings,
     ) -> Result<(Engine, EngineTask), EngineError> {
         let mut state = EngineState::from_store(store.load_fleet().await?);
-        let archive_after_ms = i64::try_from(settings.archive_after.as_millis()).unwrap_or(i64::MAX);
+        let archive_after_ms =
+            i64::try_from(settings.archive_after.as_millis()).unwrap_or(i64::MAX);
         let results = store.action_results(state.in_flight_action_ids()).await?;
         let turn = state.apply_stored_results(&results);
         let (inbox, inputs) = mpsc::unbounded_channel();

@@ -179,14 +179,9 @@ async fn start_with(path: &Path, deliver: bool, settings: EngineSettings) -> Rig
     let store = Arc::new(Store::open(path).unwrap());
     let events = Arc::new(EventLog::new(store.clone()));
     let (outbox, sent) = CheckingOutbox::new(path, deliver);
-    let (engine, task) = Engine::start(
-        store.clone(),
-        events,
-        outbox,
-        settings,
-    )
-    .await
-    .unwrap();
+    let (engine, task) = Engine::start(store.clone(), events, outbox, settings)
+        .await
+        .unwrap();
     Rig {
         path: path.to_owned(),
         store,

@@ -17,10 +17,10 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::Coordinator;
-use crate::engine::EngineError;
 use super::convert::{self, page_size};
 use super::operators;
 use super::roles::{GuardedStream, caller, until_revoked};
+use crate::engine::EngineError;
 use crate::engine::{CampaignControl, HostControl, HostEdit, HostPage};
 use crate::store::{ActionRecord, EventFilter, HostFilter, HostLookup, HostRecord, TokenRecord};
 use crate::tokens;
@@ -705,7 +705,10 @@ impl Admin for AdminService {
             r.limit
         };
         if r.archived {
-            if matches!(r.state.as_str(), "active" | "pending" | "running" | "paused") {
+            if matches!(
+                r.state.as_str(),
+                "active" | "pending" | "running" | "paused"
+            ) {
                 return Err(Status::invalid_argument(format!(
                     "archived runs are finished; --state {} lists none of them",
                     r.state
@@ -818,7 +821,11 @@ impl Admin for AdminService {
             Ok(v1::ScheduleControl::Pause) => crate::engine::ScheduleControl::Pause,
             Ok(v1::ScheduleControl::Resume) => crate::engine::ScheduleControl::Resume,
             Ok(v1::ScheduleControl::Remove) => crate::engine::ScheduleControl::Remove,
-            _ => return Err(Status::invalid_argument("control must be pause, resume or remove")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "control must be pause, resume or remove",
+                ));
+            }
         };
         let view = self
             .coordinator

@@ -59,9 +59,7 @@ impl From<EngineError> for Status {
             EngineError::AlreadyRunning { .. } => Status::already_exists(message),
             EngineError::UnknownCampaign(_)
             | EngineError::UnknownHost(_)
-            | EngineError::UnknownSchedule(_) => {
-                Status::not_found(message)
-            }
+            | EngineError::UnknownSchedule(_) => Status::not_found(message),
             EngineError::Plan(_)
             | EngineError::Apply(_)
             | EngineError::Manual(_)

@@ -593,9 +593,7 @@ impl Store {
             Box::pin(async move {
                 match tx.load_run(&id).await? {
                     None => Ok(None),
-                    Some((stored, archived)) => {
-                        Ok(Some((schedules::assemble(stored)?, archived)))
-                    }
+                    Some((stored, archived)) => Ok(Some((schedules::assemble(stored)?, archived))),
                 }
             })
         })
@@ -603,7 +601,10 @@ impl Store {
     }
 
     /// Archived runs, newest first.
-    pub async fn list_archived(&self, filter: ArchiveFilter) -> Result<Vec<ArchivedRow>, StoreError> {
+    pub async fn list_archived(
+        &self,
+        filter: ArchiveFilter,
+    ) -> Result<Vec<ArchivedRow>, StoreError> {
         self.read(move |tx| Box::pin(async move { tx.list_archived(&filter).await }))
             .await
     }

@@ -1298,3 +1298,5 @@ async fn a_fenced_leader_writes_nothing_once_a_newer_leader_holds_the_lease() {
             .is_empty()
     );
 }
+
+mod schedules;

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use pitcrew_scheduler::{CampaignRun, ManualState, Role};
 
-use super::tx::Tx;
 use super::schedules::{ArchivedRun, ScheduleRecord};
+use super::tx::Tx;
 use super::{ActionRecord, CampaignHostRow, EventRecord, StoreError, campaigns};
 
 /// A host row an operator changed, written in the turn's transaction.

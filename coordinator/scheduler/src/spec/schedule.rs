@@ -96,7 +96,10 @@ mod tests {
             ]
         );
         // No zone: UTC. No schedule: run by hand.
-        let spec = parse("name = \"x\"\nschedule = { cron = \"0 3 * * *\" }\n[[steps]]\naction = \"patch\"\n").unwrap();
+        let spec = parse(
+            "name = \"x\"\nschedule = { cron = \"0 3 * * *\" }\n[[steps]]\naction = \"patch\"\n",
+        )
+        .unwrap();
         assert_eq!(spec.schedule.unwrap().timezone, "UTC");
         let spec = parse("name = \"x\"\n[[steps]]\naction = \"patch\"\n").unwrap();
         assert_eq!(spec.schedule, None);
@@ -105,15 +108,25 @@ mod tests {
 
     #[test]
     fn schedule_mistakes_name_line_and_field() {
-        let err = parse("name = \"x\"\n\nschedule = { cron = \"0 3 * *\" }\n[[steps]]\naction = \"patch\"\n").unwrap_err();
+        let err = parse(
+            "name = \"x\"\n\nschedule = { cron = \"0 3 * *\" }\n[[steps]]\naction = \"patch\"\n",
+        )
+        .unwrap_err();
         assert_eq!(err.line, Some(3));
         assert_eq!(err.field.as_deref(), Some("schedule.cron"));
-        assert!(err.to_string().starts_with("shm.toml:3: field schedule.cron: \"0 3 * *\" is not a cron expression"), "{err}");
+        assert!(
+            err.to_string().starts_with(
+                "shm.toml:3: field schedule.cron: \"0 3 * *\" is not a cron expression"
+            ),
+            "{err}"
+        );
         let err = parse("name = \"x\"\n[schedule]\ncron = \"0 3 * * *\"\ntimezone = \"Berlin\"\n[[steps]]\naction = \"patch\"\n").unwrap_err();
         assert_eq!(err.line, Some(4));
         assert_eq!(err.field.as_deref(), Some("schedule.timezone"));
         assert!(err.message.contains("IANA time zone"), "{err}");
-        let err = parse("name = \"x\"\n[schedule]\ntimezone = \"UTC\"\n[[steps]]\naction = \"patch\"\n").unwrap_err();
+        let err =
+            parse("name = \"x\"\n[schedule]\ntimezone = \"UTC\"\n[[steps]]\naction = \"patch\"\n")
+                .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("schedule.cron"));
         assert_eq!(err.line, Some(2));
         let err = parse("name = \"x\"\n[schedule]\ncron = \"0 3 * * *\"\nevery = \"1d\"\n[[steps]]\naction = \"patch\"\n").unwrap_err();
@@ -126,8 +139,14 @@ mod tests {
         let err = parse("name = \"x\"\n[select]\nroles = [\"worker\"]\nwhen = [\n  \"reboot_required\",\n  \"shm_mounts > 1\",\n]\n[[steps]]\naction = \"patch\"\n").unwrap_err();
         assert_eq!(err.line, Some(6));
         assert_eq!(err.field.as_deref(), Some("select.when[1]"));
-        assert!(err.message.contains("\"shm_mounts\" is not a fact"), "{err}");
-        let err = parse("name = \"x\"\n[select]\nwhen = \"reboot_required\"\n[[steps]]\naction = \"patch\"\n").unwrap_err();
+        assert!(
+            err.message.contains("\"shm_mounts\" is not a fact"),
+            "{err}"
+        );
+        let err = parse(
+            "name = \"x\"\n[select]\nwhen = \"reboot_required\"\n[[steps]]\naction = \"patch\"\n",
+        )
+        .unwrap_err();
         assert_eq!(err.line, Some(3), "{err}");
     }
 }

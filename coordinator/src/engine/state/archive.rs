@@ -90,8 +90,12 @@ impl EngineState {
     /// Moves finished runs older than `after_ms` out of the working set; the turn writes their
     /// archive marks. Call only between turns: it renumbers the runs.
     pub fn archive_finished(&mut self, now_ms: i64, after_ms: i64, turn: &mut Turn) {
+        // A cancelled run's failed host still holds its slot until an operator lets it go:
+        // such a run stays, since who holds what is the engine's to know.
         let old = |run: &CampaignRun| {
-            run.state.is_final() && finished_at_ms(run).saturating_add(after_ms) <= now_ms
+            run.state.is_final()
+                && !run.hosts.iter().any(|h| h.state.holds_slot())
+                && finished_at_ms(run).saturating_add(after_ms) <= now_ms
         };
         if !self.runs.iter().any(old) {
             return;
@@ -146,10 +150,7 @@ impl EngineState {
 
     fn keep_success(&mut self, host: &str, campaign: &str, run_id: &str, at: i64) {
         let per_host = self.archived_successes.entry(host.to_owned()).or_default();
-        if per_host
-            .get(campaign)
-            .is_none_or(|s| s.finished_at_ms < at)
-        {
+        if per_host.get(campaign).is_none_or(|s| s.finished_at_ms < at) {
             per_host.insert(
                 campaign.to_owned(),
                 CampaignSuccess {

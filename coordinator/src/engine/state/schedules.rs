@@ -168,7 +168,9 @@ impl EngineState {
             created_at_ms: now_ms,
             paused: false,
             last_fire_ms: old.map_or(0, |o| o.record.last_fire_ms),
-            last_run_id: old.map(|o| o.record.last_run_id.clone()).unwrap_or_default(),
+            last_run_id: old
+                .map(|o| o.record.last_run_id.clone())
+                .unwrap_or_default(),
             last_note: old.map(|o| o.record.last_note.clone()).unwrap_or_default(),
         };
         let entry = ScheduleEntry::new(record.clone());
@@ -264,7 +266,15 @@ impl EngineState {
                     next_ms,
                 } => {
                     let spec_toml = entry.record.spec_toml.clone();
-                    self.fire(&name, &spec, spec_toml, &schedule, scheduled_ms, now_ms, turn);
+                    self.fire(
+                        &name,
+                        &spec,
+                        spec_toml,
+                        &schedule,
+                        scheduled_ms,
+                        now_ms,
+                        turn,
+                    );
                     next_ms
                 }
             };
@@ -293,7 +303,10 @@ impl EngineState {
             // Never two runs of one campaign at once: the fire is skipped, and says why.
             Some((id, state)) => (
                 String::new(),
-                format!("skipped the fire of {when}: run {id} of {:?} is still {state}", spec.name),
+                format!(
+                    "skipped the fire of {when}: run {id} of {:?} is still {state}",
+                    spec.name
+                ),
             ),
             None => {
                 let id = crate::engine::new_campaign_id();
@@ -333,7 +346,11 @@ impl EngineState {
         if let Some(entry) = self.schedules.by_name.get_mut(name) {
             entry.record.last_fire_ms = now_ms;
             entry.record.last_run_id = run_id.clone();
-            entry.record.last_note = if run_id.is_empty() { note } else { String::new() };
+            entry.record.last_note = if run_id.is_empty() {
+                note
+            } else {
+                String::new()
+            };
             turn.schedules
                 .push((name.to_owned(), Some(entry.record.clone())));
         }

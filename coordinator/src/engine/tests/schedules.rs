@@ -4,6 +4,8 @@
 //! the coordinator was down fire once, a second `campaign run` of an active campaign is
 //! refused, and finished runs leave the working set for the archive.
 
+use prost::Message;
+
 use super::*;
 use crate::engine::ScheduleControl;
 use crate::store::{ArchiveFilter, EventFilter};
@@ -78,12 +80,7 @@ async fn runs(engine: &Engine) -> Vec<CampaignView> {
 async fn register(engine: &Engine, text: &str) -> ScheduleView {
     let spec = CampaignSpec::parse(text, "shm-fix.toml").unwrap();
     engine
-        .register_schedule(
-            "alice".into(),
-            spec,
-            text.into(),
-            "shm-fix.toml".into(),
-        )
+        .register_schedule("alice".into(), spec, text.into(), "shm-fix.toml".into())
         .await
         .unwrap()
 }
@@ -99,7 +96,11 @@ async fn a_schedule_fires_on_time_and_never_starts_a_second_run_while_one_is_act
 
     let view = register(&rig.engine, SCHEDULED).await;
     assert!(!view.replaced);
-    assert_eq!(view.next_fire_ms, Some(T0 + HOUR / 2), "03:00, the next full hour");
+    assert_eq!(
+        view.next_fire_ms,
+        Some(T0 + HOUR / 2),
+        "03:00, the next full hour"
+    );
     assert_eq!(view.next_fire_local, "2025-06-02 03:00 UTC");
 
     // 03:00: the first fire starts a run over the host whose facts hold the condition.
@@ -110,7 +111,10 @@ async fn a_schedule_fires_on_time_and_never_starts_a_second_run_while_one_is_act
     let list = runs(&rig.engine).await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].id, first);
-    assert_eq!(list[0].hosts_total, 1, "only the host with two tmpfs mounts");
+    assert_eq!(
+        list[0].hosts_total, 1,
+        "only the host with two tmpfs mounts"
+    );
     assert_eq!(list[0].created_by, "schedule shm-fix");
     assert_eq!(fired.next_fire_ms, Some(T0 + 3 * HOUR / 2));
 
@@ -165,7 +169,22 @@ async fn a_schedule_fires_on_time_and_never_starts_a_second_run_while_one_is_act
 async fn fire_times_missed_while_the_coordinator_was_down_fire_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
-    let ids = workers(&Store::open(&path).unwrap(), 1);
+    let store = Store::open(&path).unwrap();
+    let ids = workers(&store, 1);
+    // The facts the host reported before the restart: a fire at start reads them (its
+    // session has not come back yet).
+    let facts = v1::Facts {
+        host_id: ids[0].clone(),
+        shm_tmpfs_mounts: 3,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let id = ids[0].clone();
+    futures::executor::block_on(
+        store.write(move |tx| Box::pin(async move { tx.set_facts(&id, &facts, 1).await })),
+    )
+    .unwrap();
+    drop(store);
     let first = start_with(&path, true, settings(T0)).await;
     register(&first.engine, SCHEDULED).await;
     first.task.abort();
@@ -180,7 +199,11 @@ async fn fire_times_missed_while_the_coordinator_was_down_fire_once() {
         fired.record.last_fire_ms >= back && fired.record.last_fire_ms < T0 + 5 * HOUR + HOUR / 2,
         "fired on restart, not for each missed hour: {fired:?}"
     );
-    assert_eq!(fired.next_fire_ms, Some(T0 + 11 * HOUR / 2), "then at 08:00");
+    assert_eq!(
+        fired.next_fire_ms,
+        Some(T0 + 11 * HOUR / 2),
+        "then at 08:00"
+    );
     let events = second
         .store
         .list_events(EventFilter {
@@ -200,11 +223,7 @@ async fn fire_times_missed_while_the_coordinator_was_down_fire_once() {
     // A run with no host holding the conditions is recorded as having nothing to do.
     second
         .engine
-        .control(
-            "alice".into(),
-            list[0].id.clone(),
-            CampaignControl::Cancel,
-        )
+        .control("alice".into(), list[0].id.clone(), CampaignControl::Cancel)
         .await
         .unwrap();
     connect_with_shm(&second.engine, &[(&ids[0], 1)]);
@@ -248,7 +267,10 @@ async fn a_second_run_of_an_active_campaign_is_refused_naming_the_first() {
         .register_schedule("bob".into(), spec, SPEC.into(), "patch.toml".into())
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("patch.toml has no schedule"), "{error}");
+    assert!(
+        error.to_string().contains("patch.toml has no schedule"),
+        "{error}"
+    );
     rig.task.abort();
 }
 
@@ -259,7 +281,15 @@ async fn finished_runs_leave_the_working_set_for_the_archive_and_keep_their_succ
     let ids = workers(&Store::open(&path).unwrap(), 1);
     let mut rig = start_with(&path, true, settings(T0)).await;
     connect_all(&rig.engine, &ids);
-    let id = create(&rig.engine).await;
+    let spec = CampaignSpec::parse(SPEC, "patch.toml").unwrap();
+    let hosts = rig.engine.hosts().await.unwrap();
+    let run = CampaignRun::new("c-archived", &spec, &hosts, T0).unwrap();
+    let id = rig
+        .engine
+        .insert_run(run, SPEC.into(), "tester".into())
+        .await
+        .unwrap()
+        .id;
     for _ in 0..2 {
         let sent = rig.sent.recv().await.unwrap();
         answer(&rig, &sent).await;
@@ -305,7 +335,10 @@ async fn finished_runs_leave_the_working_set_for_the_archive_and_keep_their_succ
     assert!(is_archived);
     assert_eq!(record.run.state, CampaignState::Completed);
     let success = rig.engine.last_successes(ids.clone()).await.unwrap();
-    assert_eq!(success[0][0].run_id, id, "the compliance report still sees it");
+    assert_eq!(
+        success[0][0].run_id, id,
+        "the compliance report still sees it"
+    );
     rig.task.abort();
     drop(rig);
 
