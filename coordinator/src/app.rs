@@ -89,6 +89,8 @@ impl Coordinator {
         let settings = EngineSettings {
             reconnect_grace: Duration::from_secs(u64::from(config.heartbeat_timeout_seconds) * 2),
             leadership,
+            archive_after: config.campaign_archive_after,
+            clock: crate::engine::Clock::System,
         };
         let (engine, task) =
             Engine::start(store.clone(), events.clone(), registry.clone(), settings)

@@ -53,6 +53,11 @@ pub struct CoordinatorConfig {
     /// How coordinators sharing a PostgreSQL store choose their leader (`[leader]`).
     #[serde(default)]
     pub leader: LeaderConfig,
+    /// Finished campaign runs older than this leave `pitcrew campaign ls` (and the
+    /// coordinator's memory) for the archive, still read by `campaign ls --archived` and
+    /// `campaign show ID`, e.g. "7d"; at least a minute.
+    #[serde(default = "default_campaign_archive_after", with = "humantime_serde")]
+    pub campaign_archive_after: Duration,
 }
 
 /// `[leader]`: the lease that makes one coordinator of those sharing a PostgreSQL store the
@@ -104,6 +109,10 @@ impl LeaderConfig {
             renew_every: self.renew_every,
         })
     }
+}
+
+fn default_campaign_archive_after() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 /// The environment variable that may hold the PostgreSQL password.
@@ -309,6 +318,7 @@ impl Default for CoordinatorConfig {
             dashboard_listen: default_dashboard_listen(),
             dashboard_url: String::new(),
             leader: LeaderConfig::default(),
+            campaign_archive_after: default_campaign_archive_after(),
         }
     }
 }
@@ -385,6 +395,15 @@ impl CoordinatorConfig {
                 message: format!(
                     "field listen: {:?} is not an address such as 0.0.0.0:7443",
                     config.listen
+                ),
+            });
+        }
+        if config.campaign_archive_after < Duration::from_secs(60) {
+            return Err(ConfigError {
+                file,
+                message: format!(
+                    "field campaign_archive_after: {} is too short; keep finished runs at least a minute (e.g. \"7d\")",
+                    humantime::format_duration(config.campaign_archive_after)
                 ),
             });
         }
@@ -485,14 +504,18 @@ impl CoordinatorConfig {
              # Prometheus metrics over plain HTTP (GET /metrics); \"\" turns them off.\n\
              metrics_listen = {:?}\n\
              # The web dashboard over HTTPS (open it with `pitcrew dashboard`); \"\" turns it off.\n\
-             dashboard_listen = {:?}\n",
+             dashboard_listen = {:?}\n\
+             # Finished campaign runs older than this move to the archive\n\
+             # (`pitcrew campaign ls --archived`).\n\
+             campaign_archive_after = {:?}\n",
             self.listen,
             self.heartbeat_seconds,
             self.heartbeat_timeout_seconds,
             humantime::format_duration(self.host_cert_lifetime).to_string(),
             humantime::format_duration(self.operator_cert_lifetime).to_string(),
             self.metrics_listen,
-            self.dashboard_listen
+            self.dashboard_listen,
+            humantime::format_duration(self.campaign_archive_after).to_string()
         ) + &self.render_store()
     }
 

@@ -726,7 +726,9 @@ pub async fn probe_operator_latency(
             Err(_) => seen.errors += 1,
         }
         if campaign.is_empty()
-            && let Ok(list) = admin.list_campaigns(v1::ListCampaignsRequest {}).await
+            && let Ok(list) = admin
+                .list_campaigns(v1::ListCampaignsRequest::default())
+                .await
         {
             campaign = list
                 .into_inner()

@@ -5,8 +5,7 @@
 //! Steps are `exec` actions that append to a shared log file, so the order the hosts really ran
 //! in is read back from what the agents did, not from what the coordinator says.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use pitcrew_tests::runs::{FLEET, campaign, max_overlap, policy, ran, starts};

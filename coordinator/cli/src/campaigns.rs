@@ -41,8 +41,8 @@ pub enum CampaignCommand {
     /// Exit status: 0 when every host is done; 2 when it finished incomplete (hosts released
     /// after failing, or skipped); 3 when it was cancelled; 1 on any error.
     Watch { id: String },
-    /// List campaigns.
-    Ls,
+    /// List campaign runs, newest first: those the coordinator holds, or the archive.
+    Ls(LsArgs),
     /// Show a campaign's hosts and blockers.
     Show { id: String },
     /// Stop starting new hosts (hosts in progress finish their step).
@@ -58,6 +58,24 @@ pub enum CampaignCommand {
         id: String,
         host: String,
     },
+}
+
+/// `campaign ls`'s filters.
+#[derive(Clone, Args)]
+pub struct LsArgs {
+    /// Only runs in this state; `active` is pending, running or paused.
+    #[arg(long, value_parser = ["active", "pending", "running", "paused", "completed", "incomplete", "cancelled"])]
+    pub state: Option<String>,
+    /// Only runs of campaigns whose name matches PATTERN (`*` any characters, `?` one;
+    /// letters match either case).
+    #[arg(long, value_name = "PATTERN")]
+    pub name: Option<String>,
+    /// At most N runs, newest first (at most 1000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// The archive: finished runs older than the coordinator's `campaign_archive_after`.
+    #[arg(long)]
+    pub archived: bool,
 }
 
 #[derive(Clone, Subcommand)]
@@ -154,16 +172,22 @@ pub async fn campaign(
             Ok(())
         }
         CampaignCommand::Watch { id } => watch(connect, format, &id).await,
-        CampaignCommand::Ls => {
-            let list = client
-                .list_campaigns(v1::ListCampaignsRequest {})
+        CampaignCommand::Ls(args) => {
+            let answer = client
+                .list_campaigns(v1::ListCampaignsRequest {
+                    state: args.state.unwrap_or_default(),
+                    name: args.name.unwrap_or_default(),
+                    limit: args.limit,
+                    archived: args.archived,
+                })
                 .await
                 .map_err(status)?
-                .into_inner()
-                .campaigns;
+                .into_inner();
+            let (list, matched) = (answer.campaigns, answer.matched as usize);
             if format == Format::Json {
                 return output::json(&list);
             }
+            let shown = list.len();
             let mut table = output::table(&[
                 "id",
                 "name",
@@ -188,6 +212,15 @@ pub async fn campaign(
                 ]);
             }
             crate::say!("{table}");
+            if matched > shown {
+                crate::say_err!(
+                    "{shown} of {matched} matching runs shown, newest first; --limit shows more"
+                );
+            } else if shown == 0 && !args.archived {
+                crate::say_err!(
+                    "no run matches; finished runs move to the archive after the coordinator's campaign_archive_after (`pitcrew campaign ls --archived`)"
+                );
+            }
             Ok(())
         }
         CampaignCommand::Show { id } => {
@@ -329,7 +362,13 @@ fn not_done(counts: &std::collections::HashMap<String, u32>) -> String {
 
 /// A campaign as a table of hosts, with the campaign's own blocker on top.
 pub fn print_campaign(info: &v1::CampaignInfo) {
-    crate::say!("campaign {} ({}): {}", info.id, info.name, info.state);
+    crate::say!(
+        "campaign {} ({}): {}{}",
+        info.id,
+        info.name,
+        info.state,
+        if info.archived { " (archived)" } else { "" }
+    );
     if !info.blocker.is_empty() {
         crate::say!("waiting: {}", info.blocker);
     }

@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod operators;
 pub mod output;
 pub mod report;
+pub mod schedules;
 
 use clap::{Parser, Subcommand};
 
@@ -88,6 +89,12 @@ pub enum Command {
     Campaign {
         #[command(subcommand)]
         command: campaigns::CampaignCommand,
+    },
+    /// Campaigns the coordinator runs by itself: files with a `schedule` (add, ls, pause,
+    /// resume, rm).
+    Schedule {
+        #[command(subcommand)]
+        command: schedules::ScheduleCommand,
     },
     /// Put a host into maintenance by hand, or take it out.
     Maintenance {
@@ -177,6 +184,7 @@ async fn fleet(connect: &ConnectArgs, format: Format, command: Command) -> anyho
         Command::Token { command } => hosts::token(connect, format, command).await,
         Command::Do(args) => actions::run(connect, format, args).await,
         Command::Campaign { command } => campaigns::campaign(connect, format, command).await,
+        Command::Schedule { command } => schedules::schedule(connect, format, command).await,
         Command::Maintenance { command } => campaigns::maintenance(connect, format, command).await,
         Command::Events(args) => campaigns::events(connect, format, args).await,
         Command::Operator { command } => operators::operator(connect, format, command).await,

@@ -66,6 +66,10 @@ pub struct HostView {
     /// The local policy reported in facts, used by the planner to predict refusals.
     #[serde(default)]
     pub policy: Option<LocalPolicy>,
+    /// What the host last reported of itself that `[select] when` conditions read; `None`
+    /// until it has reported facts.
+    #[serde(default)]
+    pub facts: Option<crate::conditions::HostFacts>,
 }
 
 impl HostView {

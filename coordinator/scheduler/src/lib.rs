@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod conditions;
 pub mod decide;
 pub mod delays;
 pub mod fleet;
@@ -17,11 +18,13 @@ pub mod manual;
 pub mod operator;
 pub mod plan;
 pub mod run;
+pub mod schedule;
 pub mod spec;
 pub mod template;
 pub mod window;
 
 pub use action::{HealthCheck, StepAction};
+pub use conditions::{Condition, HostFacts};
 pub use decide::{Blocker, BlockerEntry, Decision, Decisions, Dispatch, Holder, action_id, decide};
 pub use delays::WaveBlocker;
 pub use fleet::{Fleet, HostView, ManualPhase, ManualState, OperatorAction, Role};
@@ -30,5 +33,6 @@ pub use manual::{ManualError, manual_enable};
 pub use operator::{Admission, OperatorRefusal, admit_action};
 pub use plan::{Plan, PlanError, PlanStart, PlannedHost, PlannedStep, Refusal, plan, plan_from};
 pub use run::{ApplyError, CampaignRun, CampaignState, Event, HostRun, HostState, Outcome, apply};
+pub use schedule::{Due, Schedule};
 pub use spec::{CampaignSpec, Concurrency, FailureBudget, OnHost, Phase, SpecError, StepSpec};
 pub use window::Window;

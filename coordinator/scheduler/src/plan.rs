@@ -25,6 +25,16 @@ use crate::window::{self, fmt_ms};
 pub enum PlanError {
     #[error("the campaign selects no host; check [select] roles, labels and hosts")]
     NothingSelected,
+    /// Roles, labels and names select hosts, but none of them holds the `[select] when`
+    /// conditions now (a scheduled run then has nothing to do, which is not a failure).
+    #[error(
+        "none of the {candidates} host(s) the campaign selects holds its [select] when conditions now ({})",
+        conditions.join(", ")
+    )]
+    NoFactsMatch {
+        candidates: usize,
+        conditions: Vec<String>,
+    },
     #[error("select.hosts names {0}, which is not an enrolled host")]
     UnknownHost(String),
     #[error("line {line}: cannot render the step for host {host}: {error}")]
@@ -52,6 +62,7 @@ impl PlanError {
     pub fn kind(&self) -> &'static str {
         match self {
             PlanError::NothingSelected => "nothing_selected",
+            PlanError::NoFactsMatch { .. } => "no_facts_match",
             PlanError::UnknownHost(_) => "unknown_host",
             PlanError::Template { .. } => "template",
             PlanError::Refused(_) => "policy_refusal",
@@ -165,6 +176,15 @@ pub struct Plan {
     pub blockers: Vec<WaveBlocker>,
     /// Every step a host's reported policy would refuse; the plan runs only without any.
     pub refusals: Vec<Refusal>,
+    /// The `[select] when` conditions, as written, and how many hosts that roles, labels and
+    /// names select they leave out now.
+    #[serde(default)]
+    pub conditions: Vec<String>,
+    #[serde(default)]
+    pub left_out_by_facts: usize,
+    /// The campaign's schedule and its next fire time after the plan's start, if it has one.
+    #[serde(default)]
+    pub schedule: Option<(crate::schedule::Schedule, Option<i64>)>,
 }
 
 impl Plan {
@@ -199,6 +219,21 @@ impl Plan {
             self.hosts.len(),
             order.join(" then ")
         );
+        if !self.conditions.is_empty() {
+            let _ = writeln!(
+                t,
+                "Only hosts whose facts hold: {} ({} other selected host(s) left out now; read again when a run starts)",
+                self.conditions.join(", "),
+                self.left_out_by_facts
+            );
+        }
+        if let Some((schedule, next)) = &self.schedule {
+            let next = next.map_or_else(|| "never again".to_owned(), |n| schedule.local(n));
+            let _ = writeln!(
+                t,
+                "Schedule: {schedule}; next run {next} (register it with `pitcrew schedule add`)"
+            );
+        }
         let _ = writeln!(
             t,
             "Workers: {} at a time; managers: one at a time per cluster; max_failures: {}; dwell: {}",
@@ -554,5 +589,14 @@ pub fn plan_from(
         start_ms,
         start_later: matches!(start, PlanStart::At(_)),
         refusals,
+        conditions: spec.select.when.iter().map(|c| c.to_string()).collect(),
+        left_out_by_facts: hosts
+            .iter()
+            .filter(|h| spec.select.matches_ignoring_facts(h) && !spec.select.facts_hold(h))
+            .count(),
+        schedule: spec.schedule.clone().map(|s| {
+            let next = s.next_after(start_ms);
+            (s, next)
+        }),
     })
 }

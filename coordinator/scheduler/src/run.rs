@@ -309,6 +309,16 @@ impl CampaignRun {
         let mut selected: Vec<&HostView> =
             hosts.iter().filter(|h| spec.select.matches(h)).collect();
         if selected.is_empty() {
+            let candidates = hosts
+                .iter()
+                .filter(|h| spec.select.matches_ignoring_facts(h))
+                .count();
+            if candidates > 0 && !spec.select.when.is_empty() {
+                return Err(PlanError::NoFactsMatch {
+                    candidates,
+                    conditions: spec.select.when.iter().map(|c| c.to_string()).collect(),
+                });
+            }
             return Err(PlanError::NothingSelected);
         }
         selected.sort_by_key(|h| {

@@ -124,6 +124,49 @@ fn shm_fix_runs_every_worker_at_once_and_managers_one_by_one() {
 }
 
 #[test]
+fn the_scheduled_shm_fix_runs_nightly_on_hosts_with_stacked_mounts_only() {
+    let path = format!(
+        "{}/../../examples/shm-fix-scheduled.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let spec = CampaignSpec::parse(&text, "shm-fix-scheduled.toml").unwrap();
+    let schedule = spec.schedule.clone().unwrap();
+    assert_eq!(schedule.timezone, "Europe/Berlin");
+    // 01:30 CET on 2026-01-01 is 00:30 UTC.
+    assert_eq!(schedule.next_after(NOW), Some(NOW + 30 * 60 * 1000));
+    let mut fleet = sample_fleet("swarm-a");
+    for h in &mut fleet {
+        let stacked = matches!(h.hostname.as_str(), "worker-2" | "manager-3");
+        h.facts = Some(pitcrew_scheduler::HostFacts {
+            shm_tmpfs_mounts: if stacked { 3 } else { 1 },
+            ..Default::default()
+        });
+    }
+    let p = plan(&spec, "c-1", &fleet, NOW).unwrap();
+    assert_eq!(order(&p), vec!["worker-2", "manager-3"]);
+    assert_eq!(p.left_out_by_facts, 4);
+    assert!(
+        p.text()
+            .contains("Only hosts whose facts hold: shm_tmpfs_mounts > 1")
+    );
+    assert!(
+        p.text().contains("next run 2026-01-01 01:30 CET"),
+        "{}",
+        p.text()
+    );
+    // No host with stacked mounts: nothing to run, said as such.
+    for h in &mut fleet {
+        h.facts = Some(Default::default());
+    }
+    let err = plan(&spec, "c-1", &fleet, NOW).unwrap_err();
+    assert!(
+        matches!(err, PlanError::NoFactsMatch { candidates: 6, .. }),
+        "{err}"
+    );
+}
+
+#[test]
 fn dcos_agent_update_follows_the_runbook_order() {
     let p = plan_example("dcos-agent-update.toml", "dcos-a");
     assert_eq!(order(&p), vec!["worker-1", "worker-2", "worker-3"]);

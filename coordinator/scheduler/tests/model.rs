@@ -133,6 +133,7 @@ fn fleet(s: &State) -> Fleet {
         healthy: true,
         boot_id: format!("{id}-boot-{}", s.boot[i]),
         policy: None,
+        facts: None,
     }));
     if let Some(i) = s.operator_do {
         f.operator_actions.insert(
@@ -190,6 +191,7 @@ impl Model for Scheduler {
             healthy: true,
             boot_id: String::new(),
             policy: None,
+            facts: None,
         }));
         let hosts: Vec<HostView> = f.hosts.values().cloned().collect();
         let run = match CampaignRun::new("c1", &self.spec, &hosts, 0) {

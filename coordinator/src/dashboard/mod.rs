@@ -213,7 +213,11 @@ impl From<EngineError> for Failure {
     fn from(error: EngineError) -> Failure {
         let status = match &error {
             EngineError::Spec(_) => StatusCode::BAD_REQUEST,
-            EngineError::UnknownCampaign(_) | EngineError::UnknownHost(_) => StatusCode::NOT_FOUND,
+            EngineError::Schedule(_) => StatusCode::BAD_REQUEST,
+            EngineError::UnknownCampaign(_)
+            | EngineError::UnknownHost(_)
+            | EngineError::UnknownSchedule(_) => StatusCode::NOT_FOUND,
+            EngineError::AlreadyRunning { .. } => StatusCode::CONFLICT,
             EngineError::Plan(_)
             | EngineError::Apply(_)
             | EngineError::Manual(_)
@@ -911,6 +915,7 @@ mod tests {
             healthy: true,
             boot_id: String::new(),
             policy: None,
+            facts: None,
         };
         let hold = Hold {
             state: "running".into(),

@@ -29,6 +29,22 @@ pub enum EngineError {
     HostBusy { host: String, busy: String },
     #[error("no campaign has the id {0:?}")]
     UnknownCampaign(String),
+    /// A run of the same campaign name is still active: two at once would service the same
+    /// hosts twice (the cron job that stacked duplicate runs).
+    #[error(
+        "campaign {name:?} already has an active run, {id} ({state}): wait for it to finish or cancel it (`pitcrew campaign cancel {id}`), or give this file another name to run both"
+    )]
+    AlreadyRunning {
+        name: String,
+        id: String,
+        state: String,
+    },
+    #[error("no schedule is named {0:?} (`pitcrew schedule ls` lists them)")]
+    UnknownSchedule(String),
+    /// A campaign file does not fit the call: a schedule registered without one, or a file
+    /// with one run by hand.
+    #[error("{0}")]
+    Schedule(String),
     #[error("no host has the id {0:?}")]
     UnknownHost(String),
     /// The store failed; the engine stops and the coordinator exits, so a restart reloads
@@ -54,6 +70,9 @@ impl EngineError {
             EngineError::Refused(e) => e.kind(),
             EngineError::HostBusy { .. } => "host_busy",
             EngineError::UnknownCampaign(_) => "unknown_campaign",
+            EngineError::AlreadyRunning { .. } => "already_running",
+            EngineError::UnknownSchedule(_) => "unknown_schedule",
+            EngineError::Schedule(_) => "schedule_refused",
             EngineError::UnknownHost(_) => "unknown_host",
             EngineError::Store(_) => "store_failed",
             EngineError::Stopped => "engine_stopped",

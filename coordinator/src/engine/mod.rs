@@ -12,6 +12,7 @@
 //! Layering: the server calls the engine; the engine knows the store, the scheduler and the
 //! [`Outbox`] trait, and nothing of gRPC (its errors are [`EngineError`]).
 
+mod clock;
 mod error;
 mod metrics;
 mod outbox;
@@ -29,10 +30,14 @@ use pitcrew_scheduler::{CampaignRun, HostView};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+pub use clock::Clock;
 pub use error::EngineError;
 pub use metrics::EngineMetrics;
 pub use outbox::Outbox;
-pub use state::{CampaignControl, CampaignSuccess, Hold, HostControl, HostEdit};
+pub use state::{
+    CampaignControl, CampaignSuccess, Hold, HostControl, HostEdit, RunFilter, ScheduleControl,
+    ScheduleView,
+};
 use state::{EngineState, Turn};
 pub use view::{CampaignView, HostPage, HostStatus};
 
@@ -145,6 +150,19 @@ pub struct EngineSettings {
     /// The lease under which this engine leads: it commits and sends only while it holds
     /// (always, for the sole coordinator of a SQLite store).
     pub leadership: crate::leader::Leadership,
+    /// Finished runs older than this leave the engine's working set for the store's archive
+    /// (`campaign_archive_after`).
+    pub archive_after: Duration,
+    /// The wall clock schedules and runs are timed by.
+    pub clock: Clock,
+}
+
+/// How often the engine looks for finished runs to archive.
+const ARCHIVE_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// A new campaign run's id.
+pub fn new_campaign_id() -> String {
+    format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 impl Engine {
@@ -156,6 +174,8 @@ impl Engine {
         settings: EngineSettings,
     ) -> Result<(Engine, EngineTask), EngineError> {
         let mut state = EngineState::from_store(store.load_fleet().await?);
+        let archive_after_ms =
+            i64::try_from(settings.archive_after.as_millis()).unwrap_or(i64::MAX);
         let results = store.action_results(state.in_flight_action_ids()).await?;
         let turn = state.apply_stored_results(&results);
         let (inbox, inputs) = mpsc::unbounded_channel();
@@ -185,6 +205,9 @@ impl Engine {
                 waiting_for,
             )),
             leadership: settings.leadership,
+            clock: settings.clock,
+            archive_after_ms,
+            next_archive_check: tokio::time::Instant::now(),
         };
         let task = tokio::spawn(runner.run(turn));
         Ok((
@@ -305,7 +328,49 @@ impl Engine {
         spec_toml: String,
         operator: String,
     ) -> Result<CampaignView, EngineError> {
-        self.call(move |state, turn, _| Ok(state.insert_run(run, spec_toml, &operator, turn)))
+        self.call(move |state, turn, _| state.insert_run(run, spec_toml, &operator, turn))
+            .await
+    }
+
+    /// Registers (or replaces) the schedule of a campaign file that has one; audited.
+    pub async fn register_schedule(
+        &self,
+        operator: String,
+        spec: pitcrew_scheduler::CampaignSpec,
+        spec_toml: String,
+        source_name: String,
+    ) -> Result<ScheduleView, EngineError> {
+        self.call(move |state, turn, now| {
+            state.register_schedule(&operator, &spec, spec_toml, source_name, now, turn)
+        })
+        .await
+    }
+
+    /// Pauses, resumes or removes a schedule; audited.
+    pub async fn control_schedule(
+        &self,
+        operator: String,
+        name: String,
+        control: ScheduleControl,
+    ) -> Result<ScheduleView, EngineError> {
+        self.call(move |state, turn, now| {
+            state.control_schedule(&operator, &name, control, now, turn)
+        })
+        .await
+    }
+
+    /// Every schedule, by name, with its next fire time.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleView>, EngineError> {
+        self.call(|state, _, _| Ok(state.list_schedules())).await
+    }
+
+    /// The runs the engine holds that `filter` keeps, newest first, at most its limit; and
+    /// how many matched in all.
+    pub async fn list_filtered(
+        &self,
+        filter: RunFilter,
+    ) -> Result<(Vec<CampaignView>, usize), EngineError> {
+        self.call(move |state, _, _| Ok(state.list_filtered(&filter)))
             .await
     }
 
@@ -506,6 +571,10 @@ struct Runner {
     grace: Option<(tokio::time::Instant, Vec<String>)>,
     metrics: EngineMetrics,
     leadership: crate::leader::Leadership,
+    clock: Clock,
+    /// Finished runs older than this are archived.
+    archive_after_ms: i64,
+    next_archive_check: tokio::time::Instant,
 }
 
 impl Runner {
@@ -513,11 +582,18 @@ impl Runner {
         let mut replies: Vec<Reply> = Vec::new();
         let mut stats = TurnStats::default();
         loop {
-            let now = pitcrew_proto::now_ms();
+            let now = self.clock.now_ms();
             let mut wake = None;
             let started = std::time::Instant::now();
             if self.grace_over() {
+                // Schedules fire first, so a run they start is decided in this turn; like
+                // deciding, only once agents had their chance to come back after a restart.
+                let fire = self.state.fire_schedules(now, &mut turn);
                 wake = self.state.decide_and_apply(now, &mut turn);
+                wake = match (wake, fire) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 self.state.release_free_holds(now, &mut turn);
                 self.metrics.decided(started.elapsed());
                 self.state.track_waits(now);
@@ -526,13 +602,20 @@ impl Runner {
             let wrote = self.commit(turn, std::mem::take(&mut replies)).await?;
             stats.record(decided - started, decided.elapsed(), wrote);
             turn = Turn::default();
+            // Between turns, no index into the runs is held: old runs may leave now (their
+            // archive marks are written with the next turn).
+            if tokio::time::Instant::now() >= self.next_archive_check {
+                self.next_archive_check = tokio::time::Instant::now() + ARCHIVE_CHECK_EVERY;
+                self.state
+                    .archive_finished(self.clock.now_ms(), self.archive_after_ms, &mut turn);
+            }
 
             let mut sleep = match (&self.grace, wake) {
                 (Some((until, _)), _) => {
                     until.saturating_duration_since(tokio::time::Instant::now())
                 }
                 (None, Some(at)) => {
-                    Duration::from_millis(u64::try_from(at - pitcrew_proto::now_ms()).unwrap_or(0))
+                    Duration::from_millis(u64::try_from(at - self.clock.now_ms()).unwrap_or(0))
                 }
                 (None, None) => IDLE_WAKE,
             }
@@ -552,7 +635,7 @@ impl Runner {
                     _ = tokio::time::sleep(sleep) => None,
                 }
             };
-            let now = pitcrew_proto::now_ms();
+            let now = self.clock.now_ms();
             let mut taken = 0;
             let mut next = first;
             while let Some(input) = next {

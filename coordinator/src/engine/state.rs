@@ -16,12 +16,16 @@ use pitcrew_scheduler::{
 };
 use prost::Message;
 
+mod archive;
 mod compliance;
 mod gauges;
 mod lifecycle;
+mod schedules;
 mod unit_holds;
 
+pub use archive::RunFilter;
 pub use compliance::CampaignSuccess;
+pub use schedules::{ScheduleControl, ScheduleView};
 
 pub(crate) use gauges::{CAMPAIGN_STATES, FleetGauges, HOST_STATES, HolderKind, StepOutcome};
 
@@ -82,6 +86,10 @@ pub(crate) struct Turn {
     manual: Vec<(String, Option<ManualState>)>,
     /// Host rows changed by an operator (removed, role or labels).
     host_changes: Vec<HostChange>,
+    /// Schedules written (Some) or removed (None), by name.
+    schedules: Vec<(String, Option<crate::store::ScheduleRecord>)>,
+    /// Runs that left the working set for the archive.
+    archived: Vec<crate::store::ArchivedRun>,
     /// Messages for agents, sent only after the writes are durable.
     pub sends: Vec<(String, v1::CoordinatorMessage)>,
     /// Whether any campaign changed (watchers are told after the commit).
@@ -145,10 +153,20 @@ pub(crate) fn host_view(record: &HostRecord, connected: bool) -> Option<HostView
             .as_ref()
             .map(|f| f.boot_id.clone())
             .unwrap_or_default(),
+        facts: facts.as_ref().map(host_facts),
         policy: facts
             .and_then(|f| f.policy)
             .map(|p| pitcrew_proto::policy::LocalPolicy::from_proto(&p)),
     })
+}
+
+/// What `[select] when` conditions read of a host's facts.
+pub(crate) fn host_facts(facts: &v1::Facts) -> scheduler::HostFacts {
+    scheduler::HostFacts {
+        reboot_required: facts.reboot_required,
+        shm_tmpfs_mounts: facts.shm_tmpfs_mounts,
+        pending_updates: facts.pending_updates,
+    }
 }
 
 fn finished_event(result: &v1::ActionResult, boot_id: Option<String>) -> Event {
@@ -224,6 +242,10 @@ pub(crate) struct EngineState {
     unit_holds: unit_holds::UnitHolds,
     /// The fleet's counts for the metrics, kept current by each change (see `gauges.rs`).
     pub(crate) gauges: FleetGauges,
+    /// Campaign schedules by name (see `schedules.rs`).
+    schedules: schedules::Schedules,
+    /// Each host's latest success per campaign name in archived runs (see `archive.rs`).
+    archived_successes: HashMap<String, std::collections::BTreeMap<String, CampaignSuccess>>,
 }
 
 impl EngineState {
@@ -240,7 +262,10 @@ impl EngineState {
             last: LastTurn::default(),
             unit_holds: unit_holds::UnitHolds::default(),
             gauges: FleetGauges::default(),
+            schedules: schedules::Schedules::load(stored.schedules),
+            archived_successes: HashMap::new(),
         };
+        state.load_archived_successes(stored.archived_successes);
         for record in stored.campaigns {
             state.push_run(record.run, record.spec_toml, record.created_by);
         }
@@ -342,6 +367,8 @@ impl EngineState {
         }
         writes.manual = std::mem::take(&mut turn.manual);
         writes.host_changes = std::mem::take(&mut turn.host_changes);
+        writes.schedules = std::mem::take(&mut turn.schedules);
+        writes.archived = std::mem::take(&mut turn.archived);
         Ok(writes)
     }
 
@@ -366,6 +393,7 @@ impl EngineState {
                 self.unit_holds.reported(host, &facts.held_units);
                 view.connected = true;
                 view.healthy = true;
+                view.facts = Some(host_facts(&facts));
                 view.boot_id = facts.boot_id;
                 view.policy = facts
                     .policy
@@ -386,6 +414,7 @@ impl EngineState {
         self.gauges.facts(host, facts.reboot_required);
         self.unit_holds.reported(host, &facts.held_units);
         if let Some(view) = self.fleet.hosts.get_mut(host) {
+            view.facts = Some(host_facts(&facts));
             view.boot_id = facts.boot_id;
             view.policy = facts
                 .policy
@@ -404,6 +433,7 @@ impl EngineState {
             view.healthy = old.healthy;
             view.boot_id = old.boot_id.clone();
             view.policy = old.policy.clone();
+            view.facts = old.facts.clone();
         }
         self.fleet.hosts.insert(record.host_id.clone(), view);
     }
@@ -711,14 +741,30 @@ impl EngineState {
         scheduler::Holders::from_state(&self.fleet, &self.runs)
     }
 
-    /// Adds a new run (planned and built by the caller off the engine's loop).
+    /// The active (not finished) run of campaign `name`, if any: its id and state.
+    pub fn active_run_named(&self, name: &str) -> Option<(String, &'static str)> {
+        self.runs
+            .iter()
+            .find(|r| !r.state.is_final() && r.spec.name == name)
+            .map(|r| (r.id.clone(), r.state.as_str()))
+    }
+
+    /// Adds a new run (planned and built by the caller off the engine's loop); refused while
+    /// a run of the same campaign name is active.
     pub fn insert_run(
         &mut self,
         run: CampaignRun,
         spec_toml: String,
         operator: &str,
         turn: &mut Turn,
-    ) -> CampaignView {
+    ) -> Result<CampaignView, EngineError> {
+        if let Some((id, state)) = self.active_run_named(&run.spec.name) {
+            return Err(EngineError::AlreadyRunning {
+                name: run.spec.name.clone(),
+                id,
+                state: state.to_owned(),
+            });
+        }
         turn.event(audit_event(
             operator,
             "",
@@ -733,7 +779,7 @@ impl EngineState {
         let ci = self.push_run(run, spec_toml, operator.to_owned());
         turn.new_runs.push(ci);
         turn.campaigns_changed = true;
-        self.view_of(ci, REPLY_PAGE)
+        Ok(self.view_of(ci, REPLY_PAGE))
     }
 
     /// Pause, resume or cancel a campaign, audited.

@@ -20,6 +20,7 @@ use crate::store::{HostRecord, Store, campaigns};
 mod dashboard;
 mod gauges;
 mod lifecycle;
+mod schedules;
 mod unit_holds;
 
 const SPEC: &str = r#"
@@ -162,24 +163,40 @@ struct Rig {
 }
 
 async fn start(path: &Path, deliver: bool) -> Rig {
-    start_leading(path, deliver, crate::leader::Leadership::sole()).await
+    start_with(
+        path,
+        deliver,
+        EngineSettings {
+            reconnect_grace: Duration::ZERO,
+            archive_after: Duration::from_secs(7 * 24 * 3600),
+            clock: Clock::System,
+            leadership: crate::leader::Leadership::sole(),
+        },
+    )
+    .await
 }
 
 async fn start_leading(path: &Path, deliver: bool, leadership: crate::leader::Leadership) -> Rig {
-    let store = Arc::new(Store::open(path).unwrap());
-    let events = Arc::new(EventLog::new(store.clone()));
-    let (outbox, sent) = CheckingOutbox::new(path, deliver);
-    let (engine, task) = Engine::start(
-        store.clone(),
-        events,
-        outbox,
+    start_with(
+        path,
+        deliver,
         EngineSettings {
             reconnect_grace: Duration::ZERO,
+            archive_after: Duration::from_secs(7 * 24 * 3600),
+            clock: Clock::System,
             leadership,
         },
     )
     .await
-    .unwrap();
+}
+
+async fn start_with(path: &Path, deliver: bool, settings: EngineSettings) -> Rig {
+    let store = Arc::new(Store::open(path).unwrap());
+    let events = Arc::new(EventLog::new(store.clone()));
+    let (outbox, sent) = CheckingOutbox::new(path, deliver);
+    let (engine, task) = Engine::start(store.clone(), events, outbox, settings)
+        .await
+        .unwrap();
     Rig {
         path: path.to_owned(),
         store,

@@ -20,6 +20,7 @@ use super::Coordinator;
 use super::convert::{self, page_size};
 use super::operators;
 use super::roles::{GuardedStream, caller, until_revoked};
+use crate::engine::EngineError;
 use crate::engine::{CampaignControl, HostControl, HostEdit, HostPage};
 use crate::store::{ActionRecord, EventFilter, HostFilter, HostLookup, HostRecord, TokenRecord};
 use crate::tokens;
@@ -258,8 +259,23 @@ fn plan_start(start_at_ms: i64, now_ms: i64) -> Result<pitcrew_scheduler::PlanSt
 }
 
 fn new_campaign_id() -> String {
-    format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    crate::engine::new_campaign_id()
 }
+
+/// The most runs one `campaign ls` answers, and how many without `--limit`.
+const MAX_LIST_LIMIT: u32 = 1000;
+const DEFAULT_LIST_LIMIT: u32 = 50;
+
+/// The states `campaign ls --state` accepts.
+const LIST_STATES: &[&str] = &[
+    "active",
+    "pending",
+    "running",
+    "paused",
+    "completed",
+    "incomplete",
+    "cancelled",
+];
 
 /// The filters of a host listing that the store applies.
 fn host_filter(r: &v1::ListHostsRequest, limit: usize) -> Result<HostFilter, Status> {
@@ -650,6 +666,14 @@ impl Admin for AdminService {
         let c = &self.coordinator;
         let r = request.into_inner();
         let spec = parse_spec(&r.spec_toml, &r.source_name)?;
+        if spec.schedule.is_some() {
+            // Running a scheduled file by hand as well would be the stacked runs schedules
+            // exist to prevent; the schedule runs it.
+            return Err(Status::invalid_argument(format!(
+                "{} has a schedule: register it with `pitcrew schedule add {}` and the coordinator runs it at each fire time; to run it once now, remove its schedule key",
+                spec.source_name, spec.source_name
+            )));
+        }
         let hosts = c.engine.hosts().await?;
         let id = new_campaign_id();
         let run = tokio::task::spawn_blocking(move || {
@@ -671,15 +695,65 @@ impl Admin for AdminService {
         request: Request<v1::ListCampaignsRequest>,
     ) -> Result<Response<v1::ListCampaignsResponse>, Status> {
         caller(&request)?;
-        let campaigns = self
+        let r = request.into_inner();
+        if !r.state.is_empty() && !LIST_STATES.contains(&r.state.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "state {:?} is not one of {}",
+                r.state,
+                LIST_STATES.join(", ")
+            )));
+        }
+        if r.limit > MAX_LIST_LIMIT {
+            return Err(Status::invalid_argument(format!(
+                "limit {} is more than {MAX_LIST_LIMIT}",
+                r.limit
+            )));
+        }
+        let limit = if r.limit == 0 {
+            DEFAULT_LIST_LIMIT
+        } else {
+            r.limit
+        };
+        if r.archived {
+            if matches!(
+                r.state.as_str(),
+                "active" | "pending" | "running" | "paused"
+            ) {
+                return Err(Status::invalid_argument(format!(
+                    "archived runs are finished; --state {} lists none of them",
+                    r.state
+                )));
+            }
+            let rows = self
+                .coordinator
+                .store
+                .list_archived(crate::store::ArchiveFilter {
+                    state: r.state,
+                    name: r.name,
+                    limit,
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let matched = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+            let campaigns = rows.into_iter().map(convert::archived_info).collect();
+            return Ok(Response::new(v1::ListCampaignsResponse {
+                campaigns,
+                matched,
+            }));
+        }
+        let (views, matched) = self
             .coordinator
             .engine
-            .list()
-            .await?
-            .into_iter()
-            .map(convert::campaign_info)
-            .collect();
-        Ok(Response::new(v1::ListCampaignsResponse { campaigns }))
+            .list_filtered(crate::engine::RunFilter {
+                state: r.state,
+                name: r.name,
+                limit: limit as usize,
+            })
+            .await?;
+        Ok(Response::new(v1::ListCampaignsResponse {
+            campaigns: views.into_iter().map(convert::campaign_info).collect(),
+            matched: u32::try_from(matched).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn get_campaign(
@@ -689,8 +763,86 @@ impl Admin for AdminService {
         caller(&request)?;
         let r = request.into_inner();
         let page = campaign_page(&r)?;
-        let view = self.coordinator.engine.view(r.id, page).await?;
-        Ok(Response::new(convert::campaign_info(view)))
+        match self.coordinator.engine.view(r.id.clone(), page).await {
+            Err(EngineError::UnknownCampaign(_)) => {}
+            other => return Ok(Response::new(convert::campaign_info(other?))),
+        }
+        // Not held by the engine: an archived run, read from the store.
+        let stored = self
+            .coordinator
+            .store
+            .load_run(r.id.clone())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let Some((record, archived)) = stored else {
+            return Err(EngineError::UnknownCampaign(r.id).into());
+        };
+        let view = crate::engine::view::campaign_view(
+            &record.run,
+            &record.spec_toml,
+            &record.created_by,
+            &mut Default::default(),
+            page,
+        );
+        let mut info = convert::campaign_info(view);
+        info.archived = archived;
+        Ok(Response::new(info))
+    }
+
+    async fn schedule_campaign(
+        &self,
+        request: Request<v1::CreateCampaignRequest>,
+    ) -> Result<Response<v1::ScheduleInfo>, Status> {
+        let operator = caller(&request)?.name;
+        let r = request.into_inner();
+        let spec = parse_spec(&r.spec_toml, &r.source_name)?;
+        let source = spec.source_name.clone();
+        let view = self
+            .coordinator
+            .engine
+            .register_schedule(operator, spec, r.spec_toml, source)
+            .await?;
+        Ok(Response::new(convert::schedule_info(view)))
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<v1::ListSchedulesRequest>,
+    ) -> Result<Response<v1::ListSchedulesResponse>, Status> {
+        caller(&request)?;
+        let schedules = self
+            .coordinator
+            .engine
+            .schedules()
+            .await?
+            .into_iter()
+            .map(convert::schedule_info)
+            .collect();
+        Ok(Response::new(v1::ListSchedulesResponse { schedules }))
+    }
+
+    async fn control_schedule(
+        &self,
+        request: Request<v1::ControlScheduleRequest>,
+    ) -> Result<Response<v1::ScheduleInfo>, Status> {
+        let operator = caller(&request)?.name;
+        let r = request.into_inner();
+        let control = match v1::ScheduleControl::try_from(r.control) {
+            Ok(v1::ScheduleControl::Pause) => crate::engine::ScheduleControl::Pause,
+            Ok(v1::ScheduleControl::Resume) => crate::engine::ScheduleControl::Resume,
+            Ok(v1::ScheduleControl::Remove) => crate::engine::ScheduleControl::Remove,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "control must be pause, resume or remove",
+                ));
+            }
+        };
+        let view = self
+            .coordinator
+            .engine
+            .control_schedule(operator, r.name, control)
+            .await?;
+        Ok(Response::new(convert::schedule_info(view)))
     }
 
     type WatchCampaignStream = GuardedStream<v1::CampaignInfo>;

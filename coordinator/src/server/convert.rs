@@ -4,7 +4,7 @@ use pitcrew_proto::v1;
 use pitcrew_scheduler::Plan;
 use prost::Message;
 
-use crate::engine::{CampaignView, Hold, HostStatus};
+use crate::engine::{CampaignView, Hold, HostStatus, ScheduleView};
 use crate::store::{EventRecord, HostRecord, OperatorRecord, TokenRecord};
 
 /// The default and largest page of any listing.
@@ -60,6 +60,47 @@ pub fn campaign_info(view: CampaignView) -> v1::CampaignInfo {
             .next_offset
             .map(|offset| offset.to_string())
             .unwrap_or_default(),
+        archived: false,
+    }
+}
+
+/// A schedule on the wire.
+pub fn schedule_info(view: ScheduleView) -> v1::ScheduleInfo {
+    let r = view.record;
+    v1::ScheduleInfo {
+        name: r.name,
+        cron: view.cron,
+        timezone: view.timezone,
+        paused: r.paused,
+        next_fire_ms: view.next_fire_ms.unwrap_or(0),
+        last_fire_ms: r.last_fire_ms,
+        last_run_id: r.last_run_id,
+        last_run_state: view.last_run_state.unwrap_or_default(),
+        last_note: r.last_note,
+        created_by: r.created_by,
+        created_at_ms: r.created_at_ms,
+        source_name: r.source_name,
+        conditions: view.conditions,
+        replaced: view.replaced,
+        next_fire_local: view.next_fire_local,
+    }
+}
+
+/// An archived run, as `campaign ls --archived` lists it (no hosts: they stay in the store).
+pub fn archived_info(row: crate::store::ArchivedRow) -> v1::CampaignInfo {
+    let s = row.summary;
+    v1::CampaignInfo {
+        id: row.id,
+        name: row.name,
+        state: s.state,
+        failures: s.failures,
+        max_failures: s.max_failures,
+        created_at_ms: row.created_at_ms,
+        created_by: row.created_by,
+        host_counts: s.host_counts.into_iter().collect(),
+        hosts_total: s.hosts_total,
+        archived: true,
+        ..Default::default()
     }
 }
 

@@ -53,9 +53,11 @@ impl From<EngineError> for Status {
         let message = error.to_string();
         match &error {
             EngineError::Spec(_) => Status::invalid_argument(message),
-            EngineError::UnknownCampaign(_) | EngineError::UnknownHost(_) => {
-                Status::not_found(message)
-            }
+            EngineError::Schedule(_) => Status::invalid_argument(message),
+            EngineError::AlreadyRunning { .. } => Status::already_exists(message),
+            EngineError::UnknownCampaign(_)
+            | EngineError::UnknownHost(_)
+            | EngineError::UnknownSchedule(_) => Status::not_found(message),
             EngineError::Plan(_)
             | EngineError::Apply(_)
             | EngineError::Manual(_)

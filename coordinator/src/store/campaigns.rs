@@ -126,7 +126,7 @@ pub(crate) async fn load_all(tx: &mut dyn Tx) -> Result<Vec<CampaignRecord>, Sto
 }
 
 /// A run from its header, its spec and its hosts' rows.
-fn assemble(stored: StoredRun) -> Result<CampaignRecord, StoreError> {
+pub(crate) fn assemble(stored: StoredRun) -> Result<CampaignRecord, StoreError> {
     let what = format!("campaign {}", stored.id);
     let mut run: Value = from_json(&what, &stored.header_json)?;
     let spec: Value = from_json(&what, &stored.spec_json)?;

@@ -23,6 +23,7 @@ pub mod events;
 pub mod hosts;
 pub mod operators;
 pub mod postgres;
+pub mod schedules;
 pub(crate) mod sqlite;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
@@ -48,6 +49,9 @@ pub use events::{EventFilter, EventRecord};
 pub use hosts::{EnrollRefusal, Enrolled, HostEnrollment, HostFilter, HostLookup, HostRecord};
 pub use operators::{OperatorCaller, OperatorRecord, OperatorRefusal};
 pub use postgres::PostgresSettings;
+pub use schedules::{
+    ArchiveFilter, ArchivedRow, ArchivedRun, ArchivedSummary, ScheduleRecord, SuccessRow,
+};
 pub use tokens::{TokenRecord, TokenRefusal};
 pub use turn::{HostChange, TurnWrites};
 
@@ -129,8 +133,12 @@ pub struct StoredFleet {
     /// Enrolled hosts (not removed).
     pub hosts: Vec<HostRecord>,
     pub manual: std::collections::BTreeMap<String, ManualState>,
-    /// Every run, oldest first.
+    /// Every run not archived, oldest first.
     pub campaigns: Vec<CampaignRecord>,
+    /// Every schedule, by name.
+    pub schedules: Vec<ScheduleRecord>,
+    /// Hosts' latest successes in archived runs (for the compliance report).
+    pub archived_successes: Vec<SuccessRow>,
 }
 
 /// The writer's commit-time histogram: 100 µs to about 13 s.
@@ -577,14 +585,41 @@ impl Store {
                 let hosts = tx.list_hosts(&HostFilter::default()).await?;
                 let manual = tx.load_manual().await?;
                 let campaigns = campaigns::load_all(tx).await?;
+                let schedules = tx.load_schedules().await?;
+                let archived_successes = tx.load_successes().await?;
                 Ok(StoredFleet {
                     hosts,
                     manual,
                     campaigns,
+                    schedules,
+                    archived_successes,
                 })
             })
         })
         .await
+    }
+
+    /// One run as stored, archived or not (for `campaign show` of a run the engine no
+    /// longer holds), and whether it is archived.
+    pub async fn load_run(&self, id: String) -> Result<Option<(CampaignRecord, bool)>, StoreError> {
+        self.read(move |tx| {
+            Box::pin(async move {
+                match tx.load_run(&id).await? {
+                    None => Ok(None),
+                    Some((stored, archived)) => Ok(Some((schedules::assemble(stored)?, archived))),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Archived runs, newest first.
+    pub async fn list_archived(
+        &self,
+        filter: ArchiveFilter,
+    ) -> Result<Vec<ArchivedRow>, StoreError> {
+        self.read(move |tx| Box::pin(async move { tx.list_archived(&filter).await }))
+            .await
     }
 
     /// The stored results of these actions (those that have one).

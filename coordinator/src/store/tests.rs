@@ -138,6 +138,7 @@ fn run(id: &str, hosts: &[&str]) -> CampaignRun {
             healthy: true,
             boot_id: String::new(),
             policy: None,
+            facts: None,
         })
         .collect();
     CampaignRun::new(id, &spec, &views, 5).unwrap()
@@ -1010,11 +1011,11 @@ both!(
 );
 
 fn sqlite_schema_version() -> i64 {
-    5
+    6
 }
 
 fn postgres_schema_versions() -> String {
-    "1,2".into()
+    "1,2,3,4".into()
 }
 
 fn database_of(settings: &PostgresSettings) -> String {
@@ -1380,3 +1381,5 @@ async fn a_fenced_leader_writes_nothing_once_a_newer_leader_holds_the_lease() {
             .is_empty()
     );
 }
+
+mod schedules;

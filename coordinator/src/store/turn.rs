@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use pitcrew_scheduler::{CampaignRun, ManualState, Role};
 
+use super::schedules::{ArchivedRun, ScheduleRecord};
 use super::tx::Tx;
 use super::{ActionRecord, CampaignHostRow, EventRecord, StoreError, campaigns};
 
@@ -48,6 +49,10 @@ pub struct TurnWrites {
     /// Manual maintenance set (Some) or cleared (None).
     pub manual: Vec<(String, Option<ManualState>)>,
     pub host_changes: Vec<HostChange>,
+    /// Schedules registered or changed (Some) or removed (None, by name).
+    pub schedules: Vec<(String, Option<ScheduleRecord>)>,
+    /// Runs leaving the engine's working set for the archive.
+    pub archived: Vec<ArchivedRun>,
 }
 
 impl TurnWrites {
@@ -60,6 +65,8 @@ impl TurnWrites {
             && self.events.is_empty()
             && self.manual.is_empty()
             && self.host_changes.is_empty()
+            && self.schedules.is_empty()
+            && self.archived.is_empty()
     }
 
     /// Runs inside one writer transaction; returns the events with their ids.
@@ -96,6 +103,15 @@ impl TurnWrites {
                         .await?
                 }
             }
+        }
+        for (name, schedule) in &self.schedules {
+            match schedule {
+                Some(schedule) => tx.put_schedule(schedule).await?,
+                None => tx.delete_schedule(name).await?,
+            }
+        }
+        for run in &self.archived {
+            tx.archive_run(run).await?;
         }
         let mut logged = self.events;
         for event in &mut logged {

@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use pitcrew_scheduler::ManualState;
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::schedules::{ArchiveFilter, ArchivedRow, ArchivedRun, ScheduleRecord, SuccessRow};
 use super::{
     ActionRecord, CampaignHostRow, EventFilter, EventRecord, HostFilter, HostRecord,
     OperatorRecord, StoreError, TokenRecord,
@@ -161,6 +162,22 @@ pub(crate) trait Tx: Send {
         state: Option<&'a ManualState>,
     ) -> TxFuture<'a, ()>;
     fn load_manual(&mut self) -> TxFuture<'_, BTreeMap<String, ManualState>>;
+
+    // Schedules and the archive of old runs (`schedules.rs`).
+    /// Writes a schedule, replacing the row of the same name.
+    fn put_schedule<'a>(&'a mut self, schedule: &'a ScheduleRecord) -> TxFuture<'a, ()>;
+    fn delete_schedule<'a>(&'a mut self, name: &'a str) -> TxFuture<'a, ()>;
+    /// Every schedule, by name.
+    fn load_schedules(&mut self) -> TxFuture<'_, Vec<ScheduleRecord>>;
+    /// Marks a run archived with its summary and folds its hosts' successes in.
+    fn archive_run<'a>(&'a mut self, run: &'a ArchivedRun) -> TxFuture<'a, ()>;
+    /// One run, archived or not, with its hosts; and whether it is archived.
+    fn load_run<'a>(&'a mut self, id: &'a str) -> TxFuture<'a, Option<(StoredRun, bool)>>;
+    /// Archived runs, newest first (see [`ArchiveFilter`]).
+    fn list_archived<'a>(&'a mut self, filter: &'a ArchiveFilter)
+    -> TxFuture<'a, Vec<ArchivedRow>>;
+    /// Every archived success, one per host and campaign name.
+    fn load_successes(&mut self) -> TxFuture<'_, Vec<SuccessRow>>;
 }
 
 /// A backend's connection as the writer drives it: transaction control around the jobs.

@@ -56,6 +56,7 @@ fn host(id: &str, hostname: &str, role: Role, cluster: &str) -> HostView {
         healthy: true,
         boot_id: format!("{id}-boot-1"),
         policy: Some(permissive_policy()),
+        facts: None,
     }
 }
 

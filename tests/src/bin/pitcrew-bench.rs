@@ -61,6 +61,7 @@ fn fleet(workers: usize, managers: usize, clusters: usize) -> Vec<HostView> {
             healthy: true,
             boot_id: format!("boot-{i}"),
             policy: None,
+            facts: None,
         });
     }
     hosts

@@ -13,10 +13,13 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::action::StepAction;
+use crate::conditions::Condition;
 use crate::fleet::{HostView, Role};
 use crate::window::{MAX_WINDOW_MS, Window, WindowTime};
 
+mod schedule;
 mod step;
+use schedule::RawSchedule;
 use step::RawStep;
 
 /// A campaign file that cannot be used, with where and why.
@@ -217,17 +220,30 @@ pub struct Selector {
     pub labels: BTreeMap<String, String>,
     /// Host ids or hostnames; empty means any.
     pub hosts: Vec<String>,
+    /// Conditions on the host's facts (`[select] when`), read when a run starts.
+    #[serde(default)]
+    pub when: Vec<Condition>,
 }
 
 impl Selector {
     /// Whether `host` is selected.
     pub fn matches(&self, host: &HostView) -> bool {
+        self.matches_ignoring_facts(host) && self.facts_hold(host)
+    }
+
+    /// Whether roles, labels and names select `host` (what the facts are not asked about).
+    pub fn matches_ignoring_facts(&self, host: &HostView) -> bool {
         self.roles.contains(&host.role)
             && self
                 .labels
                 .iter()
                 .all(|(k, v)| host.labels.get(k) == Some(v))
             && (self.hosts.is_empty() || self.hosts.iter().any(|n| host.is_named(n)))
+    }
+
+    /// Whether the host's facts hold every `when` condition.
+    pub fn facts_hold(&self, host: &HostView) -> bool {
+        self.when.iter().all(|c| c.holds(host.facts.as_ref()))
     }
 }
 
@@ -259,6 +275,10 @@ pub struct CampaignSpec {
     pub post_gates: Vec<StepSpec>,
     pub worker: RoleSteps,
     pub manager: RoleSteps,
+    /// When the campaign runs by itself (`schedule = { cron, timezone }`); `None` for a
+    /// campaign run by hand.
+    #[serde(default)]
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 impl CampaignSpec {
@@ -325,6 +345,7 @@ struct RawSpec {
     after: Option<Vec<Spanned<RawStep>>>,
     worker: Option<RawRoleSteps>,
     manager: Option<RawRoleSteps>,
+    schedule: Option<Spanned<RawSchedule>>,
 }
 
 #[derive(Deserialize)]
@@ -335,6 +356,8 @@ struct RawSelect {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     hosts: Vec<String>,
+    #[serde(default)]
+    when: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -443,6 +466,7 @@ impl Cx<'_> {
                 roles: vec![Role::Worker, Role::Manager],
                 labels: BTreeMap::new(),
                 hosts: Vec::new(),
+                when: Vec::new(),
             },
             Some(s) => {
                 let roles = match s.roles {
@@ -469,6 +493,7 @@ impl Cx<'_> {
                     roles,
                     labels: s.labels,
                     hosts: s.hosts,
+                    when: self.conditions(s.when)?,
                 }
             }
         };
@@ -593,6 +618,7 @@ impl Cx<'_> {
         let mut roles = roles.into_iter();
         let worker = roles.next().map(|(_, s)| s).unwrap_or_default();
         let manager = roles.next().map(|(_, s)| s).unwrap_or_default();
+        let schedule = raw.schedule.map(|s| self.schedule(s)).transpose()?;
         Ok(CampaignSpec {
             name,
             description: raw.description.unwrap_or_default(),
@@ -608,6 +634,7 @@ impl Cx<'_> {
             post_gates,
             worker,
             manager,
+            schedule,
         })
     }
 

@@ -47,6 +47,7 @@ pub fn host(id: &str, role: Role, cluster: &str) -> HostView {
         healthy: true,
         boot_id: format!("{id}-boot-1"),
         policy: Some(permissive().into()),
+        facts: None,
     }
 }
 

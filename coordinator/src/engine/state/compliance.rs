@@ -43,7 +43,19 @@ impl EngineState {
                         );
                     }
                 }
-                latest.into_values().collect()
+                // Runs archived since keep only their successes (see `archive.rs`).
+                let mut merged: std::collections::HashMap<String, CampaignSuccess> = latest
+                    .into_values()
+                    .map(|s| (s.campaign.clone(), s))
+                    .collect();
+                if let Some(archived) = self.archived_successes_of(id) {
+                    for s in archived.values() {
+                        super::archive::merge_newest(&mut merged, s);
+                    }
+                }
+                let mut out: Vec<CampaignSuccess> = merged.into_values().collect();
+                out.sort_by(|a, b| a.campaign.cmp(&b.campaign));
+                out
             })
             .collect()
     }

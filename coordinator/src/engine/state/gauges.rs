@@ -233,6 +233,13 @@ impl FleetGauges {
         self.changed = true;
     }
 
+    /// A finished campaign left the engine's working set (archived).
+    pub fn campaign_left(&mut self, state: CampaignState) {
+        let count = &mut self.counts.campaigns[campaign_index(state)];
+        *count = count.saturating_sub(1);
+        self.changed = true;
+    }
+
     /// A host-step of a campaign ended.
     pub fn step_finished(&mut self, outcome: StepOutcome) {
         match outcome {

@@ -17,6 +17,7 @@
 //! The password never appears in a URL this backend accepts, nor in any message: see
 //! [`PostgresSettings`].
 
+mod schedules;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
 
+use super::schedules::{ArchiveFilter, ArchivedRow, ArchivedRun, ScheduleRecord, SuccessRow};
 use super::tx::{Conn, Job, MAX_JOBS_PER_COMMIT, NewRunRows, StoredRun, Tx, TxFuture};
 use super::{
     ActionRecord, CampaignHostRow, EventFilter, EventRecord, HostFilter, HostRecord,
@@ -1232,7 +1234,7 @@ impl Tx for PgTx<'_> {
             let headers = self
                 .query(
                     "SELECT id, spec_toml, spec_json, header_json, created_by FROM campaign_runs
-                     ORDER BY created_at_ms, id",
+                     WHERE archived_at_ms = 0 ORDER BY created_at_ms, id",
                     &[],
                 )
                 .await?;
@@ -1310,6 +1312,37 @@ impl Tx for PgTx<'_> {
             }
             Ok(out)
         })
+    }
+
+    fn put_schedule<'a>(&'a mut self, schedule: &'a ScheduleRecord) -> TxFuture<'a, ()> {
+        Box::pin(self.put_schedule_now(schedule))
+    }
+
+    fn delete_schedule<'a>(&'a mut self, name: &'a str) -> TxFuture<'a, ()> {
+        Box::pin(self.delete_schedule_now(name))
+    }
+
+    fn load_schedules(&mut self) -> TxFuture<'_, Vec<ScheduleRecord>> {
+        Box::pin(self.load_schedules_now())
+    }
+
+    fn archive_run<'a>(&'a mut self, run: &'a ArchivedRun) -> TxFuture<'a, ()> {
+        Box::pin(self.archive_run_now(run))
+    }
+
+    fn load_run<'a>(&'a mut self, id: &'a str) -> TxFuture<'a, Option<(StoredRun, bool)>> {
+        Box::pin(self.load_run_now(id))
+    }
+
+    fn list_archived<'a>(
+        &'a mut self,
+        filter: &'a ArchiveFilter,
+    ) -> TxFuture<'a, Vec<ArchivedRow>> {
+        Box::pin(self.list_archived_now(filter))
+    }
+
+    fn load_successes(&mut self) -> TxFuture<'_, Vec<SuccessRow>> {
+        Box::pin(self.load_successes_now())
     }
 }
 

@@ -11,6 +11,7 @@
 //!
 //! Version 2 adds the leader lease (`leader_lease`, one row), which only PostgreSQL has.
 //! Version 3 adds the leader's address to it (where standbys send agents and operators).
+//! Version 4 adds campaign schedules and the archive of old runs (SQLite's version 6).
 //!
 //! Every migration takes a transaction-scoped advisory lock first, so coordinators started
 //! together on one database migrate it once, one after the other.
@@ -22,7 +23,7 @@ use crate::store::StoreError;
 
 /// The newest version this build knows. A database written by a newer build is refused
 /// rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// The advisory lock key migrations hold ("pitcrew!" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7069_7463_7265_7721;
@@ -136,8 +137,36 @@ const V3: &str = r#"
 ALTER TABLE leader_lease ADD COLUMN address TEXT NOT NULL DEFAULT '';
 "#;
 
+/// Version 4: campaign schedules (one row per campaign name), the archive of old runs (a mark
+/// and a summary on the run's header row; the engine loads only runs not archived), and the
+/// archived runs' successes per host and campaign name for the compliance report.
+const V4: &str = r#"
+CREATE TABLE schedules (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    spec_toml TEXT NOT NULL,
+    source_name TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    paused BOOLEAN NOT NULL DEFAULT FALSE,
+    last_fire_ms BIGINT NOT NULL DEFAULT 0,
+    last_run_id TEXT NOT NULL DEFAULT '',
+    last_note TEXT NOT NULL DEFAULT ''
+);
+ALTER TABLE campaign_runs ADD COLUMN archived_at_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE campaign_runs ADD COLUMN archived_state TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaign_runs ADD COLUMN archived_json TEXT NOT NULL DEFAULT '';
+CREATE INDEX campaign_runs_archive ON campaign_runs (archived_at_ms, created_at_ms);
+CREATE TABLE campaign_successes (
+    host_id TEXT NOT NULL,
+    campaign TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    finished_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (host_id, campaign)
+);
+"#;
+
 /// Each version's statements, in order: `MIGRATIONS[n - 1]` brings the schema to version n.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Brings the schema to the newest version, one version per transaction.
 pub(super) async fn migrate(client: &mut ClientWrapper) -> Result<(), StoreError> {

@@ -4,6 +4,7 @@
 //! so the writer thread and the readers drive them with a local executor and nothing here
 //! touches an async worker.
 
+mod schedules;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::mpsc;
 
+use super::schedules::{ArchiveFilter, ArchivedRow, ArchivedRun, ScheduleRecord, SuccessRow};
 use super::tx::{Conn, Job, MAX_JOBS_PER_COMMIT, NewRunRows, StoredRun, Tx, TxFuture};
 use super::{
     ActionRecord, CampaignHostRow, EventFilter, EventRecord, HostFilter, HostRecord,
@@ -321,7 +323,7 @@ impl SqliteTx<'_> {
         let mut runs: Vec<StoredRun> = {
             let mut stmt = self.conn.prepare(
                 "SELECT id, spec_toml, spec_json, header_json, created_by FROM campaign_runs
-                 ORDER BY created_at_ms, id",
+                 WHERE archived_at_ms = 0 ORDER BY created_at_ms, id",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(StoredRun {
@@ -805,6 +807,37 @@ impl Tx for SqliteTx<'_> {
 
     fn load_manual(&mut self) -> TxFuture<'_, BTreeMap<String, ManualState>> {
         done(self.load_manual_now())
+    }
+
+    fn put_schedule<'a>(&'a mut self, schedule: &'a ScheduleRecord) -> TxFuture<'a, ()> {
+        done(self.put_schedule_now(schedule))
+    }
+
+    fn delete_schedule<'a>(&'a mut self, name: &'a str) -> TxFuture<'a, ()> {
+        done(self.delete_schedule_now(name))
+    }
+
+    fn load_schedules(&mut self) -> TxFuture<'_, Vec<ScheduleRecord>> {
+        done(self.load_schedules_now())
+    }
+
+    fn archive_run<'a>(&'a mut self, run: &'a ArchivedRun) -> TxFuture<'a, ()> {
+        done(self.archive_run_now(run))
+    }
+
+    fn load_run<'a>(&'a mut self, id: &'a str) -> TxFuture<'a, Option<(StoredRun, bool)>> {
+        done(self.load_run_now(id))
+    }
+
+    fn list_archived<'a>(
+        &'a mut self,
+        filter: &'a ArchiveFilter,
+    ) -> TxFuture<'a, Vec<ArchivedRow>> {
+        done(self.list_archived_now(filter))
+    }
+
+    fn load_successes(&mut self) -> TxFuture<'_, Vec<SuccessRow>> {
+        done(self.load_successes_now())
     }
 }
 

@@ -7,6 +7,7 @@
 //! fleet upgraded to it starts with none, and `serve` registers the certificates `init` left
 //! in the data dir (see `crate::operators::load`). Version 5 marks hosts removed from the fleet
 //! (`pitcrew hosts remove`) rather than deleting them, so their history keeps naming them.
+//! Version 6 adds campaign schedules and the archive of old runs (see `V6`).
 
 use std::collections::BTreeMap;
 
@@ -18,7 +19,7 @@ use super::run_now;
 
 /// The newest version this build knows. A store written by a newer build is refused rather
 /// than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+pub(crate) const SCHEMA_VERSION: i64 = 6;
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -138,6 +139,35 @@ const V5: &str = "
 ALTER TABLE hosts ADD COLUMN removed_at_ms INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 6: campaign schedules (one row per campaign name), the archive of old runs (a mark
+/// and a summary on the run's header row; the engine loads only runs not archived), and the
+/// archived runs' successes per host and campaign name for the compliance report.
+const V6: &str = "
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY,
+    spec_toml TEXT NOT NULL,
+    source_name TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    last_fire_ms INTEGER NOT NULL DEFAULT 0,
+    last_run_id TEXT NOT NULL DEFAULT '',
+    last_note TEXT NOT NULL DEFAULT ''
+);
+-- When the run left the engine's working set (Unix ms); 0 while the engine holds it.
+ALTER TABLE campaign_runs ADD COLUMN archived_at_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaign_runs ADD COLUMN archived_state TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaign_runs ADD COLUMN archived_json TEXT NOT NULL DEFAULT '';
+CREATE INDEX campaign_runs_archive ON campaign_runs(archived_at_ms, created_at_ms);
+CREATE TABLE campaign_successes (
+    host_id TEXT NOT NULL,
+    campaign TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    finished_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (host_id, campaign)
+);
+";
+
 /// The key version 1 kept manual maintenance under.
 const V1_MANUAL_KEY: &str = "manual_maintenance";
 
@@ -189,6 +219,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let tx = conn.transaction()?;
         tx.execute_batch(V5)?;
         tx.pragma_update(None, "user_version", 5)?;
+        tx.commit()?;
+    }
+    if version < 6 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(V6)?;
+        tx.pragma_update(None, "user_version", 6)?;
         tx.commit()?;
     }
     Ok(())
@@ -258,6 +294,7 @@ mod tests {
             healthy: true,
             boot_id: String::new(),
             policy: None,
+            facts: None,
         }];
         let run = CampaignRun::new("c-old", &spec, &hosts, 5).unwrap();
         {
