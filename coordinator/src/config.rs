@@ -50,6 +50,9 @@ pub struct CoordinatorConfig {
     /// Where the store is (`[store]`): the embedded SQLite file by default, or PostgreSQL.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Webhooks notified of campaigns and stuck hosts (`[[webhook]]`, see `crate::notify`).
+    #[serde(default, rename = "webhook", skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::notify::WebhookConfig>,
 }
 
 /// The environment variable that may hold the PostgreSQL password.
@@ -254,6 +257,7 @@ impl Default for CoordinatorConfig {
             metrics_listen: default_metrics_listen(),
             dashboard_listen: default_dashboard_listen(),
             dashboard_url: String::new(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -384,6 +388,9 @@ impl CoordinatorConfig {
                 message: "field operator_cert_lifetime: must be between 10s and 365days".into(),
             });
         }
+        if let Err(message) = config.load_webhooks() {
+            return Err(ConfigError { file, message });
+        }
         if config.heartbeat_seconds == 0
             || config.heartbeat_timeout_seconds <= config.heartbeat_seconds
         {
@@ -393,6 +400,11 @@ impl CoordinatorConfig {
             });
         }
         Ok(config)
+    }
+
+    /// The `[[webhook]]`s checked, with their secrets read (the message names the key).
+    pub fn load_webhooks(&self) -> Result<Vec<crate::notify::Webhook>, String> {
+        crate::notify::config::load(&self.webhooks)
     }
 
     /// Where browsers reach the dashboard: `dashboard_url`, or `https://` + `dashboard_listen`

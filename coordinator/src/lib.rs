@@ -11,6 +11,7 @@ pub mod engine;
 pub mod events;
 pub mod init;
 pub mod metrics;
+pub mod notify;
 pub mod operators;
 pub mod registry;
 pub mod server;

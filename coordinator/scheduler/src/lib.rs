@@ -30,5 +30,7 @@ pub use manual::{ManualError, manual_enable};
 pub use operator::{Admission, OperatorRefusal, admit_action};
 pub use plan::{Plan, PlanError, PlanStart, PlannedHost, PlannedStep, Refusal, plan, plan_from};
 pub use run::{ApplyError, CampaignRun, CampaignState, Event, HostRun, HostState, Outcome, apply};
-pub use spec::{CampaignSpec, Concurrency, FailureBudget, OnHost, Phase, SpecError, StepSpec};
+pub use spec::{
+    CampaignSpec, Concurrency, FailureBudget, NotifySpec, OnHost, Phase, SpecError, StepSpec,
+};
 pub use window::Window;

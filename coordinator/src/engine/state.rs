@@ -19,6 +19,7 @@ use prost::Message;
 mod compliance;
 mod gauges;
 mod lifecycle;
+mod notify;
 mod unit_holds;
 
 pub use compliance::CampaignSuccess;
@@ -27,12 +28,13 @@ pub(crate) use gauges::{CAMPAIGN_STATES, FleetGauges, HOST_STATES, HolderKind, S
 
 pub(crate) use crate::store::HostChange;
 pub use lifecycle::HostEdit;
+pub(crate) use notify::Notifications;
 
 use super::EngineError;
 use super::view::{CampaignView, HostPage, LastTurn, campaign_view};
 use crate::store::{
-    ActionRecord, CampaignHostRow, EventRecord, HostRecord, StoreError, StoredFleet, TurnWrites,
-    campaigns,
+    ActionRecord, CampaignHostRow, DeliveryRecord, EventRecord, HostRecord, StoreError,
+    StoredFleet, TurnWrites, campaigns,
 };
 
 /// How many decide/apply rounds one turn may take before it commits and lets inputs in (a
@@ -86,6 +88,9 @@ pub(crate) struct Turn {
     pub sends: Vec<(String, v1::CoordinatorMessage)>,
     /// Whether any campaign changed (watchers are told after the commit).
     pub campaigns_changed: bool,
+    /// Webhook notifications decided, written with the turn and handed to the notifier
+    /// once it is durable.
+    pub deliveries: Vec<DeliveryRecord>,
 }
 
 impl Turn {
@@ -224,6 +229,8 @@ pub(crate) struct EngineState {
     unit_holds: unit_holds::UnitHolds,
     /// The fleet's counts for the metrics, kept current by each change (see `gauges.rs`).
     pub(crate) gauges: FleetGauges,
+    /// The webhooks and what the engine tells them (see `notify.rs`).
+    pub(crate) notify: Notifications,
 }
 
 impl EngineState {
@@ -240,6 +247,7 @@ impl EngineState {
             last: LastTurn::default(),
             unit_holds: unit_holds::UnitHolds::default(),
             gauges: FleetGauges::default(),
+            notify: Notifications::default(),
         };
         for record in stored.campaigns {
             state.push_run(record.run, record.spec_toml, record.created_by);
@@ -342,6 +350,8 @@ impl EngineState {
         }
         writes.manual = std::mem::take(&mut turn.manual);
         writes.host_changes = std::mem::take(&mut turn.host_changes);
+        // Kept in the turn too: handed to the notifier once durable.
+        writes.deliveries = turn.deliveries.clone();
         Ok(writes)
     }
 
@@ -454,6 +464,7 @@ impl EngineState {
         let host = self.touched_host(ci, event);
         let run = &mut self.runs[ci];
         let before = HeaderKey::of(run);
+        let host_before = host.and_then(|hi| run.hosts.get(hi).map(|h| (hi, h.state)));
         scheduler::apply(run, &self.fleet, event, now_ms)?;
         if let Some(hi) = host {
             turn.dirty_hosts.insert((ci, hi));
@@ -463,6 +474,7 @@ impl EngineState {
             self.gauges.campaign_moved(Some(before.state), run.state);
         }
         turn.campaigns_changed = true;
+        self.notice_changes(ci, before.state, host_before, now_ms, turn);
         Ok(())
     }
 

@@ -20,6 +20,7 @@ use crate::store::{HostRecord, Store, campaigns};
 mod dashboard;
 mod gauges;
 mod lifecycle;
+mod notify;
 mod unit_holds;
 
 const SPEC: &str = r#"
@@ -162,6 +163,16 @@ struct Rig {
 }
 
 async fn start(path: &Path, deliver: bool) -> Rig {
+    start_with(path, deliver, Vec::new(), None).await
+}
+
+/// [`start`] with webhooks and the notifier's inbox.
+async fn start_with(
+    path: &Path,
+    deliver: bool,
+    webhooks: Vec<crate::notify::Webhook>,
+    notify: Option<crate::notify::NotifySink>,
+) -> Rig {
     let store = Arc::new(Store::open(path).unwrap());
     let events = Arc::new(EventLog::new(store.clone()));
     let (outbox, sent) = CheckingOutbox::new(path, deliver);
@@ -171,6 +182,8 @@ async fn start(path: &Path, deliver: bool) -> Rig {
         outbox,
         EngineSettings {
             reconnect_grace: Duration::ZERO,
+            webhooks,
+            notify,
         },
     )
     .await

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use pitcrew_scheduler::{CampaignRun, ManualState, Role};
 
 use super::tx::Tx;
-use super::{ActionRecord, CampaignHostRow, EventRecord, StoreError, campaigns};
+use super::{ActionRecord, CampaignHostRow, DeliveryRecord, EventRecord, StoreError, campaigns};
 
 /// A host row an operator changed, written in the turn's transaction.
 #[derive(Debug, Clone)]
@@ -48,6 +48,8 @@ pub struct TurnWrites {
     /// Manual maintenance set (Some) or cleared (None).
     pub manual: Vec<(String, Option<ManualState>)>,
     pub host_changes: Vec<HostChange>,
+    /// Webhook notifications the turn decided, delivered once the turn is durable.
+    pub deliveries: Vec<DeliveryRecord>,
 }
 
 impl TurnWrites {
@@ -60,6 +62,7 @@ impl TurnWrites {
             && self.events.is_empty()
             && self.manual.is_empty()
             && self.host_changes.is_empty()
+            && self.deliveries.is_empty()
     }
 
     /// Runs inside one writer transaction; returns the events with their ids.
@@ -96,6 +99,9 @@ impl TurnWrites {
                         .await?
                 }
             }
+        }
+        for delivery in &self.deliveries {
+            tx.insert_delivery(delivery).await?;
         }
         let mut logged = self.events;
         for event in &mut logged {

@@ -16,7 +16,9 @@ use crate::action::StepAction;
 use crate::fleet::{HostView, Role};
 use crate::window::{MAX_WINDOW_MS, Window, WindowTime};
 
+mod notify;
 mod step;
+pub use notify::{NotifySpec, WebhookRef};
 use step::RawStep;
 
 /// A campaign file that cannot be used, with where and why.
@@ -259,6 +261,9 @@ pub struct CampaignSpec {
     pub post_gates: Vec<StepSpec>,
     pub worker: RoleSteps,
     pub manager: RoleSteps,
+    /// `[notify]`: which configured webhooks hear of this campaign (absent: every one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifySpec>,
 }
 
 impl CampaignSpec {
@@ -325,6 +330,7 @@ struct RawSpec {
     after: Option<Vec<Spanned<RawStep>>>,
     worker: Option<RawRoleSteps>,
     manager: Option<RawRoleSteps>,
+    notify: Option<notify::RawNotify>,
 }
 
 #[derive(Deserialize)]
@@ -590,6 +596,7 @@ impl Cx<'_> {
             }
         }
 
+        let notify = raw.notify.map(|n| self.notify(n)).transpose()?;
         let mut roles = roles.into_iter();
         let worker = roles.next().map(|(_, s)| s).unwrap_or_default();
         let manager = roles.next().map(|(_, s)| s).unwrap_or_default();
@@ -608,6 +615,7 @@ impl Cx<'_> {
             post_gates,
             worker,
             manager,
+            notify,
         })
     }
 

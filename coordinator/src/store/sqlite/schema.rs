@@ -7,6 +7,7 @@
 //! fleet upgraded to it starts with none, and `serve` registers the certificates `init` left
 //! in the data dir (see `crate::operators::load`). Version 5 marks hosts removed from the fleet
 //! (`pitcrew hosts remove`) rather than deleting them, so their history keeps naming them.
+//! Version 6 adds the webhook delivery record (`webhook_deliveries`).
 
 use std::collections::BTreeMap;
 
@@ -18,7 +19,7 @@ use super::run_now;
 
 /// The newest version this build knows. A store written by a newer build is refused rather
 /// than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+pub(crate) const SCHEMA_VERSION: i64 = 6;
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -138,6 +139,29 @@ const V5: &str = "
 ALTER TABLE hosts ADD COLUMN removed_at_ms INTEGER NOT NULL DEFAULT 0;
 ";
 
+const V6: &str = "
+-- One row per notification and webhook, written in the engine's turn that decided it and
+-- updated after each delivery attempt (see crate::notify).
+CREATE TABLE webhook_deliveries (
+    id TEXT NOT NULL,
+    webhook TEXT NOT NULL,
+    event TEXT NOT NULL,
+    campaign_id TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    last_error TEXT NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    delivered_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (id, webhook)
+);
+CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries(created_at_ms);
+CREATE INDEX webhook_deliveries_pending ON webhook_deliveries(created_at_ms) WHERE state = 'pending';
+";
+
 /// The key version 1 kept manual maintenance under.
 const V1_MANUAL_KEY: &str = "manual_maintenance";
 
@@ -189,6 +213,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let tx = conn.transaction()?;
         tx.execute_batch(V5)?;
         tx.pragma_update(None, "user_version", 5)?;
+        tx.commit()?;
+    }
+    if version < 6 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(V6)?;
+        tx.pragma_update(None, "user_version", 6)?;
         tx.commit()?;
     }
     Ok(())
