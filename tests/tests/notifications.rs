@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
-use pitcrew_tests::{Coordinator, start_fleet_with, wait_for};
+use pitcrew_tests::{Coordinator, start_fleet_with, wait_for, wait_for_within};
 use serde_json::Value;
 
 /// One request a receiver got, and the status it answered.
@@ -237,15 +237,25 @@ fn campaign_notifications_arrive_signed_and_a_refused_delivery_is_retried() {
             .count(),
         2
     );
-    let record = wait_for("the retried delivery to be recorded as delivered", || {
-        let list = c.cli_json(&["notifications", "--campaign", &id]);
-        list.as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["id"] == refused_id.as_str() && n["webhook"] == "ops")
-            .filter(|n| n["state"] == "delivered")
-            .cloned()
-    });
+    let mut last = Value::Null;
+    let record = wait_for_within(
+        "the retried delivery to be recorded as delivered",
+        std::time::Duration::from_secs(60),
+        || {
+            last = c.cli_json(&["notifications", "--campaign", &id]);
+            let found = last
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["id"] == refused_id.as_str() && n["webhook"] == "ops")
+                .filter(|n| n["state"] == "delivered")
+                .cloned();
+            if found.is_none() {
+                eprintln!("notifications so far: {last}");
+            }
+            found
+        },
+    );
     assert_eq!(record["attempts"], 2, "{record}");
     assert!(
         record["last_error"].as_str().unwrap().contains("503"),

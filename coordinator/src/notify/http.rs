@@ -137,17 +137,20 @@ where
     let request = request
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("HTTP request: {e}"))?;
-    // The connection is driven beside the request and dropped (closed) with it.
+    // The connection is driven beside the request and dropped (closed) with it. A receiver
+    // that answers and closes (`Connection: close`) ends the connection as the answer
+    // arrives: the answer is then taken from the request's side.
     let mut connection = std::pin::pin!(connection);
+    let mut send = std::pin::pin!(sender.send_request(request));
     let response = tokio::select! {
-        response = sender.send_request(request) => response.map_err(|e| format!("HTTP: {e}"))?,
-        ended = &mut connection => {
-            return Err(match ended {
-                Ok(()) => "the receiver closed the connection without answering".to_owned(),
-                Err(e) => format!("HTTP: {e}"),
-            });
-        }
-    };
+        biased;
+        response = &mut send => response,
+        ended = &mut connection => match ended {
+            Ok(()) => send.await,
+            Err(e) => return Err(format!("HTTP: {e}")),
+        },
+    }
+    .map_err(|e| format!("HTTP: {e}"))?;
     Ok(Answer {
         status: response.status().as_u16(),
         retry_after: response
@@ -156,4 +159,91 @@ where
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A receiver that reads a request head and answers `answer`, then closes at once.
+    async fn receiver(
+        answer: &'static str,
+        requests: usize,
+    ) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            for _ in 0..requests {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 8192];
+                let mut got = 0;
+                // The head and the small body arrive together or nearly: read until the body.
+                while !String::from_utf8_lossy(&buf[..got]).contains("{}") {
+                    let n = stream.read(&mut buf[got..]).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    got += n;
+                }
+                heads.push(String::from_utf8_lossy(&buf[..got]).into_owned());
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            }
+            heads
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn an_answer_followed_by_a_close_is_read_every_time() {
+        let (port, task) =
+            receiver("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n", 30).await;
+        let poster = Poster::with_roots(rustls::RootCertStore::empty(), Duration::from_secs(10));
+        let url: Uri = format!("http://127.0.0.1:{port}/hook?x=1").parse().unwrap();
+        for _ in 0..30 {
+            let answer = poster
+                .post(&url, &[("x-pitcrew-event", "test".into())], "{}".into())
+                .await
+                .unwrap();
+            assert_eq!(answer.status, 204);
+        }
+        let heads = task.await.unwrap();
+        assert!(
+            heads[0].starts_with("POST /hook?x=1 HTTP/1.1\r\n"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[0]
+                .to_ascii_lowercase()
+                .contains("x-pitcrew-event: test")
+        );
+        assert!(
+            heads[0]
+                .to_ascii_lowercase()
+                .contains(&format!("host: 127.0.0.1:{port}"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_carries_its_retry_after_and_a_dead_port_is_an_error() {
+        let (port, _task) = receiver(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n",
+            1,
+        )
+        .await;
+        let poster = Poster::with_roots(rustls::RootCertStore::empty(), Duration::from_secs(10));
+        let url: Uri = format!("http://127.0.0.1:{port}/").parse().unwrap();
+        let answer = poster.post(&url, &[], "{}".into()).await.unwrap();
+        assert_eq!(
+            answer,
+            Answer {
+                status: 503,
+                retry_after: Some("7".into())
+            }
+        );
+        // Nothing listens there any more.
+        let error = poster.post(&url, &[], "{}".into()).await.unwrap_err();
+        assert!(error.contains("cannot connect to 127.0.0.1"), "{error}");
+    }
 }

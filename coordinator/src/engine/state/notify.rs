@@ -30,6 +30,16 @@ pub(crate) const STUCK_BLOCKERS: [&str; 6] = [
     "gate_failing",
 ];
 
+/// One notification of a run, before it is shaped for each webhook.
+struct What<'a> {
+    kind: EventKind,
+    /// The host's index in the run, for a host's events.
+    host: Option<usize>,
+    message: String,
+    /// Only this webhook (a stuck host's report falls due per webhook).
+    only: Option<&'a str>,
+}
+
 /// The webhooks and the stuck hosts' episodes.
 #[derive(Debug, Default)]
 pub(crate) struct Notifications {
@@ -120,16 +130,13 @@ impl EngineState {
 
     /// Records a notification of run `ci` for every webhook that wants `kind` and that the
     /// campaign notifies (`only`: one webhook by name).
-    fn notice(
-        &self,
-        ci: usize,
-        kind: EventKind,
-        host: Option<usize>,
-        message: String,
-        only: Option<&str>,
-        now_ms: i64,
-        turn: &mut Turn,
-    ) {
+    fn notice(&self, ci: usize, what: What<'_>, now_ms: i64, turn: &mut Turn) {
+        let What {
+            kind,
+            host,
+            message,
+            only,
+        } = what;
         let run = &self.runs[ci];
         let campaign_notify = run.spec.notify.as_ref();
         let mut notice: Option<Notice> = None;
@@ -197,10 +204,12 @@ impl EngineState {
             );
             self.notice(
                 ci,
-                EventKind::HostFailed,
-                Some(hi),
-                message,
-                None,
+                What {
+                    kind: EventKind::HostFailed,
+                    host: Some(hi),
+                    message,
+                    only: None,
+                },
                 now_ms,
                 turn,
             );
@@ -217,10 +226,12 @@ impl EngineState {
                 );
                 self.notice(
                     ci,
-                    EventKind::CampaignPaused,
-                    None,
-                    message,
-                    None,
+                    What {
+                        kind: EventKind::CampaignPaused,
+                        host: None,
+                        message,
+                        only: None,
+                    },
                     now_ms,
                     turn,
                 );
@@ -236,10 +247,12 @@ impl EngineState {
                 );
                 self.notice(
                     ci,
-                    EventKind::CampaignFinished,
-                    None,
-                    message,
-                    None,
+                    What {
+                        kind: EventKind::CampaignFinished,
+                        host: None,
+                        message,
+                        only: None,
+                    },
                     now_ms,
                     turn,
                 );
@@ -254,10 +267,12 @@ impl EngineState {
                 );
                 self.notice(
                     ci,
-                    EventKind::CampaignStarted,
-                    None,
-                    message,
-                    None,
+                    What {
+                        kind: EventKind::CampaignStarted,
+                        host: None,
+                        message,
+                        only: None,
+                    },
                     now_ms,
                     turn,
                 );
@@ -341,10 +356,12 @@ impl EngineState {
             );
             self.notice(
                 ci,
-                EventKind::HostBlocked,
-                Some(hi),
-                message,
-                Some(&webhook),
+                What {
+                    kind: EventKind::HostBlocked,
+                    host: Some(hi),
+                    message,
+                    only: Some(&webhook),
+                },
                 now_ms,
                 turn,
             );
