@@ -1010,11 +1010,11 @@ both!(
 );
 
 fn sqlite_schema_version() -> i64 {
-    5
+    6
 }
 
 fn postgres_schema_versions() -> String {
-    "1,2".into()
+    "1,2,3".into()
 }
 
 fn database_of(settings: &PostgresSettings) -> String {

@@ -70,6 +70,9 @@ pub(crate) struct BlockedEpisodes {
     episodes: HashMap<(String, String), Episode>,
 }
 
+/// A report due: (campaign, host, webhook, when the episode began).
+pub(crate) type Due = (String, String, String, i64);
+
 /// A host stuck now, with the threshold (ms) of each webhook that wants to hear of it.
 pub(crate) struct Stuck<'a> {
     pub campaign: &'a str,
@@ -82,11 +85,7 @@ impl BlockedEpisodes {
     /// seen stuck, keeps its start while it stays stuck, and ends when it is not. Returns the
     /// (campaign, host, webhook, since) to report now (each once per episode), and when the
     /// next report falls due.
-    pub fn observe(
-        &mut self,
-        stuck: &[Stuck<'_>],
-        now_ms: i64,
-    ) -> (Vec<(String, String, String, i64)>, Option<i64>) {
+    pub fn observe(&mut self, stuck: &[Stuck<'_>], now_ms: i64) -> (Vec<Due>, Option<i64>) {
         let mut old = std::mem::take(&mut self.episodes);
         let mut due = Vec::new();
         let mut wake: Option<i64> = None;
