@@ -1320,18 +1320,22 @@ both!(
     webhook_deliveries_are_written_with_a_turn_updated_listed_and_pruned,
     |at, store: Store| async move {
         // Written with an engine turn (in its transaction), once even when repeated.
-        let mut writes = TurnWrites::default();
-        writes.deliveries = vec![
-            delivery("n1", "ops", "c1", 10),
-            delivery("n1", "chat", "c1", 10),
-            delivery("n2", "ops", "c2", 20),
-        ];
-        writes.events.push(audit("with the turn"));
+        let writes = TurnWrites {
+            deliveries: vec![
+                delivery("n1", "ops", "c1", 10),
+                delivery("n1", "chat", "c1", 10),
+                delivery("n2", "ops", "c2", 20),
+            ],
+            events: vec![audit("with the turn")],
+            ..Default::default()
+        };
         store.commit_turn(writes).await.unwrap();
-        let mut again = TurnWrites::default();
         let mut changed = delivery("n1", "ops", "c1", 10);
         changed.payload = "other".into();
-        again.deliveries = vec![changed];
+        let again = TurnWrites {
+            deliveries: vec![changed],
+            ..Default::default()
+        };
         store.commit_turn(again).await.unwrap();
 
         let pending = store.pending_deliveries().await.unwrap();
