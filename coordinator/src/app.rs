@@ -15,6 +15,8 @@ use crate::engine::{Engine, EngineSettings, EngineTask};
 use crate::events::EventLog;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
+use crate::notify::http::Poster;
+use crate::notify::{DeliveryMetrics, Notifier, NotifySink};
 use crate::operators::OperatorDirectory;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -86,17 +88,40 @@ impl Coordinator {
                 .context("loading the operators' certificates")?,
         );
         let registry = Arc::new(Registry::default());
+        // Webhooks: what was left pending is read before the engine's first turn, so a
+        // delivery is started once, from the store or from the engine, never from both.
+        let webhooks = config.load_webhooks().map_err(anyhow::Error::msg)?;
+        let pending = store
+            .pending_deliveries()
+            .await
+            .context("reading the pending webhook deliveries")?;
+        let (sink, deliveries) = NotifySink::channel();
         let settings = EngineSettings {
             reconnect_grace: Duration::from_secs(u64::from(config.heartbeat_timeout_seconds) * 2),
             leadership,
             archive_after: config.campaign_archive_after,
             clock: crate::engine::Clock::System,
+            webhooks: webhooks.clone(),
+            notify: Some(sink),
         };
         let (engine, task) =
             Engine::start(store.clone(), events.clone(), registry.clone(), settings)
                 .await
                 .context("loading the campaigns")?;
-        let metrics = Arc::new(Metrics::new(engine.metrics(), &store, registry.clone()));
+        let delivery_metrics = DeliveryMetrics::default();
+        let notifier = Notifier::new(
+            store.clone(),
+            &webhooks,
+            Poster::new(crate::notify::REQUEST_TIMEOUT),
+            delivery_metrics.clone(),
+        );
+        tokio::spawn(notifier.run(pending, deliveries));
+        let metrics = Arc::new(Metrics::new(
+            engine.metrics(),
+            &store,
+            registry.clone(),
+            &delivery_metrics,
+        ));
         let coordinator = Arc::new(Coordinator {
             metrics,
             dashboard: Arc::new(DashboardAuth::default()),
@@ -139,6 +164,14 @@ async fn prune_events(c: Arc<Coordinator>) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(message = "pruned the event log", deleted),
             Err(error) => tracing::warn!(message = "cannot prune the event log", %error),
+        }
+        // Finished webhook deliveries are kept as long as the events they tell of.
+        match c.store.prune_deliveries(before).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(message = "pruned the webhook delivery record", deleted),
+            Err(error) => {
+                tracing::warn!(message = "cannot prune the webhook delivery record", %error)
+            }
         }
     }
 }

@@ -58,6 +58,9 @@ pub struct CoordinatorConfig {
     /// `campaign show ID`, e.g. "7d"; at least a minute.
     #[serde(default = "default_campaign_archive_after", with = "humantime_serde")]
     pub campaign_archive_after: Duration,
+    /// Webhooks notified of campaigns and stuck hosts (`[[webhook]]`, see `crate::notify`).
+    #[serde(default, rename = "webhook", skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::notify::WebhookConfig>,
 }
 
 /// `[leader]`: the lease that makes one coordinator of those sharing a PostgreSQL store the
@@ -319,6 +322,7 @@ impl Default for CoordinatorConfig {
             dashboard_url: String::new(),
             leader: LeaderConfig::default(),
             campaign_archive_after: default_campaign_archive_after(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -458,6 +462,9 @@ impl CoordinatorConfig {
                 message: "field operator_cert_lifetime: must be between 10s and 365days".into(),
             });
         }
+        if let Err(message) = config.load_webhooks() {
+            return Err(ConfigError { file, message });
+        }
         if config.heartbeat_seconds == 0
             || config.heartbeat_timeout_seconds <= config.heartbeat_seconds
         {
@@ -467,6 +474,11 @@ impl CoordinatorConfig {
             });
         }
         Ok(config)
+    }
+
+    /// The `[[webhook]]`s checked, with their secrets read (the message names the key).
+    pub fn load_webhooks(&self) -> Result<Vec<crate::notify::Webhook>, String> {
+        crate::notify::config::load(&self.webhooks)
     }
 
     /// Where browsers reach the dashboard: `dashboard_url`, or `https://` + `dashboard_listen`

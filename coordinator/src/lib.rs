@@ -12,6 +12,7 @@ pub mod events;
 pub mod init;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod operators;
 pub mod registry;
 pub mod server;

@@ -126,9 +126,15 @@ pub struct Metrics {
 impl Metrics {
     /// One registry for the engine's families, the store's commit times, the live sessions
     /// and refused enrollments.
-    pub fn new(engine: &EngineMetrics, store: &Store, sessions: Arc<Sessions>) -> Metrics {
+    pub fn new(
+        engine: &EngineMetrics,
+        store: &Store,
+        sessions: Arc<Sessions>,
+        deliveries: &crate::notify::DeliveryMetrics,
+    ) -> Metrics {
         let mut registry = Registry::default();
         engine.register(&mut registry);
+        deliveries.register(&mut registry);
         registry.register(
             "pitcrew_store_commit_duration_seconds",
             "Time of each store transaction, from its start to the end of its commit (fsync included); one transaction carries every write queued meanwhile",

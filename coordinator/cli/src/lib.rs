@@ -16,6 +16,7 @@ pub mod dashboard;
 pub mod generate;
 pub mod hosts;
 pub mod lifecycle;
+pub mod notifications;
 pub mod operators;
 pub mod output;
 pub mod report;
@@ -103,6 +104,8 @@ pub enum Command {
     },
     /// The event log: each host's steps and results, and the audit trail.
     Events(campaigns::EventsArgs),
+    /// The webhook delivery record: each notification, its attempts and state.
+    Notifications(notifications::NotificationsArgs),
     /// Operators and their roles: add, list, revoke, and renew your own certificate.
     Operator {
         #[command(subcommand)]
@@ -187,6 +190,7 @@ async fn fleet(connect: &ConnectArgs, format: Format, command: Command) -> anyho
         Command::Schedule { command } => schedules::schedule(connect, format, command).await,
         Command::Maintenance { command } => campaigns::maintenance(connect, format, command).await,
         Command::Events(args) => campaigns::events(connect, format, args).await,
+        Command::Notifications(args) => notifications::notifications(connect, format, args).await,
         Command::Operator { command } => operators::operator(connect, format, command).await,
         Command::Report { command } => report::report(connect, format, command).await,
         Command::Dashboard => dashboard::dashboard(connect, format).await,

@@ -34,5 +34,7 @@ pub use operator::{Admission, OperatorRefusal, admit_action};
 pub use plan::{Plan, PlanError, PlanStart, PlannedHost, PlannedStep, Refusal, plan, plan_from};
 pub use run::{ApplyError, CampaignRun, CampaignState, Event, HostRun, HostState, Outcome, apply};
 pub use schedule::{Due, Schedule};
-pub use spec::{CampaignSpec, Concurrency, FailureBudget, OnHost, Phase, SpecError, StepSpec};
+pub use spec::{
+    CampaignSpec, Concurrency, FailureBudget, NotifySpec, OnHost, Phase, SpecError, StepSpec,
+};
 pub use window::Window;

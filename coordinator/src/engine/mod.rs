@@ -155,6 +155,10 @@ pub struct EngineSettings {
     pub archive_after: Duration,
     /// The wall clock schedules and runs are timed by.
     pub clock: Clock,
+    /// The configured webhooks (`[[webhook]]`): what the engine notifies, decided in its turns.
+    pub webhooks: Vec<crate::notify::Webhook>,
+    /// Where durable notifications go to be delivered (none: they stay pending in the store).
+    pub notify: Option<crate::notify::NotifySink>,
 }
 
 /// How often the engine looks for finished runs to archive.
@@ -176,6 +180,7 @@ impl Engine {
         let mut state = EngineState::from_store(store.load_fleet().await?);
         let archive_after_ms =
             i64::try_from(settings.archive_after.as_millis()).unwrap_or(i64::MAX);
+        state.notify = state::Notifications::new(settings.webhooks.clone());
         let results = store.action_results(state.in_flight_action_ids()).await?;
         let turn = state.apply_stored_results(&results);
         let (inbox, inputs) = mpsc::unbounded_channel();
@@ -200,6 +205,7 @@ impl Engine {
             changes: changes_tx,
             fleet_changes: fleet_changes_tx,
             fleet_touched: false,
+            notify: settings.notify.clone(),
             grace: Some((
                 tokio::time::Instant::now() + settings.reconnect_grace,
                 waiting_for,
@@ -575,6 +581,8 @@ struct Runner {
     /// Finished runs older than this are archived.
     archive_after_ms: i64,
     next_archive_check: tokio::time::Instant,
+    /// The notifier's inbox: the turn's notifications, once durable.
+    notify: Option<crate::notify::NotifySink>,
 }
 
 impl Runner {
@@ -597,6 +605,10 @@ impl Runner {
                 self.state.release_free_holds(now, &mut turn);
                 self.metrics.decided(started.elapsed());
                 self.state.track_waits(now);
+                // Stuck hosts' reports fall due without any event: wake for the next one.
+                if let Some(at) = self.state.track_blocked(now, &mut turn) {
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                }
             }
             let decided = std::time::Instant::now();
             let wrote = self.commit(turn, std::mem::take(&mut replies)).await?;
@@ -731,6 +743,9 @@ impl Runner {
             debug_assert_eq!(kept, recounted, "the fleet's kept counts went wrong");
         }
         self.metrics.publish(&mut self.state.gauges);
+        if let Some(sink) = &self.notify {
+            sink.deliver(std::mem::take(&mut turn.deliveries));
+        }
         for (host, message) in turn.sends {
             // Not connected or not reading: the action stays recorded and in flight, and is
             // re-sent when the agent's next session starts.

@@ -20,6 +20,7 @@ mod archive;
 mod compliance;
 mod gauges;
 mod lifecycle;
+mod notify;
 mod schedules;
 mod unit_holds;
 
@@ -31,12 +32,13 @@ pub(crate) use gauges::{CAMPAIGN_STATES, FleetGauges, HOST_STATES, HolderKind, S
 
 pub(crate) use crate::store::HostChange;
 pub use lifecycle::HostEdit;
+pub(crate) use notify::Notifications;
 
 use super::EngineError;
 use super::view::{CampaignView, HostPage, LastTurn, campaign_view};
 use crate::store::{
-    ActionRecord, CampaignHostRow, EventRecord, HostRecord, StoreError, StoredFleet, TurnWrites,
-    campaigns,
+    ActionRecord, CampaignHostRow, DeliveryRecord, EventRecord, HostRecord, StoreError,
+    StoredFleet, TurnWrites, campaigns,
 };
 
 /// How many decide/apply rounds one turn may take before it commits and lets inputs in (a
@@ -94,6 +96,9 @@ pub(crate) struct Turn {
     pub sends: Vec<(String, v1::CoordinatorMessage)>,
     /// Whether any campaign changed (watchers are told after the commit).
     pub campaigns_changed: bool,
+    /// Webhook notifications decided, written with the turn and handed to the notifier
+    /// once it is durable.
+    pub deliveries: Vec<DeliveryRecord>,
 }
 
 impl Turn {
@@ -246,6 +251,8 @@ pub(crate) struct EngineState {
     schedules: schedules::Schedules,
     /// Each host's latest success per campaign name in archived runs (see `archive.rs`).
     archived_successes: HashMap<String, std::collections::BTreeMap<String, CampaignSuccess>>,
+    /// The webhooks and what the engine tells them (see `notify.rs`).
+    pub(crate) notify: Notifications,
 }
 
 impl EngineState {
@@ -264,6 +271,7 @@ impl EngineState {
             gauges: FleetGauges::default(),
             schedules: schedules::Schedules::load(stored.schedules),
             archived_successes: HashMap::new(),
+            notify: Notifications::default(),
         };
         state.load_archived_successes(stored.archived_successes);
         for record in stored.campaigns {
@@ -369,6 +377,8 @@ impl EngineState {
         writes.host_changes = std::mem::take(&mut turn.host_changes);
         writes.schedules = std::mem::take(&mut turn.schedules);
         writes.archived = std::mem::take(&mut turn.archived);
+        // Kept in the turn too: handed to the notifier once durable.
+        writes.deliveries = turn.deliveries.clone();
         Ok(writes)
     }
 
@@ -484,6 +494,7 @@ impl EngineState {
         let host = self.touched_host(ci, event);
         let run = &mut self.runs[ci];
         let before = HeaderKey::of(run);
+        let host_before = host.and_then(|hi| run.hosts.get(hi).map(|h| (hi, h.state)));
         scheduler::apply(run, &self.fleet, event, now_ms)?;
         if let Some(hi) = host {
             turn.dirty_hosts.insert((ci, hi));
@@ -493,6 +504,7 @@ impl EngineState {
             self.gauges.campaign_moved(Some(before.state), run.state);
         }
         turn.campaigns_changed = true;
+        self.notice_changes(ci, before.state, host_before, now_ms, turn);
         Ok(())
     }
 

@@ -20,6 +20,7 @@ use crate::store::{HostRecord, Store, campaigns};
 mod dashboard;
 mod gauges;
 mod lifecycle;
+mod notify;
 mod schedules;
 mod unit_holds;
 
@@ -163,14 +164,36 @@ struct Rig {
 }
 
 async fn start(path: &Path, deliver: bool) -> Rig {
+    start_with(path, deliver, test_settings()).await
+}
+
+/// A test engine's settings: no reconnect grace, the wall clock, the sole coordinator, no
+/// webhooks.
+fn test_settings() -> EngineSettings {
+    EngineSettings {
+        reconnect_grace: Duration::ZERO,
+        archive_after: Duration::from_secs(7 * 24 * 3600),
+        clock: Clock::System,
+        leadership: crate::leader::Leadership::sole(),
+        webhooks: Vec::new(),
+        notify: None,
+    }
+}
+
+/// [`start`] with webhooks and the notifier's inbox.
+async fn start_notifying(
+    path: &Path,
+    deliver: bool,
+    webhooks: Vec<crate::notify::Webhook>,
+    notify: Option<crate::notify::NotifySink>,
+) -> Rig {
     start_with(
         path,
         deliver,
         EngineSettings {
-            reconnect_grace: Duration::ZERO,
-            archive_after: Duration::from_secs(7 * 24 * 3600),
-            clock: Clock::System,
-            leadership: crate::leader::Leadership::sole(),
+            webhooks,
+            notify,
+            ..test_settings()
         },
     )
     .await
@@ -181,10 +204,8 @@ async fn start_leading(path: &Path, deliver: bool, leadership: crate::leader::Le
         path,
         deliver,
         EngineSettings {
-            reconnect_grace: Duration::ZERO,
-            archive_after: Duration::from_secs(7 * 24 * 3600),
-            clock: Clock::System,
             leadership,
+            ..test_settings()
         },
     )
     .await

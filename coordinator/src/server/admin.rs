@@ -22,7 +22,10 @@ use super::operators;
 use super::roles::{GuardedStream, caller, until_revoked};
 use crate::engine::EngineError;
 use crate::engine::{CampaignControl, HostControl, HostEdit, HostPage};
-use crate::store::{ActionRecord, EventFilter, HostFilter, HostLookup, HostRecord, TokenRecord};
+use crate::store::{
+    ActionRecord, DeliveryFilter, DeliveryState, EventFilter, HostFilter, HostLookup, HostRecord,
+    TokenRecord,
+};
 use crate::tokens;
 
 /// Longest accepted token lifetime: a join token is for installing, not a standing credential.
@@ -229,13 +232,20 @@ fn valid_action_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-fn parse_spec(text: &str, source: &str) -> Result<CampaignSpec, Status> {
+/// Parses a campaign file and checks the webhooks its `[notify]` names against those of
+/// coordinator.toml (a campaign chooses among them by name; it can never name an address).
+fn parse_spec(c: &Coordinator, text: &str, source: &str) -> Result<CampaignSpec, Status> {
     let source = if source.is_empty() {
         "campaign.toml"
     } else {
         source
     };
-    CampaignSpec::parse(text, source).map_err(|e| Status::invalid_argument(e.to_string()))
+    let spec =
+        CampaignSpec::parse(text, source).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let known: Vec<&str> = c.config.webhooks.iter().map(|w| w.name.as_str()).collect();
+    spec.check_webhooks(&known)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(spec)
 }
 
 /// How far in the past a planned start may be and still mean "now": the CLI's clock and the
@@ -644,7 +654,7 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::CampaignPlan>, Status> {
         caller(&request)?;
         let r = request.into_inner();
-        let spec = parse_spec(&r.spec_toml, &r.source_name)?;
+        let spec = parse_spec(&self.coordinator, &r.spec_toml, &r.source_name)?;
         let start = plan_start(r.start_at_ms, pitcrew_proto::now_ms())?;
         // From the fleet as it is: who holds which host, who is connected.
         let (hosts, holders) = self.coordinator.engine.fleet_now().await?;
@@ -665,7 +675,7 @@ impl Admin for AdminService {
         let operator = caller(&request)?.name;
         let c = &self.coordinator;
         let r = request.into_inner();
-        let spec = parse_spec(&r.spec_toml, &r.source_name)?;
+        let spec = parse_spec(&self.coordinator, &r.spec_toml, &r.source_name)?;
         if spec.schedule.is_some() {
             // Running a scheduled file by hand as well would be the stacked runs schedules
             // exist to prevent; the schedule runs it.
@@ -795,7 +805,7 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::ScheduleInfo>, Status> {
         let operator = caller(&request)?.name;
         let r = request.into_inner();
-        let spec = parse_spec(&r.spec_toml, &r.source_name)?;
+        let spec = parse_spec(&self.coordinator, &r.spec_toml, &r.source_name)?;
         let source = spec.source_name.clone();
         let view = self
             .coordinator
@@ -987,6 +997,38 @@ impl Admin for AdminService {
             .map(convert::event)
             .collect();
         Ok(Response::new(v1::ListEventsResponse { events }))
+    }
+
+    async fn list_notifications(
+        &self,
+        request: Request<v1::ListNotificationsRequest>,
+    ) -> Result<Response<v1::ListNotificationsResponse>, Status> {
+        caller(&request)?;
+        let r = request.into_inner();
+        let state = match r.state.as_str() {
+            "" => None,
+            text => Some(DeliveryState::parse(text).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "state {text:?}: choose pending, delivered or failed"
+                ))
+            })?),
+        };
+        let filter = DeliveryFilter {
+            campaign_id: (!r.campaign_id.is_empty()).then_some(r.campaign_id),
+            state,
+            limit: r.limit.min(1000),
+        };
+        let notifications = self
+            .coordinator
+            .store
+            .list_deliveries(filter)
+            .await?
+            .into_iter()
+            .map(convert::notification)
+            .collect();
+        Ok(Response::new(v1::ListNotificationsResponse {
+            notifications,
+        }))
     }
 
     type FollowEventsStream = GuardedStream<v1::Event>;

@@ -244,3 +244,20 @@ pub fn parse_host_page_token(token: &str) -> Option<(String, String)> {
     let id = String::from_utf8(hex::decode(id).ok()?).ok()?;
     Some((name, id))
 }
+
+pub fn notification(d: crate::store::DeliveryRecord) -> v1::Notification {
+    v1::Notification {
+        id: d.id,
+        webhook: d.webhook,
+        event: d.event,
+        campaign_id: d.campaign_id,
+        host_id: d.host_id,
+        hostname: d.hostname,
+        state: d.state.as_str().to_owned(),
+        attempts: d.attempts,
+        last_error: d.last_error,
+        created_at_ms: d.created_at_ms,
+        next_attempt_ms: d.next_attempt_ms,
+        delivered_at_ms: d.delivered_at_ms,
+    }
+}

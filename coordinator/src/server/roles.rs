@@ -66,6 +66,8 @@ pub const ADMIN_ROLES: &[(&str, Role)] = &[
     ("SetHost", Role::Operator),
     // Every role may open the dashboard; the browser's session then has the caller's role.
     ("CreateDashboardLogin", Role::Viewer),
+    // The delivery record names webhooks, never their URLs or secrets.
+    ("ListNotifications", Role::Viewer),
 ];
 
 /// The method name of an Admin request path (`/pitcrew.v1.Admin/ListHosts` → `ListHosts`).

@@ -19,6 +19,7 @@
 
 pub mod actions;
 pub mod campaigns;
+pub mod deliveries;
 pub mod events;
 pub mod hosts;
 pub mod operators;
@@ -45,6 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use actions::ActionRecord;
 pub use campaigns::{CampaignHostRow, CampaignRecord};
+pub use deliveries::{DeliveryFilter, DeliveryRecord, DeliveryState};
 pub use events::{EventFilter, EventRecord};
 pub use hosts::{EnrollRefusal, Enrolled, HostEnrollment, HostFilter, HostLookup, HostRecord};
 pub use operators::{OperatorCaller, OperatorRecord, OperatorRefusal};
@@ -543,6 +545,33 @@ impl Store {
     /// Deletes events older than `before_ms`, and the oldest beyond the newest `keep`.
     pub async fn prune_events(&self, before_ms: i64, keep: u64) -> Result<u64, StoreError> {
         self.write(move |tx| tx.prune_events(before_ms, keep)).await
+    }
+
+    // --- Webhook deliveries.
+
+    /// Every pending delivery, oldest first (read once, when the notifier starts).
+    pub async fn pending_deliveries(&self) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.read(|tx| tx.pending_deliveries()).await
+    }
+
+    /// Deliveries matching the filter, newest first (see [`DeliveryFilter`]).
+    pub async fn list_deliveries(
+        &self,
+        filter: DeliveryFilter,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.read(move |tx| Box::pin(async move { tx.list_deliveries(&filter).await }))
+            .await
+    }
+
+    /// Records an attempt's outcome; returns once durable.
+    pub async fn record_delivery(&self, delivery: DeliveryRecord) -> Result<(), StoreError> {
+        self.write(move |tx| Box::pin(async move { tx.update_delivery(&delivery).await }))
+            .await
+    }
+
+    /// Deletes delivered and failed deliveries made before `before_ms`.
+    pub async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.write(move |tx| tx.prune_deliveries(before_ms)).await
     }
 
     // --- Actions.

@@ -1011,11 +1011,11 @@ both!(
 );
 
 fn sqlite_schema_version() -> i64 {
-    6
+    7
 }
 
 fn postgres_schema_versions() -> String {
-    "1,2,3,4".into()
+    "1,2,3,4,5".into()
 }
 
 fn database_of(settings: &PostgresSettings) -> String {
@@ -1383,3 +1383,119 @@ async fn a_fenced_leader_writes_nothing_once_a_newer_leader_holds_the_lease() {
 }
 
 mod schedules;
+
+fn delivery(id: &str, webhook: &str, campaign: &str, at: i64) -> DeliveryRecord {
+    DeliveryRecord {
+        id: id.into(),
+        webhook: webhook.into(),
+        event: "campaign-started".into(),
+        campaign_id: campaign.into(),
+        host_id: String::new(),
+        hostname: String::new(),
+        payload: format!("{{\"id\":\"{id}\"}}"),
+        created_at_ms: at,
+        attempts: 0,
+        state: DeliveryState::Pending,
+        last_error: String::new(),
+        next_attempt_ms: at,
+        delivered_at_ms: 0,
+    }
+}
+
+both!(
+    webhook_deliveries_are_written_with_a_turn_updated_listed_and_pruned,
+    |at, store: Store| async move {
+        // Written with an engine turn (in its transaction), once even when repeated.
+        let writes = TurnWrites {
+            deliveries: vec![
+                delivery("n1", "ops", "c1", 10),
+                delivery("n1", "chat", "c1", 10),
+                delivery("n2", "ops", "c2", 20),
+            ],
+            events: vec![audit("with the turn")],
+            ..Default::default()
+        };
+        store.commit_turn(writes).await.unwrap();
+        let mut changed = delivery("n1", "ops", "c1", 10);
+        changed.payload = "other".into();
+        let again = TurnWrites {
+            deliveries: vec![changed],
+            ..Default::default()
+        };
+        store.commit_turn(again).await.unwrap();
+
+        let pending = store.pending_deliveries().await.unwrap();
+        let keys: Vec<(&str, &str)> = pending
+            .iter()
+            .map(|d| (d.id.as_str(), d.webhook.as_str()))
+            .collect();
+        assert_eq!(keys, [("n1", "chat"), ("n1", "ops"), ("n2", "ops")]);
+        assert_eq!(pending[1], delivery("n1", "ops", "c1", 10));
+
+        // An attempt refused, then one delivered; another given up on.
+        let mut first = delivery("n1", "ops", "c1", 10);
+        first.attempts = 1;
+        first.last_error = "HTTP 503 Service Unavailable".into();
+        first.next_attempt_ms = 5_010;
+        store.record_delivery(first.clone()).await.unwrap();
+        let mut delivered = first.clone();
+        delivered.attempts = 2;
+        delivered.state = DeliveryState::Delivered;
+        delivered.delivered_at_ms = 5_020;
+        store.record_delivery(delivered.clone()).await.unwrap();
+        let mut failed = delivery("n2", "ops", "c2", 20);
+        failed.attempts = 10;
+        failed.state = DeliveryState::Failed;
+        failed.last_error = "cannot connect".into();
+        store.record_delivery(failed.clone()).await.unwrap();
+
+        let all = store
+            .list_deliveries(DeliveryFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0], failed, "newest first");
+        let ops_c1 = all
+            .iter()
+            .find(|d| d.id == "n1" && d.webhook == "ops")
+            .unwrap();
+        assert_eq!(*ops_c1, delivered);
+        let c1 = store
+            .list_deliveries(DeliveryFilter {
+                campaign_id: Some("c1".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(c1.len(), 2);
+        let only_pending = store
+            .list_deliveries(DeliveryFilter {
+                state: Some(DeliveryState::Pending),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(only_pending.len(), 1);
+        assert_eq!(only_pending[0].webhook, "chat");
+        let one = store
+            .list_deliveries(DeliveryFilter {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(store.pending_deliveries().await.unwrap().len(), 1);
+
+        // The record survives a restart; pruning keeps what is still pending.
+        drop(store);
+        let store = Store::open_at(&at).unwrap();
+        assert_eq!(store.prune_deliveries(1_000).await.unwrap(), 2);
+        let left = store
+            .list_deliveries(DeliveryFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].state, DeliveryState::Pending);
+    }
+);

@@ -8,7 +8,7 @@ use pitcrew_scheduler::{CampaignRun, ManualState, Role};
 
 use super::schedules::{ArchivedRun, ScheduleRecord};
 use super::tx::Tx;
-use super::{ActionRecord, CampaignHostRow, EventRecord, StoreError, campaigns};
+use super::{ActionRecord, CampaignHostRow, DeliveryRecord, EventRecord, StoreError, campaigns};
 
 /// A host row an operator changed, written in the turn's transaction.
 #[derive(Debug, Clone)]
@@ -53,6 +53,8 @@ pub struct TurnWrites {
     pub schedules: Vec<(String, Option<ScheduleRecord>)>,
     /// Runs leaving the engine's working set for the archive.
     pub archived: Vec<ArchivedRun>,
+    /// Webhook notifications the turn decided, delivered once the turn is durable.
+    pub deliveries: Vec<DeliveryRecord>,
 }
 
 impl TurnWrites {
@@ -67,6 +69,7 @@ impl TurnWrites {
             && self.host_changes.is_empty()
             && self.schedules.is_empty()
             && self.archived.is_empty()
+            && self.deliveries.is_empty()
     }
 
     /// Runs inside one writer transaction; returns the events with their ids.
@@ -112,6 +115,9 @@ impl TurnWrites {
         }
         for run in &self.archived {
             tx.archive_run(run).await?;
+        }
+        for delivery in &self.deliveries {
+            tx.insert_delivery(delivery).await?;
         }
         let mut logged = self.events;
         for event in &mut logged {

@@ -18,8 +18,8 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use super::schedules::{ArchiveFilter, ArchivedRow, ArchivedRun, ScheduleRecord, SuccessRow};
 use super::{
-    ActionRecord, CampaignHostRow, EventFilter, EventRecord, HostFilter, HostRecord,
-    OperatorRecord, StoreError, TokenRecord,
+    ActionRecord, CampaignHostRow, DeliveryFilter, DeliveryRecord, EventFilter, EventRecord,
+    HostFilter, HostRecord, OperatorRecord, StoreError, TokenRecord,
 };
 
 /// What a row operation returns.
@@ -178,6 +178,21 @@ pub(crate) trait Tx: Send {
     -> TxFuture<'a, Vec<ArchivedRow>>;
     /// Every archived success, one per host and campaign name.
     fn load_successes(&mut self) -> TxFuture<'_, Vec<SuccessRow>>;
+    // Webhook deliveries.
+    /// Records a delivery; recording the same (id, webhook) again keeps the first record.
+    fn insert_delivery<'a>(&'a mut self, delivery: &'a DeliveryRecord) -> TxFuture<'a, ()>;
+    /// Rewrites what an attempt changes: attempts, state, last error, next attempt, delivery
+    /// time.
+    fn update_delivery<'a>(&'a mut self, delivery: &'a DeliveryRecord) -> TxFuture<'a, ()>;
+    /// Every pending delivery, oldest first (the notifier's work after a restart).
+    fn pending_deliveries(&mut self) -> TxFuture<'_, Vec<DeliveryRecord>>;
+    /// See [`DeliveryFilter`]: newest first.
+    fn list_deliveries<'a>(
+        &'a mut self,
+        filter: &'a DeliveryFilter,
+    ) -> TxFuture<'a, Vec<DeliveryRecord>>;
+    /// Deletes finished (delivered or failed) deliveries made before `before_ms`.
+    fn prune_deliveries(&mut self, before_ms: i64) -> TxFuture<'_, u64>;
 }
 
 /// A backend's connection as the writer drives it: transaction control around the jobs.

@@ -17,8 +17,10 @@ use crate::conditions::Condition;
 use crate::fleet::{HostView, Role};
 use crate::window::{MAX_WINDOW_MS, Window, WindowTime};
 
+mod notify;
 mod schedule;
 mod step;
+pub use notify::{NotifySpec, WebhookRef};
 use schedule::RawSchedule;
 use step::RawStep;
 
@@ -279,6 +281,9 @@ pub struct CampaignSpec {
     /// campaign run by hand.
     #[serde(default)]
     pub schedule: Option<crate::schedule::Schedule>,
+    /// `[notify]`: which configured webhooks hear of this campaign (absent: every one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifySpec>,
 }
 
 impl CampaignSpec {
@@ -346,6 +351,7 @@ struct RawSpec {
     worker: Option<RawRoleSteps>,
     manager: Option<RawRoleSteps>,
     schedule: Option<Spanned<RawSchedule>>,
+    notify: Option<notify::RawNotify>,
 }
 
 #[derive(Deserialize)]
@@ -615,6 +621,7 @@ impl Cx<'_> {
             }
         }
 
+        let notify = raw.notify.map(|n| self.notify(n)).transpose()?;
         let mut roles = roles.into_iter();
         let worker = roles.next().map(|(_, s)| s).unwrap_or_default();
         let manager = roles.next().map(|(_, s)| s).unwrap_or_default();
@@ -635,6 +642,7 @@ impl Cx<'_> {
             worker,
             manager,
             schedule,
+            notify,
         })
     }
 

@@ -29,6 +29,8 @@ fn settings(base_ms: i64) -> EngineSettings {
         archive_after: Duration::from_secs(3600),
         clock: Clock::tokio_from(base_ms),
         leadership: crate::leader::Leadership::sole(),
+        webhooks: Vec::new(),
+        notify: None,
     }
 }
 

@@ -17,6 +17,7 @@
 //! The password never appears in a URL this backend accepts, nor in any message: see
 //! [`PostgresSettings`].
 
+mod deliveries;
 mod schedules;
 mod schema;
 
@@ -37,8 +38,8 @@ use tokio_postgres::types::ToSql;
 use super::schedules::{ArchiveFilter, ArchivedRow, ArchivedRun, ScheduleRecord, SuccessRow};
 use super::tx::{Conn, Job, MAX_JOBS_PER_COMMIT, NewRunRows, StoredRun, Tx, TxFuture};
 use super::{
-    ActionRecord, CampaignHostRow, EventFilter, EventRecord, HostFilter, HostRecord,
-    OperatorRecord, StoreError, TokenRecord, from_json, to_json,
+    ActionRecord, CampaignHostRow, DeliveryFilter, DeliveryRecord, EventFilter, EventRecord,
+    HostFilter, HostRecord, OperatorRecord, StoreError, TokenRecord, from_json, to_json,
 };
 
 /// Connections in the pool: the writer's and the reads'.
@@ -1343,6 +1344,29 @@ impl Tx for PgTx<'_> {
 
     fn load_successes(&mut self) -> TxFuture<'_, Vec<SuccessRow>> {
         Box::pin(self.load_successes_now())
+    }
+
+    fn insert_delivery<'a>(&'a mut self, delivery: &'a DeliveryRecord) -> TxFuture<'a, ()> {
+        Box::pin(deliveries::insert(self, delivery))
+    }
+
+    fn update_delivery<'a>(&'a mut self, delivery: &'a DeliveryRecord) -> TxFuture<'a, ()> {
+        Box::pin(deliveries::update(self, delivery))
+    }
+
+    fn pending_deliveries(&mut self) -> TxFuture<'_, Vec<DeliveryRecord>> {
+        Box::pin(deliveries::pending(self))
+    }
+
+    fn list_deliveries<'a>(
+        &'a mut self,
+        filter: &'a DeliveryFilter,
+    ) -> TxFuture<'a, Vec<DeliveryRecord>> {
+        Box::pin(deliveries::list(self, filter))
+    }
+
+    fn prune_deliveries(&mut self, before_ms: i64) -> TxFuture<'_, u64> {
+        Box::pin(deliveries::prune(self, before_ms))
     }
 }
 

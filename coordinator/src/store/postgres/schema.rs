@@ -12,6 +12,7 @@
 //! Version 2 adds the leader lease (`leader_lease`, one row), which only PostgreSQL has.
 //! Version 3 adds the leader's address to it (where standbys send agents and operators).
 //! Version 4 adds campaign schedules and the archive of old runs (SQLite's version 6).
+//! Version 5 adds the webhook delivery record (`webhook_deliveries`).
 //!
 //! Every migration takes a transaction-scoped advisory lock first, so coordinators started
 //! together on one database migrate it once, one after the other.
@@ -23,7 +24,7 @@ use crate::store::StoreError;
 
 /// The newest version this build knows. A database written by a newer build is refused
 /// rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 /// The advisory lock key migrations hold ("pitcrew!" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7069_7463_7265_7721;
@@ -165,8 +166,31 @@ CREATE TABLE campaign_successes (
 );
 "#;
 
+/// Version 5: the webhook delivery record (SQLite's version 7), one row per notification and
+/// webhook, written in the engine's turn that decided it and updated after each attempt.
+const V5: &str = r#"
+CREATE TABLE webhook_deliveries (
+    id TEXT COLLATE "C" NOT NULL,
+    webhook TEXT COLLATE "C" NOT NULL,
+    event TEXT NOT NULL,
+    campaign_id TEXT COLLATE "C" NOT NULL,
+    host_id TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    attempts BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    last_error TEXT NOT NULL,
+    next_attempt_ms BIGINT NOT NULL,
+    delivered_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (id, webhook)
+);
+CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (created_at_ms);
+CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (created_at_ms) WHERE state = 'pending';
+"#;
+
 /// Each version's statements, in order: `MIGRATIONS[n - 1]` brings the schema to version n.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Brings the schema to the newest version, one version per transaction.
 pub(super) async fn migrate(client: &mut ClientWrapper) -> Result<(), StoreError> {

@@ -4,6 +4,7 @@
 //! so the writer thread and the readers drive them with a local executor and nothing here
 //! touches an async worker.
 
+mod deliveries;
 mod schedules;
 mod schema;
 
@@ -20,8 +21,8 @@ use tokio::sync::mpsc;
 use super::schedules::{ArchiveFilter, ArchivedRow, ArchivedRun, ScheduleRecord, SuccessRow};
 use super::tx::{Conn, Job, MAX_JOBS_PER_COMMIT, NewRunRows, StoredRun, Tx, TxFuture};
 use super::{
-    ActionRecord, CampaignHostRow, EventFilter, EventRecord, HostFilter, HostRecord,
-    OperatorRecord, StoreError, TokenRecord, from_json, to_json,
+    ActionRecord, CampaignHostRow, DeliveryFilter, DeliveryRecord, EventFilter, EventRecord,
+    HostFilter, HostRecord, OperatorRecord, StoreError, TokenRecord, from_json, to_json,
 };
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -838,6 +839,29 @@ impl Tx for SqliteTx<'_> {
 
     fn load_successes(&mut self) -> TxFuture<'_, Vec<SuccessRow>> {
         done(self.load_successes_now())
+    }
+
+    fn insert_delivery<'a>(&'a mut self, delivery: &'a DeliveryRecord) -> TxFuture<'a, ()> {
+        done(deliveries::insert(self.conn, delivery))
+    }
+
+    fn update_delivery<'a>(&'a mut self, delivery: &'a DeliveryRecord) -> TxFuture<'a, ()> {
+        done(deliveries::update(self.conn, delivery))
+    }
+
+    fn pending_deliveries(&mut self) -> TxFuture<'_, Vec<DeliveryRecord>> {
+        done(deliveries::pending(self.conn))
+    }
+
+    fn list_deliveries<'a>(
+        &'a mut self,
+        filter: &'a DeliveryFilter,
+    ) -> TxFuture<'a, Vec<DeliveryRecord>> {
+        done(deliveries::list(self.conn, filter))
+    }
+
+    fn prune_deliveries(&mut self, before_ms: i64) -> TxFuture<'_, u64> {
+        done(deliveries::prune(self.conn, before_ms))
     }
 }
 

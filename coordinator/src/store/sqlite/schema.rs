@@ -8,6 +8,7 @@
 //! in the data dir (see `crate::operators::load`). Version 5 marks hosts removed from the fleet
 //! (`pitcrew hosts remove`) rather than deleting them, so their history keeps naming them.
 //! Version 6 adds campaign schedules and the archive of old runs (see `V6`).
+//! Version 7 adds the webhook delivery record (`webhook_deliveries`).
 
 use std::collections::BTreeMap;
 
@@ -19,7 +20,7 @@ use super::run_now;
 
 /// The newest version this build knows. A store written by a newer build is refused rather
 /// than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 6;
+pub(crate) const SCHEMA_VERSION: i64 = 7;
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -168,6 +169,30 @@ CREATE TABLE campaign_successes (
 );
 ";
 
+/// Version 7: the webhook delivery record.
+const V7: &str = "
+-- One row per notification and webhook, written in the engine's turn that decided it and
+-- updated after each delivery attempt (see crate::notify).
+CREATE TABLE webhook_deliveries (
+    id TEXT NOT NULL,
+    webhook TEXT NOT NULL,
+    event TEXT NOT NULL,
+    campaign_id TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    last_error TEXT NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    delivered_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (id, webhook)
+);
+CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries(created_at_ms);
+CREATE INDEX webhook_deliveries_pending ON webhook_deliveries(created_at_ms) WHERE state = 'pending';
+";
+
 /// The key version 1 kept manual maintenance under.
 const V1_MANUAL_KEY: &str = "manual_maintenance";
 
@@ -225,6 +250,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let tx = conn.transaction()?;
         tx.execute_batch(V6)?;
         tx.pragma_update(None, "user_version", 6)?;
+        tx.commit()?;
+    }
+    if version < 7 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(V7)?;
+        tx.pragma_update(None, "user_version", 7)?;
         tx.commit()?;
     }
     Ok(())
