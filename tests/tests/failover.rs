@@ -302,14 +302,12 @@ struct Proxy {
 }
 
 impl Proxy {
-    /// Proxies the database of `url` (`postgres://USER@SOCKET_DIR:PORT/DB`, the socket
-    /// directory percent-encoded) on a loopback port.
+    /// Proxies the tests' cluster for the database `url` names, on a loopback port.
     fn start(url: &str) -> Proxy {
-        let rest = url.strip_prefix("postgres://").unwrap();
-        let (user, rest) = rest.split_once('@').unwrap();
-        let (host_port, database) = rest.split_once('/').unwrap();
-        let (host, port) = host_port.rsplit_once(':').unwrap();
-        let socket = PathBuf::from(percent_decode(host)).join(format!(".s.PGSQL.{port}"));
+        let database = url.rsplit('/').next().unwrap();
+        let socket = pitcrew_coordinator::store::testing::cluster()
+            .expect("the PostgreSQL tests' cluster")
+            .socket();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let local = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
@@ -331,7 +329,11 @@ impl Proxy {
             }
         });
         Proxy {
-            url: format!("postgres://{user}@127.0.0.1:{}/{database}", local.port()),
+            url: format!(
+                "postgres://{}@127.0.0.1:{}/{database}",
+                pitcrew_coordinator::store::testing::USER,
+                local.port()
+            ),
             cut,
             open,
         }
@@ -367,22 +369,4 @@ fn pipe_back(mut from: UnixStream, mut to: TcpStream) {
         }
         let _ = to.shutdown(Shutdown::Both);
     });
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

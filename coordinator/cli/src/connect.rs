@@ -334,10 +334,10 @@ fn renewal_hint(path: &std::path::Path, der: &[u8]) {
 /// Turns a gRPC status into an error an operator can read (the coordinator's message as is).
 /// A standby's answer also records where the leader is, for the next connection.
 pub fn status(status: tonic::Status) -> anyhow::Error {
-    if let Some(leader) = standby_answer(&status).filter(|l| !l.is_empty()) {
-        if let Ok(mut known) = LEADER.lock() {
-            *known = Some(leader);
-        }
+    if let Some(leader) = standby_answer(&status).filter(|l| !l.is_empty())
+        && let Ok(mut known) = LEADER.lock()
+    {
+        *known = Some(leader);
     }
     let code = match status.code() {
         tonic::Code::PermissionDenied => "refused",

@@ -249,6 +249,11 @@ fn start(bin: &Path) -> Result<TestCluster, String> {
 impl TestCluster {
     /// The URL of a database of this cluster, without the password (the socket directory as
     /// a percent-encoded host).
+    /// The unix socket the cluster listens on (a test may put a proxy in front of it).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join(format!(".s.PGSQL.{PORT}"))
+    }
+
     pub fn url(&self, database: &str) -> String {
         let host: String = self
             .dir
