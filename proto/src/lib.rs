@@ -19,6 +19,7 @@ pub mod identity;
 #[cfg(feature = "grpc")]
 pub mod logging;
 pub mod policy;
+pub mod text;
 #[cfg(feature = "grpc")]
 pub mod tls;
 

@@ -5,6 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use serde_json::Value;
+
+use crate::Coordinator;
+
 /// Three workers and three managers of cluster `c1`, the last one its leader.
 pub const FLEET: &[(&str, &str)] = &[
     ("w1", "worker"),
@@ -69,4 +73,50 @@ pub fn starts(events: &[(String, String)]) -> BTreeMap<String, usize> {
         }
     }
     count
+}
+
+/// What the hosts recorded and the event log say of a completed run over [`FLEET`]: every host
+/// ran its step once, never two managers (or more than two workers) out at once — by the
+/// hosts' own record and by the event log's manager intervals — every host released, the
+/// campaign completed. Returns the event log.
+pub fn assert_each_host_ran_once(c: &Coordinator, dir: &Path, id: &str) -> Vec<Value> {
+    let events = ran(dir);
+    let counts = starts(&events);
+    assert_eq!(counts.len(), 6, "{events:?}");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "an action ran twice: {counts:?}"
+    );
+    assert_eq!(
+        max_overlap(&events, |h| h.starts_with('m')),
+        1,
+        "two managers out at once: {events:?}"
+    );
+    assert!(max_overlap(&events, |h| h.starts_with('w')) <= 2);
+    let log = c.cli_json(&["events", "--campaign", id, "--limit", "0"]);
+    let log = log.as_array().unwrap().clone();
+    assert_eq!(log.iter().filter(|e| e["step"] == "release").count(), 6);
+    assert!(log.iter().any(|e| e["kind"] == "audit"
+        && e["message"] == "campaign completed: all 6 hosts done"));
+    let managers: Vec<String> = c
+        .hosts()
+        .iter()
+        .filter(|h| h["role"] == "manager")
+        .filter_map(|h| h["host_id"].as_str().map(str::to_owned))
+        .collect();
+    let mut out = 0;
+    for e in &log {
+        if !managers.iter().any(|m| e["host_id"] == m.as_str()) {
+            continue;
+        }
+        match e["step"].as_str() {
+            Some("start") => {
+                out += 1;
+                assert!(out <= 1, "the event log shows two managers out at once");
+            }
+            Some("release") => out -= 1,
+            _ => {}
+        }
+    }
+    log
 }

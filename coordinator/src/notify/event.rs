@@ -7,7 +7,6 @@
 //! agent's text cannot mention `@channel` or forge a link.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use ring::hmac;
 use serde::Serialize;
@@ -140,26 +139,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(hmac::sign(&key, body).as_ref()))
 }
 
-/// Text from agents made safe: control characters (but newline and tab) and bidirectional
-/// overrides shown escaped (`\u{1b}`), as the CLI's tables show them.
-pub fn clean(text: &str) -> Cow<'_, str> {
-    let unsafe_char = |c: char| {
-        (c.is_control() && c != '\n' && c != '\t')
-            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !text.chars().any(unsafe_char) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if unsafe_char(c) {
-            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
+pub use pitcrew_proto::text::clean;
 
 /// Slack's three control characters escaped (its mrkdwn reads `<...>` as links and mentions).
 fn slack_escape(text: &str) -> String {
