@@ -75,9 +75,12 @@ pub enum Ended {
 /// How long the agent waits before following a standby to the leader (a little jitter on top,
 /// so a fleet does not arrive at the leader in the same millisecond).
 const FOLLOW_LEADER: Duration = Duration::from_millis(50);
-/// The longest the agent waits between tries while no coordinator leads (an election takes
-/// about a lease: seconds).
-const MAX_ELECTION_WAIT: Duration = Duration::from_secs(2);
+/// How long the agent waits before trying the next of several coordinators after one failed
+/// (a little jitter on top); a whole round failing backs off as with one coordinator.
+const NEXT_ADDRESS: Duration = Duration::from_millis(100);
+/// The pause between rounds of the coordinators while standbys answer that none leads (an
+/// election takes about a lease: seconds).
+const ELECTION_ROUND: Duration = Duration::from_millis(250);
 
 /// The leader a standby named in its refusal, if the refusal came from a standby.
 fn standby_answer(status: &tonic::Status) -> Option<String> {
@@ -284,6 +287,13 @@ pub async fn run<R: ActionRunner>(
     let mut attempt: usize = 0;
     // Where a standby said the leader is: tried next, before the configured list goes on.
     let mut leader: Option<String> = None;
+    // Attempts that failed since the last session or the last backoff: the agent backs off
+    // only once every configured coordinator has failed in turn, so that losing the leader
+    // of several costs a quick round of the others, not a growing wait at each.
+    let mut failed_in_round: usize = 0;
+    // Whether a standby answered in this round: the coordinators are up and choosing a leader,
+    // so the next round comes soon instead of after a growing backoff.
+    let mut standby_in_round = false;
     // Events of running actions outlive any one connection: results are journaled anyway and
     // re-sent in the next hello, so a lost event here is never a lost result.
     let (events_tx, mut events_rx) = mpsc::channel::<v1::ActionEvent>(1024);
@@ -310,12 +320,23 @@ pub async fn run<R: ActionRunner>(
         )
         .await;
         ctx.observer.ended(&address, connected, &ended);
+        if connected {
+            failed_in_round = 0;
+            standby_in_round = false;
+        }
         match ended {
             Ended::Shutdown => return,
             Ended::Standby(named) => {
+                standby_in_round = true;
                 let delay = if named.is_empty() || named == address {
-                    // None leads yet (or the standby's news is stale): the next address, soon.
-                    backoff.next_delay().min(MAX_ELECTION_WAIT)
+                    // None leads yet (or the standby's news is stale): the next address.
+                    failed_in_round += 1;
+                    next_try(
+                        &mut failed_in_round,
+                        &mut standby_in_round,
+                        ctx.coordinators.len(),
+                        &mut backoff,
+                    )
                 } else {
                     tracing::info!(message = "following the leader", standby = %address, leader = %named);
                     leader = Some(named);
@@ -330,7 +351,13 @@ pub async fn run<R: ActionRunner>(
                 if started.elapsed() >= STABLE_SESSION {
                     backoff.reset();
                 }
-                let delay = backoff.next_delay();
+                failed_in_round += 1;
+                let delay = next_try(
+                    &mut failed_in_round,
+                    &mut standby_in_round,
+                    ctx.coordinators.len(),
+                    &mut backoff,
+                );
                 tracing::warn!(message = "session ended; reconnecting", coordinator = %address, %reason, delay_ms = delay.as_millis() as u64);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -339,6 +366,26 @@ pub async fn run<R: ActionRunner>(
             }
         }
     }
+}
+
+/// How long to wait before the next attempt after `failed` attempts in this round: the next
+/// coordinator soon; after a whole round, a short pause while standbys are choosing a leader,
+/// else the growing backoff.
+fn next_try(
+    failed: &mut usize,
+    standby_seen: &mut bool,
+    coordinators: usize,
+    backoff: &mut Backoff,
+) -> Duration {
+    let jitter = |ms: u64| Duration::from_millis(rand::random_range(0..=ms));
+    if *failed < coordinators {
+        return NEXT_ADDRESS + jitter(100);
+    }
+    *failed = 0;
+    if std::mem::take(standby_seen) {
+        return ELECTION_ROUND + jitter(250);
+    }
+    backoff.next_delay()
 }
 
 /// One session on `address`, from connecting to its end. Sets `connected` once the
@@ -507,6 +554,32 @@ async fn session<R: ActionRunner>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_of_several_coordinators_is_quick_and_only_a_failed_round_backs_off() {
+        let mut backoff = Backoff::default();
+        let (mut failed, mut standby) = (0, false);
+        let mut attempt = |standby_answered: bool, backoff: &mut Backoff| {
+            failed += 1;
+            standby |= standby_answered;
+            next_try(&mut failed, &mut standby, 3, backoff)
+        };
+        // The first two of three coordinators fail: the next one at once.
+        assert!(attempt(false, &mut backoff) <= Duration::from_millis(200));
+        assert!(attempt(false, &mut backoff) <= Duration::from_millis(200));
+        // The round ends while standbys answer (an election): a short pause, no growth.
+        let pause = attempt(true, &mut backoff);
+        assert!(
+            pause >= ELECTION_ROUND && pause <= ELECTION_ROUND * 2,
+            "{pause:?}"
+        );
+        assert_eq!(backoff.next, MIN_BACKOFF);
+        // A round where nothing answered backs off as with one coordinator, and grows.
+        attempt(false, &mut backoff);
+        attempt(false, &mut backoff);
+        attempt(false, &mut backoff);
+        assert_eq!(backoff.next, MIN_BACKOFF * 2);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {

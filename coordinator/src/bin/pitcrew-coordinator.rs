@@ -7,8 +7,6 @@ use clap::{CommandFactory, Parser, Subcommand};
 use pitcrew_coordinator::config::DataDir;
 use pitcrew_coordinator::server::{self, Coordinator};
 
-/// How long a promoted standby gives the connections it answered to close.
-const STANDBY_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// Threads for blocking work (store reads, planning) beside the async workers.
 const BLOCKING_THREADS: usize = 8;
 
@@ -230,12 +228,12 @@ async fn serve(
             holder,
             timing,
         ));
-        // Calls still arriving on the standby's connections now point here.
+        // The standby's server stops taking connections at once (the listener's next ones wait
+        // for the services); calls still arriving on its open connections are told the leader
+        // is here, and it ends by itself once they close. Nothing waits for that.
         leader_tx.send_replace(advertise.clone());
         let _ = promoted_tx.send(());
-        if tokio::time::timeout(STANDBY_DRAIN, standby).await.is_err() {
-            tracing::warn!(message = "the standby's connections did not close in time; cut");
-        }
+        drop(standby);
         store.fence(leadership.epoch())?;
         (leadership, Some(keeper))
     } else {
