@@ -491,6 +491,28 @@ impl PgTx<'_> {
             .map_err(pg_error)
     }
 
+    /// A run's host rows (id, steps, progress), in run order: archived or not.
+    pub(super) async fn run_hosts(
+        &self,
+        id: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.query(
+            "SELECT host_id, steps_json, progress_json FROM campaign_hosts
+             WHERE campaign_id = $1 ORDER BY position",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                get(r, "host_id")?,
+                get(r, "steps_json")?,
+                get(r, "progress_json")?,
+            ))
+        })
+        .collect()
+    }
+
     async fn execute(&self, sql: &str, params: &Params<'_>) -> Result<u64, StoreError> {
         let statement = self.client.prepare_cached(sql).await.map_err(pg_error)?;
         self.client
@@ -1242,22 +1264,7 @@ impl Tx for PgTx<'_> {
             let mut runs = Vec::with_capacity(headers.len());
             for row in &headers {
                 let id: String = get(row, "id")?;
-                let hosts = self
-                    .query(
-                        "SELECT host_id, steps_json, progress_json FROM campaign_hosts
-                         WHERE campaign_id = $1 ORDER BY position",
-                        &[&id],
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        Ok((
-                            get(r, "host_id")?,
-                            get(r, "steps_json")?,
-                            get(r, "progress_json")?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
+                let hosts = self.run_hosts(&id).await?;
                 runs.push(StoredRun {
                     id,
                     spec_toml: get(row, "spec_toml")?,

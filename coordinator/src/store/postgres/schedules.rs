@@ -112,22 +112,7 @@ impl PgTx<'_> {
         let Some(row) = rows.first() else {
             return Ok(None);
         };
-        let hosts = self
-            .query(
-                "SELECT host_id, steps_json, progress_json FROM campaign_hosts
-                 WHERE campaign_id = $1 ORDER BY position",
-                &[&id],
-            )
-            .await?
-            .iter()
-            .map(|r| {
-                Ok((
-                    get(r, "host_id")?,
-                    get(r, "steps_json")?,
-                    get(r, "progress_json")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let hosts = self.run_hosts(id).await?;
         let archived: i64 = get(row, "archived_at_ms")?;
         Ok(Some((
             StoredRun {

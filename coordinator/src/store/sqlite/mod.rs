@@ -338,16 +338,20 @@ impl SqliteTx<'_> {
             })?;
             rows.collect::<Result<_, _>>()?
         };
-        let mut stmt = self.conn.prepare(
+        for run in &mut runs {
+            run.hosts = self.run_hosts_now(&run.id)?;
+        }
+        Ok(runs)
+    }
+
+    /// A run's host rows (id, steps, progress), in run order: archived or not.
+    fn run_hosts_now(&self, id: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
             "SELECT host_id, steps_json, progress_json FROM campaign_hosts WHERE campaign_id = ?1
              ORDER BY position",
         )?;
-        for run in &mut runs {
-            let rows =
-                stmt.query_map(params![run.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            run.hosts = rows.collect::<Result<_, _>>()?;
-        }
-        Ok(runs)
+        let rows = stmt.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn load_manual_now(&self) -> Result<BTreeMap<String, ManualState>, StoreError> {

@@ -114,12 +114,7 @@ impl SqliteTx<'_> {
         let Some((mut run, archived)) = header else {
             return Ok(None);
         };
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT host_id, steps_json, progress_json FROM campaign_hosts WHERE campaign_id = ?1
-             ORDER BY position",
-        )?;
-        let rows = stmt.query_map(params![run.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        run.hosts = rows.collect::<Result<_, _>>()?;
+        run.hosts = self.run_hosts_now(&run.id)?;
         Ok(Some((run, archived)))
     }
 
