@@ -10,8 +10,9 @@
 #                                       (`--help` for the knobs; bounded by --deadline-seconds)
 #   tests/bench.sh failover [--agents N] campaign throughput on SQLite and on PostgreSQL, and
 #                                       three coordinators on PostgreSQL replacing a leader
-#                                       SIGKILLed mid-campaign: time to a new leader and to its
-#                                       first actions run (needs PostgreSQL installed)
+#                                       SIGKILLed mid-campaign: time to a new leader, to its
+#                                       first decision reaching an agent and to its first
+#                                       answer (needs PostgreSQL installed)
 #   tests/bench.sh hostile [--seconds S] a real coordinator and agents while one client floods
 #                                       enrollments, one holds idle connections and one agent
 #                                       stops reading: operator and `do` latency, RSS, refusals

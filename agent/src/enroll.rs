@@ -202,13 +202,10 @@ pub async fn request_certificate(ask: &EnrollAsk<'_>) -> Result<Issued, EnrollEr
                 ) =>
             {
                 last_error = format!("{address}: {}", status.message());
-                let leader = status
-                    .metadata()
-                    .get(pitcrew_proto::LEADER_METADATA)
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|l| !l.is_empty());
-                if let Some(leader) = leader {
-                    to_try.push_front(leader.to_owned());
+                if let Some(leader) =
+                    pitcrew_proto::standby_leader(&status).filter(|l| !l.is_empty())
+                {
+                    to_try.push_front(leader);
                 }
                 continue;
             }

@@ -82,12 +82,6 @@ const NEXT_ADDRESS: Duration = Duration::from_millis(100);
 /// election takes about a lease: seconds).
 const ELECTION_ROUND: Duration = Duration::from_millis(250);
 
-/// The leader a standby named in its refusal, if the refusal came from a standby.
-fn standby_answer(status: &tonic::Status) -> Option<String> {
-    let value = status.metadata().get(pitcrew_proto::LEADER_METADATA)?;
-    Some(value.to_str().unwrap_or_default().to_owned())
-}
-
 /// What the session needs from the action side. The agent's [`Executor`] runs real actions,
 /// journaled; a simulated host answers them without running anything.
 pub trait ActionRunner: Send + Sync + 'static {
@@ -294,6 +288,9 @@ pub async fn run<R: ActionRunner>(
     // Whether a standby answered in this round: the coordinators are up and choosing a leader,
     // so the next round comes soon instead of after a growing backoff.
     let mut standby_in_round = false;
+    // The address the last attempt lost or could not reach: told to standbys, which hold the
+    // call until a leader other than that one is known, rather than name it again.
+    let mut unreachable = String::new();
     // Events of running actions outlive any one connection: results are journaled anyway and
     // re-sent in the next hello, so a lost event here is never a lost result.
     let (events_tx, mut events_rx) = mpsc::channel::<v1::ActionEvent>(1024);
@@ -301,6 +298,7 @@ pub async fn run<R: ActionRunner>(
         if *shutdown.borrow() {
             return;
         }
+        let following = leader.is_some();
         let address = match leader.take() {
             Some(address) => address,
             None => {
@@ -313,6 +311,7 @@ pub async fn run<R: ActionRunner>(
         let ended = session(
             &ctx,
             &address,
+            &unreachable,
             &events_tx,
             &mut events_rx,
             &mut shutdown,
@@ -323,12 +322,16 @@ pub async fn run<R: ActionRunner>(
         if connected {
             failed_in_round = 0;
             standby_in_round = false;
+            unreachable.clear();
         }
         match ended {
             Ended::Shutdown => return,
             Ended::Standby(named) => {
                 standby_in_round = true;
-                let delay = if named.is_empty() || named == address {
+                // A standby that names itself took the lease while holding this call: it
+                // leads now, on a new connection. Naming itself again is stale news.
+                let stale = named == address && following;
+                let delay = if named.is_empty() || stale {
                     // None leads yet (or the standby's news is stale): the next address.
                     failed_in_round += 1;
                     next_try(
@@ -351,6 +354,7 @@ pub async fn run<R: ActionRunner>(
                 if started.elapsed() >= STABLE_SESSION {
                     backoff.reset();
                 }
+                unreachable.clone_from(&address);
                 failed_in_round += 1;
                 let delay = next_try(
                     &mut failed_in_round,
@@ -393,6 +397,7 @@ fn next_try(
 async fn session<R: ActionRunner>(
     ctx: &SessionCtx<R>,
     address: &str,
+    unreachable: &str,
     events_tx: &mpsc::Sender<v1::ActionEvent>,
     events_rx: &mut mpsc::Receiver<v1::ActionEvent>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
@@ -443,10 +448,16 @@ async fn session<R: ActionRunner>(
     {
         return Ended::Lost("internal channel closed".into());
     }
-    let mut inbound = match client.connect(ReceiverStream::new(out_rx)).await {
+    let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
+    if let Ok(value) = unreachable.parse() {
+        request
+            .metadata_mut()
+            .insert(pitcrew_proto::UNREACHABLE_LEADER_METADATA, value);
+    }
+    let mut inbound = match client.connect(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
-            if let Some(leader) = standby_answer(&status) {
+            if let Some(leader) = pitcrew_proto::standby_leader(&status) {
                 return Ended::Standby(leader);
             }
             return Ended::Lost(format!(

@@ -119,6 +119,8 @@ pub async fn stand_by(
 ) -> Leadership {
     let mut told = None;
     loop {
+        // The next try comes after a renewal interval, or as soon as the lease it saw expires.
+        let mut next_try = timing.renew_every;
         let asked_at = Instant::now();
         match store
             .take_lease(holder.to_owned(), address.to_owned(), timing.length)
@@ -139,6 +141,9 @@ pub async fn stand_by(
                         );
                         told = Some(now);
                     }
+                    if lease.valid {
+                        next_try = next_try.min(lease.expires_in + LEASE_EXPIRY_SLACK);
+                    }
                     leader.send_replace(if lease.valid {
                         lease.address
                     } else {
@@ -152,9 +157,13 @@ pub async fn stand_by(
                 leader.send_replace(String::new());
             }
         }
-        tokio::time::sleep(timing.renew_every).await;
+        tokio::time::sleep(next_try).await;
     }
 }
+
+/// How long after the database's expiry of the lease a standby tries to take it: the read
+/// and the take are two statements, the take judged by the database's clock a little later.
+const LEASE_EXPIRY_SLACK: Duration = Duration::from_millis(20);
 
 /// Renews the lease until it is lost, then returns why. Each renewal is given until the
 /// lease could expire; one that fails or runs late is tried again while time is left.

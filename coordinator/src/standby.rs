@@ -1,13 +1,22 @@
 //! A standby coordinator's answer: while another coordinator of the fleet leads, this one
 //! listens on its usual address with the same TLS, and answers every call — an agent's
 //! session, an enrollment, an operator's command — with `UNAVAILABLE` naming the leader in the
-//! [`LEADER_METADATA`] header (empty while none leads) and in the message, for people. Agents and the CLI connect
-//! there next. A standby reads and writes nothing of the fleet: it only follows the lease.
+//! [`LEADER_METADATA`] header (empty while none leads) and in the message, for people. Agents
+//! and the CLI connect there next. A standby reads and writes nothing of the fleet: it only
+//! follows the lease.
+//!
+//! While it knows of no leader, or the caller says (in [`UNREACHABLE_LEADER_METADATA`]) that
+//! the leader it names could not be reached, the standby holds the call until the lease names
+//! another leader, for at most a lease and a renewal: a fleet that lost its leader waits here
+//! instead of going round the coordinators (a TLS handshake each time), and arrives at the
+//! new leader the moment there is one.
 
 use std::future::Future;
+use std::time::Duration;
 
 use axum::extract::State;
-use pitcrew_proto::LEADER_METADATA;
+use axum::http::HeaderMap;
+use pitcrew_proto::{LEADER_METADATA, UNREACHABLE_LEADER_METADATA};
 use tokio::sync::watch;
 use tonic::Status;
 
@@ -36,20 +45,55 @@ pub fn refusal(leader: &str) -> Status {
     status
 }
 
-async fn answer(State(leader): State<watch::Receiver<String>>) -> axum::response::Response {
-    let leader = leader.borrow().clone();
+/// What a standby's answer needs: where the leader is, and how long a call may wait for one.
+#[derive(Clone)]
+struct Standby {
+    leader: watch::Receiver<String>,
+    hold: Duration,
+}
+
+async fn answer(State(standby): State<Standby>, headers: HeaderMap) -> axum::response::Response {
+    let unreachable = headers
+        .get(UNREACHABLE_LEADER_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let leader = named_leader(standby.leader, &unreachable, standby.hold).await;
     refusal(&leader).into_http()
 }
 
-/// Answers every call on `connections` with [`refusal`] naming the leader `leader` holds,
-/// until `until` resolves; then closes its connections gracefully.
+/// The leader to name to a caller that could not reach `unreachable` (empty: none): at once
+/// when a leader other than that one is known, else the first such leader within `hold`, else
+/// what is known when `hold` is over.
+async fn named_leader(
+    mut leader: watch::Receiver<String>,
+    unreachable: &str,
+    hold: Duration,
+) -> String {
+    let usable = |named: &String| !named.is_empty() && named != unreachable;
+    let waited = tokio::time::timeout(hold, leader.wait_for(usable))
+        .await
+        .map(|named| named.map(|named| named.clone()));
+    match waited {
+        Ok(Ok(named)) => named,
+        // Held long enough (or this standby is going away): what it knows now.
+        _ => leader.borrow().clone(),
+    }
+}
+
+/// Answers every call on `connections` with [`refusal`] naming the leader `leader` holds
+/// (holding calls for at most `hold` while there is none to name), until `until` resolves;
+/// then closes its connections gracefully.
 pub async fn serve(
     connections: Connections,
     limits: Limits,
     leader: watch::Receiver<String>,
+    hold: Duration,
     until: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let router = axum::Router::new().fallback(answer).with_state(leader);
+    let router = axum::Router::new()
+        .fallback(answer)
+        .with_state(Standby { leader, hold });
     builder(&limits)
         .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(connections.stream(), until)
@@ -74,5 +118,51 @@ mod tests {
         assert_eq!(none.code(), tonic::Code::Unavailable);
         assert_eq!(none.metadata().get(LEADER_METADATA).unwrap(), "");
         assert!(none.message().contains("no coordinator leads"));
+    }
+
+    const HOLD: Duration = Duration::from_secs(4);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_names_a_live_leader_at_once() {
+        let (_tx, rx) = watch::channel("https://c1:7443".to_owned());
+        let started = tokio::time::Instant::now();
+        assert_eq!(named_leader(rx.clone(), "", HOLD).await, "https://c1:7443");
+        assert_eq!(
+            named_leader(rx, "https://c3:7443", HOLD).await,
+            "https://c1:7443"
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_lost_the_leader_waits_for_the_next_one() {
+        let (tx, rx) = watch::channel("https://c1:7443".to_owned());
+        let started = tokio::time::Instant::now();
+        let asked = tokio::spawn(named_leader(rx, "https://c1:7443", HOLD));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // The lease lapses, then another coordinator takes it.
+        tx.send_replace(String::new());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!asked.is_finished());
+        tx.send_replace("https://c2:7443".to_owned());
+        assert_eq!(asked.await.unwrap(), "https://c2:7443");
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_is_held_no_longer_than_the_hold() {
+        let (_tx, rx) = watch::channel(String::new());
+        let started = tokio::time::Instant::now();
+        assert_eq!(named_leader(rx, "", HOLD).await, "");
+        assert_eq!(started.elapsed(), HOLD);
+        // The leader the caller could not reach is named when nothing changed: it may be
+        // only the caller's path to it that is broken.
+        let (_tx, rx) = watch::channel("https://c1:7443".to_owned());
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            named_leader(rx, "https://c1:7443", HOLD).await,
+            "https://c1:7443"
+        );
+        assert_eq!(started.elapsed(), HOLD);
     }
 }

@@ -48,3 +48,18 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// the `UNAVAILABLE` status it answers every call with (empty while no coordinator leads; its
 /// presence says the answer came from a standby). Agents and the CLI connect there next.
 pub const LEADER_METADATA: &str = "pitcrew-leader";
+
+/// The request metadata key in which a client names the leader it just failed to reach
+/// (optional). A standby that still believes that address leads, or knows of no leader,
+/// holds the call until the lease names a new leader (at most about a lease), instead of
+/// sending the client round the coordinators again: a fleet that lost its leader waits at
+/// the standbys and arrives at the new leader as soon as there is one.
+pub const UNREACHABLE_LEADER_METADATA: &str = "pitcrew-unreachable-leader";
+
+/// The leader a standby coordinator named in its refusal (empty while none leads), or `None`
+/// when the status did not come from a standby.
+#[cfg(feature = "grpc")]
+pub fn standby_leader(status: &tonic::Status) -> Option<String> {
+    let value = status.metadata().get(LEADER_METADATA)?;
+    Some(value.to_str().unwrap_or_default().to_owned())
+}

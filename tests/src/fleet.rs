@@ -86,6 +86,7 @@ struct Counters {
     sessions_opened: AtomicU64,
     sessions_lost: AtomicU64,
     connect_failures: AtomicU64,
+    actions_started: AtomicU64,
     actions_answered: AtomicU64,
     actions_repeated: AtomicU64,
     /// The most recent reason a session was lost or an attempt failed, for a failure message.
@@ -115,6 +116,8 @@ pub struct FleetCounters {
     pub sessions_lost: u64,
     /// Attempts that ended before the coordinator accepted a session (refused, unreachable).
     pub connect_failures: u64,
+    /// Actions received for the first time and started.
+    pub actions_started: u64,
     /// Actions run (answered for the first time).
     pub actions_answered: u64,
     /// Repeated action ids answered from memory, as the agent answers them from its journal.
@@ -318,6 +321,7 @@ impl SimFleet {
             sessions_opened: c.sessions_opened.load(Ordering::Relaxed),
             sessions_lost: c.sessions_lost.load(Ordering::Relaxed),
             connect_failures: c.connect_failures.load(Ordering::Relaxed),
+            actions_started: c.actions_started.load(Ordering::Relaxed),
             actions_answered: c.actions_answered.load(Ordering::Relaxed),
             actions_repeated: c.actions_repeated.load(Ordering::Relaxed),
             last_problem: lock(&c.last_problem).clone(),
@@ -608,6 +612,9 @@ impl ActionRunner for SimRunner {
                     },
                 );
                 drop(state);
+                self.counters
+                    .actions_started
+                    .fetch_add(1, Ordering::Relaxed);
                 progress(&events, &id, 0, "started");
                 // Like the executor, the action runs in its own task: a lost session does not
                 // stop it, and its result goes in the next hello.

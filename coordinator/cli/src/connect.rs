@@ -334,7 +334,7 @@ fn renewal_hint(path: &std::path::Path, der: &[u8]) {
 /// Turns a gRPC status into an error an operator can read (the coordinator's message as is).
 /// A standby's answer also records where the leader is, for the next connection.
 pub fn status(status: tonic::Status) -> anyhow::Error {
-    if let Some(leader) = standby_answer(&status).filter(|l| !l.is_empty())
+    if let Some(leader) = pitcrew_proto::standby_leader(&status).filter(|l| !l.is_empty())
         && let Ok(mut known) = LEADER.lock()
     {
         *known = Some(leader);
@@ -361,17 +361,11 @@ pub struct CallFailed {
     status: tonic::Status,
 }
 
-/// The leader a standby named in its refusal (empty while none leads), if a standby refused.
-fn standby_answer(status: &tonic::Status) -> Option<String> {
-    let value = status.metadata().get(pitcrew_proto::LEADER_METADATA)?;
-    Some(value.to_str().unwrap_or_default().to_owned())
-}
-
 impl CallFailed {
     /// Whether a standby coordinator refused the call (nothing was done): the command may be
     /// run again on the leader.
     pub fn from_standby(&self) -> bool {
-        standby_answer(&self.status).is_some()
+        pitcrew_proto::standby_leader(&self.status).is_some()
     }
 
     /// The status code the call ended with.

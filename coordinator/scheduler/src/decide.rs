@@ -607,7 +607,8 @@ fn advance_host(
     out: &mut Decisions,
 ) {
     if let Some(f) = &h.in_flight {
-        if now_ms >= f.deadline_ms {
+        let awaited = fleet.is_awaited(&f.target_host, now_ms);
+        if now_ms >= f.deadline_ms && !awaited {
             let step = h
                 .current_step()
                 .map(|s| s.label.clone())
@@ -628,7 +629,10 @@ fn advance_host(
                 ),
             });
         } else {
-            out.wake(f.deadline_ms);
+            out.wake(match fleet.awaited.get(&f.target_host) {
+                Some(until) if awaited => f.deadline_ms.max(*until),
+                _ => f.deadline_ms,
+            });
             if let Some(target) = fleet.hosts.get(&f.target_host).filter(|v| !v.connected) {
                 // Name the host as operators know it, not by its machine id.
                 out.block(

@@ -145,6 +145,12 @@ pub struct Fleet {
     /// Operators' disruptive actions in flight, by action id.
     #[serde(default)]
     pub operator_actions: BTreeMap<String, OperatorAction>,
+    /// Hosts whose agents ran actions when the coordinator (re)started, by id, with until when
+    /// (Unix ms) they may take to come back and replay their results: a step of theirs is not
+    /// failed for a missing result before then, so an outage longer than a step's deadline
+    /// does not fail work that finished meanwhile. Everything else is decided as usual.
+    #[serde(default)]
+    pub awaited: BTreeMap<String, i64>,
 }
 
 impl Fleet {
@@ -154,7 +160,13 @@ impl Fleet {
             hosts: hosts.into_iter().map(|h| (h.id.clone(), h)).collect(),
             manual: BTreeMap::new(),
             operator_actions: BTreeMap::new(),
+            awaited: BTreeMap::new(),
         }
+    }
+
+    /// Whether `host`'s agent may still come back with results after a restart at `now_ms`.
+    pub fn is_awaited(&self, host: &str, now_ms: i64) -> bool {
+        self.awaited.get(host).is_some_and(|until| now_ms < *until)
     }
 
     /// Finds a host by id or hostname.

@@ -566,6 +566,32 @@ fn a_step_past_its_deadline_fails_the_host_but_keeps_the_slot() {
 }
 
 #[test]
+fn an_awaited_agent_keeps_its_step_past_the_deadline_until_its_grace_ends() {
+    let mut f = fleet(1, 0);
+    let text = PATCH.replace(
+        "action = \"patch\"",
+        "action = \"patch\"\ntimeout = \"10m\"",
+    );
+    let mut runs = vec![run("c1", &text, &f)];
+    tick(&f, &mut runs, 0);
+    tick(&f, &mut runs, 0);
+    // The coordinator restarts an hour later; w1's agent is not back yet.
+    f.hosts.get_mut("w1").unwrap().connected = false;
+    f.awaited.insert("w1".into(), 3_600_000 + 30_000);
+    let d = tick(&f, &mut runs, 3_600_000);
+    assert!(d.decisions.is_empty(), "{:?}", d.decisions);
+    assert_eq!(
+        d.blocker_for("c1", "w1"),
+        Some(&Blocker::AgentDisconnected { host: "w1".into() })
+    );
+    assert_eq!(d.wake_at_ms, Some(3_630_000));
+    // The grace is over and it never came back: the step fails.
+    let d = tick(&f, &mut runs, 3_630_000);
+    assert!(matches!(&d.decisions[..], [Decision::FailHost { .. }]));
+    assert_eq!(runs[0].hosts[0].state, HostState::Failed);
+}
+
+#[test]
 fn action_ids_are_deterministic_and_resent_after_a_restart() {
     let f = fleet(2, 1);
     let mut runs = vec![run("c1", PATCH, &f)];

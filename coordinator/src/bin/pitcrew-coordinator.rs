@@ -208,6 +208,8 @@ async fn serve(
             connections.clone(),
             config.limits.clone(),
             leader_rx,
+            // By then a leader that went away has lost its lease and another took it.
+            timing.length + timing.renew_every,
             async move {
                 let _ = promoted_rx.await;
             },

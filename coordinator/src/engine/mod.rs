@@ -122,6 +122,8 @@ enum Input {
         facts: v1::Facts,
     },
     Enrolled(HostRecord),
+    /// A new session's hello was handled: its replayed results are recorded.
+    Replayed(String),
 }
 
 /// A handle on the engine, shared by the services.
@@ -187,12 +189,16 @@ impl Engine {
         let (changes_tx, changes) = watch::channel(0u64);
         let (fleet_changes_tx, fleet_changes) = watch::channel(0u64);
         let waiting_for = state.in_flight_targets();
-        if !waiting_for.is_empty() {
+        if !waiting_for.is_empty() && !settings.reconnect_grace.is_zero() {
             tracing::info!(
                 message = "waiting for agents with in-flight actions to reconnect",
                 hosts = waiting_for.len(),
                 grace_s = settings.reconnect_grace.as_secs()
             );
+            // Deciding goes on at once; only these hosts' steps wait for their agents.
+            let grace_ms = i64::try_from(settings.reconnect_grace.as_millis()).unwrap_or(i64::MAX);
+            let until = settings.clock.now_ms().saturating_add(grace_ms);
+            state.fleet.awaited = waiting_for.iter().map(|h| (h.clone(), until)).collect();
         }
         let metrics = EngineMetrics::default();
         let runner = Runner {
@@ -516,6 +522,12 @@ impl Engine {
         });
     }
 
+    /// A new session of `host` replayed the results its agent kept while apart (all are
+    /// recorded): after a restart, its in-flight steps are judged from here on.
+    pub fn results_replayed(&self, host: &str) {
+        let _ = self.inbox.send(Input::Replayed(host.to_owned()));
+    }
+
     /// A live session reported new facts.
     pub fn facts_changed(&self, host: &str, generation: u64, facts: v1::Facts) {
         let _ = self.inbox.send(Input::Facts {
@@ -591,24 +603,27 @@ impl Runner {
         let mut stats = TurnStats::default();
         loop {
             let now = self.clock.now_ms();
-            let mut wake = None;
             let started = std::time::Instant::now();
-            if self.grace_over() {
-                // Schedules fire first, so a run they start is decided in this turn; like
-                // deciding, only once agents had their chance to come back after a restart.
-                let fire = self.state.fire_schedules(now, &mut turn);
-                wake = self.state.decide_and_apply(now, &mut turn);
-                wake = match (wake, fire) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                self.state.release_free_holds(now, &mut turn);
-                self.metrics.decided(started.elapsed());
-                self.state.track_waits(now);
-                // Stuck hosts' reports fall due without any event: wake for the next one.
-                if let Some(at) = self.state.track_blocked(now, &mut turn) {
-                    wake = Some(wake.map_or(at, |w| w.min(at)));
-                }
+            // Schedules fire first, so a run they start is decided in this turn; only once
+            // agents had their chance to come back after a restart (and report the facts
+            // schedules select by). Deciding does not wait: the fleet's `awaited` hosts keep
+            // their in-flight steps until their agents replay results or the grace ends.
+            let fire = if self.grace_over() {
+                self.state.fire_schedules(now, &mut turn)
+            } else {
+                None
+            };
+            let mut wake = self.state.decide_and_apply(now, &mut turn);
+            wake = match (wake, fire) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.state.release_free_holds(now, &mut turn);
+            self.metrics.decided(started.elapsed());
+            self.state.track_waits(now);
+            // Stuck hosts' reports fall due without any event: wake for the next one.
+            if let Some(at) = self.state.track_blocked(now, &mut turn) {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
             }
             let decided = std::time::Instant::now();
             let wrote = self.commit(turn, std::mem::take(&mut replies)).await?;
@@ -622,16 +637,14 @@ impl Runner {
                     .archive_finished(self.clock.now_ms(), self.archive_after_ms, &mut turn);
             }
 
-            let mut sleep = match (&self.grace, wake) {
-                (Some((until, _)), _) => {
-                    until.saturating_duration_since(tokio::time::Instant::now())
-                }
-                (None, Some(at)) => {
+            let mut sleep = wake
+                .map_or(IDLE_WAKE, |at| {
                     Duration::from_millis(u64::try_from(at - self.clock.now_ms()).unwrap_or(0))
-                }
-                (None, None) => IDLE_WAKE,
+                })
+                .min(IDLE_WAKE);
+            if let Some((until, _)) = &self.grace {
+                sleep = sleep.min(until.saturating_duration_since(tokio::time::Instant::now()));
             }
-            .min(IDLE_WAKE);
             if sleep.is_zero() && !wrote {
                 // A wake time already past with nothing done: never spin on it.
                 sleep = MIN_IDLE_SLEEP;
@@ -697,6 +710,7 @@ impl Runner {
                 facts,
             } => self.state.facts_changed(&host, generation, facts),
             Input::Enrolled(record) => self.state.host_enrolled(&record),
+            Input::Replayed(host) => self.state.results_replayed(&host),
         }
     }
 

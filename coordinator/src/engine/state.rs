@@ -416,6 +416,11 @@ impl EngineState {
         }
     }
 
+    /// `host`'s agent is back and replayed its results: the restart's wait for it is over.
+    pub fn results_replayed(&mut self, host: &str) {
+        self.fleet.awaited.remove(host);
+    }
+
     /// New facts from a live session.
     pub fn facts_changed(&mut self, host: &str, generation: u64, facts: v1::Facts) {
         if self.generations.get(host).is_some_and(|g| *g > generation) {

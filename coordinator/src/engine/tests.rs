@@ -19,6 +19,7 @@ use crate::store::{HostRecord, Store, campaigns};
 
 mod dashboard;
 mod gauges;
+mod grace;
 mod lifecycle;
 mod notify;
 mod schedules;
@@ -282,6 +283,24 @@ async fn answer(rig: &Rig, sent: &Sent) {
         .unwrap();
 }
 
+/// Waits until the campaign's view satisfies `done`.
+async fn wait_view(engine: &Engine, done: impl Fn(&CampaignView) -> bool) -> CampaignView {
+    let mut changes = engine.subscribe();
+    loop {
+        let view = engine
+            .view("c-test".into(), HostPage::Active { limit: 100 })
+            .await
+            .unwrap();
+        if done(&view) {
+            return view;
+        }
+        tokio::time::timeout(Duration::from_secs(30), changes.changed())
+            .await
+            .expect("the campaign did not get there within 30 s")
+            .unwrap();
+    }
+}
+
 fn stored_run(path: &Path) -> CampaignRun {
     let mut db = Connection::open(path).unwrap();
     run_now(&mut db, |tx| Box::pin(campaigns::load_all(tx)))
@@ -320,21 +339,7 @@ async fn every_dispatch_is_durable_before_it_is_sent() {
         );
         answer(&rig, &sent).await;
     }
-    let mut changes = rig.engine.subscribe();
-    loop {
-        let view = rig
-            .engine
-            .view("c-test".into(), HostPage::None)
-            .await
-            .unwrap();
-        if view.state == CampaignState::Completed {
-            break;
-        }
-        tokio::time::timeout(Duration::from_secs(30), changes.changed())
-            .await
-            .expect("the campaign did not complete")
-            .unwrap();
-    }
+    wait_view(&rig.engine, |v| v.state == CampaignState::Completed).await;
     let run = stored_run(&rig.path);
     assert_eq!(run.state, CampaignState::Completed);
     assert!(run.hosts.iter().all(|h| h.state == HostState::Done));

@@ -208,6 +208,7 @@ impl AgentSession for SessionService {
             if !acks.is_empty() {
                 c.registry.try_send(&live.host_id, ack(acks));
             }
+            c.engine.results_replayed(&live.host_id);
             Box::pin(resend_unfinished(&c, &live.host_id)).await;
             let reason = run_inbound(&c, &live, &mut inbound).await;
             if c.registry.disconnect(&live.host_id, live.generation) {

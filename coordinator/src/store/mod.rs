@@ -67,6 +67,8 @@ pub struct LeaseHolder {
     pub epoch: i64,
     /// Whether it has not expired, by the database's clock.
     pub valid: bool,
+    /// How long until it expires, by the database's clock (zero once it has).
+    pub expires_in: std::time::Duration,
 }
 use tx::{Job, Tx};
 

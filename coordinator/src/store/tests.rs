@@ -1266,6 +1266,11 @@ async fn the_leader_lease_is_held_renewed_and_taken_over_by_the_database_clock()
         ),
         (ha.as_str(), "https://a.example:7443", epoch_a, true)
     );
+    // ...and when it expires, to try to take it then.
+    assert!(
+        seen.expires_in > long - std::time::Duration::from_secs(10) && seen.expires_in <= long,
+        "{seen:?}"
+    );
     assert_eq!(
         a.take_lease(ha.clone(), String::new(), long).await.unwrap(),
         Some(epoch_a),
@@ -1285,6 +1290,11 @@ async fn the_leader_lease_is_held_renewed_and_taken_over_by_the_database_clock()
             "UPDATE leader_lease SET expires_at = now() - interval '1 second'",
         )
         .unwrap();
+    let expired = b.leader().await.unwrap();
+    assert!(
+        !expired.valid && expired.expires_in.is_zero(),
+        "{expired:?}"
+    );
     assert!(
         !a.renew_lease(ha.clone(), epoch_a, long).await.unwrap(),
         "expired"

@@ -25,24 +25,6 @@ async fn audit_messages(store: &Store) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the campaign's view satisfies `done`.
-async fn wait_view(engine: &Engine, done: impl Fn(&CampaignView) -> bool) -> CampaignView {
-    let mut changes = engine.subscribe();
-    loop {
-        let view = engine
-            .view("c-test".into(), HostPage::Active { limit: 100 })
-            .await
-            .unwrap();
-        if done(&view) {
-            return view;
-        }
-        tokio::time::timeout(Duration::from_secs(30), changes.changed())
-            .await
-            .expect("the campaign did not get there within 30 s")
-            .unwrap();
-    }
-}
-
 #[tokio::test]
 async fn a_disruptive_do_on_a_campaign_host_is_refused_naming_it_and_forcing_is_audited() {
     let dir = tempfile::tempdir().unwrap();

@@ -266,7 +266,10 @@ impl Reader {
             let client = pool.get().await.map_err(pool_error)?;
             let row = client
                 .query_one(
-                    "SELECT holder, address, epoch, expires_at > now() AS valid
+                    "SELECT holder, address, epoch, expires_at > now() AS valid,
+                            CASE WHEN expires_at > now()
+                                 THEN CEIL(EXTRACT(EPOCH FROM expires_at - now()) * 1000)::bigint
+                                 ELSE 0 END AS expires_in_ms
                      FROM leader_lease WHERE id = 1",
                     &[],
                 )
@@ -277,6 +280,9 @@ impl Reader {
                 address: get(&row, "address")?,
                 epoch: get(&row, "epoch")?,
                 valid: get(&row, "valid")?,
+                expires_in: std::time::Duration::from_millis(
+                    u64::try_from(get::<i64>(&row, "expires_in_ms")?).unwrap_or_default(),
+                ),
             })
         })
         .await
