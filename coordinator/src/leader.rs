@@ -99,6 +99,14 @@ impl Leadership {
     }
 }
 
+/// Where a standby last saw the leader: its address (empty when none leads or it is
+/// unknown) and the lease's epoch, which tells a new leader at the same address from the old.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderSeen {
+    pub address: String,
+    pub epoch: i64,
+}
+
 /// Why this coordinator no longer leads.
 #[derive(Debug, thiserror::Error)]
 pub enum LeadershipLost {
@@ -115,7 +123,7 @@ pub async fn stand_by(
     holder: &str,
     address: &str,
     timing: LeaseTiming,
-    leader: &watch::Sender<String>,
+    leader: &watch::Sender<LeaderSeen>,
 ) -> Leadership {
     let mut told = None;
     loop {
@@ -144,17 +152,20 @@ pub async fn stand_by(
                     if lease.valid {
                         next_try = next_try.min(lease.expires_in + LEASE_EXPIRY_SLACK);
                     }
-                    leader.send_replace(if lease.valid {
-                        lease.address
-                    } else {
-                        String::new()
+                    leader.send_replace(LeaderSeen {
+                        address: if lease.valid {
+                            lease.address
+                        } else {
+                            String::new()
+                        },
+                        epoch: lease.epoch,
                     });
                 }
                 Err(error) => tracing::warn!(message = "cannot read the leader lease", %error),
             },
             Err(error) => {
                 tracing::warn!(message = "cannot take the leader lease; trying again", %error);
-                leader.send_replace(String::new());
+                leader.send_modify(|seen| seen.address.clear());
             }
         }
         tokio::time::sleep(next_try).await;

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::config::Limits;
+use crate::leader::LeaderSeen;
 use crate::server::{Connections, builder};
 
 /// The status a standby answers with, naming the leader's address when one leads.
@@ -48,7 +49,7 @@ pub fn refusal(leader: &str) -> Status {
 /// What a standby's answer needs: where the leader is, and how long a call may wait for one.
 #[derive(Clone)]
 struct Standby {
-    leader: watch::Receiver<String>,
+    leader: watch::Receiver<LeaderSeen>,
     hold: Duration,
 }
 
@@ -63,21 +64,25 @@ async fn answer(State(standby): State<Standby>, headers: HeaderMap) -> axum::res
 }
 
 /// The leader to name to a caller that could not reach `unreachable` (empty: none): at once
-/// when a leader other than that one is known, else the first such leader within `hold`, else
-/// what is known when `hold` is over.
+/// when a leader other than that one is known; else the first new leader within `hold` (a
+/// later lease's, even at the same address: a leader restarted where it was); else what is
+/// known when `hold` is over.
 async fn named_leader(
-    mut leader: watch::Receiver<String>,
+    mut leader: watch::Receiver<LeaderSeen>,
     unreachable: &str,
     hold: Duration,
 ) -> String {
-    let usable = |named: &String| !named.is_empty() && named != unreachable;
+    let seen = leader.borrow().clone();
+    let usable = |now: &LeaderSeen| {
+        !now.address.is_empty() && (now.address != unreachable || now.epoch != seen.epoch)
+    };
     let waited = tokio::time::timeout(hold, leader.wait_for(usable))
         .await
-        .map(|named| named.map(|named| named.clone()));
+        .map(|now| now.map(|now| now.address.clone()));
     match waited {
-        Ok(Ok(named)) => named,
+        Ok(Ok(address)) => address,
         // Held long enough (or this standby is going away): what it knows now.
-        _ => leader.borrow().clone(),
+        _ => leader.borrow().address.clone(),
     }
 }
 
@@ -87,7 +92,7 @@ async fn named_leader(
 pub async fn serve(
     connections: Connections,
     limits: Limits,
-    leader: watch::Receiver<String>,
+    leader: watch::Receiver<LeaderSeen>,
     hold: Duration,
     until: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -122,9 +127,16 @@ mod tests {
 
     const HOLD: Duration = Duration::from_secs(4);
 
+    fn seen(address: &str, epoch: i64) -> LeaderSeen {
+        LeaderSeen {
+            address: address.into(),
+            epoch,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_standby_names_a_live_leader_at_once() {
-        let (_tx, rx) = watch::channel("https://c1:7443".to_owned());
+        let (_tx, rx) = watch::channel(seen("https://c1:7443", 1));
         let started = tokio::time::Instant::now();
         assert_eq!(named_leader(rx.clone(), "", HOLD).await, "https://c1:7443");
         assert_eq!(
@@ -136,33 +148,45 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_caller_that_lost_the_leader_waits_for_the_next_one() {
-        let (tx, rx) = watch::channel("https://c1:7443".to_owned());
+        let (tx, rx) = watch::channel(seen("https://c1:7443", 1));
         let started = tokio::time::Instant::now();
         let asked = tokio::spawn(named_leader(rx, "https://c1:7443", HOLD));
         tokio::time::sleep(Duration::from_millis(2500)).await;
         // The lease lapses, then another coordinator takes it.
-        tx.send_replace(String::new());
+        tx.send_replace(seen("", 1));
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!asked.is_finished());
-        tx.send_replace("https://c2:7443".to_owned());
+        tx.send_replace(seen("https://c2:7443", 2));
         assert_eq!(asked.await.unwrap(), "https://c2:7443");
         assert_eq!(started.elapsed(), Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_call_is_held_no_longer_than_the_hold() {
-        let (_tx, rx) = watch::channel(String::new());
+        let (_tx, rx) = watch::channel(seen("", 0));
         let started = tokio::time::Instant::now();
         assert_eq!(named_leader(rx, "", HOLD).await, "");
         assert_eq!(started.elapsed(), HOLD);
         // The leader the caller could not reach is named when nothing changed: it may be
         // only the caller's path to it that is broken.
-        let (_tx, rx) = watch::channel("https://c1:7443".to_owned());
+        let (_tx, rx) = watch::channel(seen("https://c1:7443", 1));
         let started = tokio::time::Instant::now();
         assert_eq!(
             named_leader(rx, "https://c1:7443", HOLD).await,
             "https://c1:7443"
         );
         assert_eq!(started.elapsed(), HOLD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_restarted_at_the_same_address_is_named_once_it_leads_again() {
+        let (tx, rx) = watch::channel(seen("https://c1:7443", 1));
+        let started = tokio::time::Instant::now();
+        let asked = tokio::spawn(named_leader(rx, "https://c1:7443", HOLD));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!asked.is_finished());
+        tx.send_replace(seen("https://c1:7443", 2));
+        assert_eq!(asked.await.unwrap(), "https://c1:7443");
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 }

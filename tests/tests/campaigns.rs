@@ -364,9 +364,11 @@ fn a_campaign_on_a_postgres_store_completes_and_resumes_after_its_coordinator_is
     );
     let (dir, id) = run_through_kills(&mut c, "on-postgres", &[2, 4]);
     assert_each_host_ran_once(&c, dir.path(), &id);
-    // Hosts and their names come back from the database too.
+    // Hosts and their names come back from the database too, and every agent reconnects.
     for agent in &agents {
-        assert_eq!(c.host(&agent.machine_id).unwrap()["connected"], true);
+        wait_for(&format!("{} to reconnect", agent.machine_id), || {
+            (c.host(&agent.machine_id)?["connected"] == true).then_some(())
+        });
     }
 }
 

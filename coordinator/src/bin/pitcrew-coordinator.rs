@@ -202,7 +202,8 @@ async fn serve(
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         );
-        let (leader_tx, leader_rx) = tokio::sync::watch::channel(String::new());
+        let (leader_tx, leader_rx) =
+            tokio::sync::watch::channel(pitcrew_coordinator::leader::LeaderSeen::default());
         let (promoted_tx, promoted_rx) = tokio::sync::oneshot::channel::<()>();
         let standby = tokio::spawn(pitcrew_coordinator::standby::serve(
             connections.clone(),
@@ -233,7 +234,10 @@ async fn serve(
         // The standby's server stops taking connections at once (the listener's next ones wait
         // for the services); calls still arriving on its open connections are told the leader
         // is here, and it ends by itself once they close. Nothing waits for that.
-        leader_tx.send_replace(advertise.clone());
+        leader_tx.send_replace(pitcrew_coordinator::leader::LeaderSeen {
+            address: advertise.clone(),
+            epoch: leadership.epoch(),
+        });
         let _ = promoted_tx.send(());
         drop(standby);
         store.fence(leadership.epoch())?;
