@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use pitcrew_scheduler::{
-    ApplyError, Blocker, CampaignState, Decision, Event, HostState, ManualPhase, ManualState,
-    Outcome, Role, action_id, apply, decide, invariants, manual_enable,
+    ApplyError, Blocker, CampaignRun, CampaignState, Decision, Event, Fleet, HostState,
+    ManualPhase, ManualState, Outcome, Role, action_id, apply, decide, invariants, manual_enable,
 };
 
 const PATCH: &str = r#"
@@ -520,9 +520,9 @@ action = "patch"
     assert_eq!(dispatched(&d)[0].action_id, "c1:w1:pre_gate-0:a2");
 }
 
-#[test]
-fn a_step_past_its_deadline_fails_the_host_but_keeps_the_slot() {
-    let mut f = fleet(1, 0);
+/// One worker whose patch step (timeout 10 minutes) was sent at time 0.
+fn one_worker_patching_for_ten_minutes() -> (Fleet, Vec<CampaignRun>) {
+    let f = fleet(1, 0);
     let text = PATCH.replace(
         "action = \"patch\"",
         "action = \"patch\"\ntimeout = \"10m\"",
@@ -530,6 +530,12 @@ fn a_step_past_its_deadline_fails_the_host_but_keeps_the_slot() {
     let mut runs = vec![run("c1", &text, &f)];
     tick(&f, &mut runs, 0);
     tick(&f, &mut runs, 0);
+    (f, runs)
+}
+
+#[test]
+fn a_step_past_its_deadline_fails_the_host_but_keeps_the_slot() {
+    let (mut f, mut runs) = one_worker_patching_for_ten_minutes();
     f.hosts.get_mut("w1").unwrap().connected = false;
     apply(
         &mut runs[0],
@@ -567,14 +573,7 @@ fn a_step_past_its_deadline_fails_the_host_but_keeps_the_slot() {
 
 #[test]
 fn an_awaited_agent_keeps_its_step_past_the_deadline_until_its_grace_ends() {
-    let mut f = fleet(1, 0);
-    let text = PATCH.replace(
-        "action = \"patch\"",
-        "action = \"patch\"\ntimeout = \"10m\"",
-    );
-    let mut runs = vec![run("c1", &text, &f)];
-    tick(&f, &mut runs, 0);
-    tick(&f, &mut runs, 0);
+    let (mut f, mut runs) = one_worker_patching_for_ten_minutes();
     // The coordinator restarts an hour later; w1's agent is not back yet.
     f.hosts.get_mut("w1").unwrap().connected = false;
     f.awaited.insert("w1".into(), 3_600_000 + 30_000);
