@@ -212,10 +212,6 @@ impl Engine {
             fleet_changes: fleet_changes_tx,
             fleet_touched: false,
             notify: settings.notify.clone(),
-            grace: Some((
-                tokio::time::Instant::now() + settings.reconnect_grace,
-                waiting_for,
-            )),
             leadership: settings.leadership,
             clock: settings.clock,
             archive_after_ms,
@@ -585,8 +581,6 @@ struct Runner {
     fleet_changes: watch::Sender<u64>,
     /// Whether this turn's inputs may have changed the fleet's hosts.
     fleet_touched: bool,
-    /// Until when, and for which hosts, deciding waits after a restart.
-    grace: Option<(tokio::time::Instant, Vec<String>)>,
     metrics: EngineMetrics,
     leadership: crate::leader::Leadership,
     clock: Clock,
@@ -608,7 +602,8 @@ impl Runner {
             // agents had their chance to come back after a restart (and report the facts
             // schedules select by). Deciding does not wait: the fleet's `awaited` hosts keep
             // their in-flight steps until their agents replay results or the grace ends.
-            let fire = if self.grace_over() {
+            self.state.fleet.awaited.retain(|_, until| *until > now);
+            let fire = if self.state.fleet.awaited.is_empty() {
                 self.state.fire_schedules(now, &mut turn)
             } else {
                 None
@@ -642,8 +637,11 @@ impl Runner {
                     Duration::from_millis(u64::try_from(at - self.clock.now_ms()).unwrap_or(0))
                 })
                 .min(IDLE_WAKE);
-            if let Some((until, _)) = &self.grace {
-                sleep = sleep.min(until.saturating_duration_since(tokio::time::Instant::now()));
+            // The agents waited for after a restart replay (an input) or run out of time:
+            // wake then, for the schedules waiting on them.
+            if let Some(until) = self.state.fleet.awaited.values().min() {
+                let left = u64::try_from(until - self.clock.now_ms()).unwrap_or(0);
+                sleep = sleep.min(Duration::from_millis(left));
             }
             if sleep.is_zero() && !wrote {
                 // A wake time already past with nothing done: never spin on it.
@@ -675,22 +673,6 @@ impl Runner {
             stats.inputs += taken;
             stats.report_if_due();
         }
-    }
-
-    /// Whether deciding may go on: the post-restart grace is over, or every agent it waits
-    /// for is back.
-    fn grace_over(&mut self) -> bool {
-        let Some((until, hosts)) = &self.grace else {
-            return true;
-        };
-        let back = hosts
-            .iter()
-            .all(|h| self.state.fleet.hosts.get(h).is_none_or(|v| v.connected));
-        if back || tokio::time::Instant::now() >= *until {
-            self.grace = None;
-            return true;
-        }
-        false
     }
 
     fn handle(&mut self, input: Input, turn: &mut Turn, replies: &mut Vec<Reply>, now: i64) {
